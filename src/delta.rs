@@ -1,0 +1,111 @@
+//! Creating and applying delta files.
+//!
+//! - [`create`]: `diff`: OLD and NEW read ahead on two threads (each also
+//!   computing its image digest), compared block by block on a third,
+//!   changed runs compressed by a worker pool, one writer.
+//! - [`apply`]: stream mode (OLD + delta -> NEW, sequential, pipes allowed)
+//!   and in-place mode (TARGET holding OLD receives only changed extents,
+//!   after every check passed).
+//! - [`source`]: reads any supported delta format as one stream of extents.
+//! - [`inspect`]: `info`.
+
+pub mod apply;
+pub mod create;
+pub mod inspect;
+pub mod source;
+
+use std::path::PathBuf;
+
+use crate::digest::Digest;
+use crate::format::delta::DeltaFormatError;
+use crate::format::diffdd::DiffDdError;
+use crate::format::diffdd_py::PyDiffDdError;
+use crate::io::IoError;
+
+pub use apply::{apply_in_place, apply_stream, ApplyOptions, ApplySummary, CheckBase};
+pub use create::{create_delta, DiffOptions, DiffSummary, OutputFormat};
+pub use inspect::{inspect, inspect_stream, DeltaInfo};
+pub use source::{DeltaKind, DeltaSource};
+
+/// Errors of creating, applying or inspecting deltas.
+#[derive(Debug, thiserror::Error)]
+pub enum DeltaError {
+    /// Opening, reading or writing an image or delta failed.
+    #[error(transparent)]
+    Io(#[from] IoError),
+    /// The native delta is malformed.
+    #[error(transparent)]
+    Format(#[from] DeltaFormatError),
+    /// A C++ diff-dd file is malformed.
+    #[error(transparent)]
+    DiffDd(#[from] DiffDdError),
+    /// A Python diff-dd file is malformed.
+    #[error(transparent)]
+    PyDiffDd(#[from] PyDiffDdError),
+    /// The delta's format could not be recognized.
+    #[error("{path}: unknown delta format (not a diskdelta or diff-dd v2 file); for other formats pass --format")]
+    UnknownFormat {
+        /// The delta.
+        path: PathBuf,
+    },
+    /// The base is not the OLD the delta was made from.
+    #[error("base {path} does not match the delta: {detail}")]
+    BaseMismatch {
+        /// The base or target.
+        path: PathBuf,
+        /// What differed.
+        detail: String,
+    },
+    /// The result does not match the NEW digest recorded in the delta.
+    #[error(
+        "result {path} does not match the delta's NEW digest (expected {expected}, got {actual})"
+    )]
+    ResultMismatch {
+        /// The output.
+        path: PathBuf,
+        /// Recorded digest.
+        expected: Digest,
+        /// Computed digest.
+        actual: Digest,
+    },
+    /// A size does not agree with the delta.
+    #[error("{path}: {detail}")]
+    Size {
+        /// The object.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+    /// A base check the format cannot support.
+    #[error("--check-base {mode} is impossible: {reason}")]
+    CheckUnsupported {
+        /// The requested mode.
+        mode: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// Writing the delta file failed.
+    #[error("writing the delta failed")]
+    Write(#[source] std::io::Error),
+    /// A worker thread panicked (a bug).
+    #[error("internal error: {0} thread panicked")]
+    Panic(&'static str),
+}
+
+impl DeltaError {
+    /// True for errors that mean "data is not what it should be" (corrupt
+    /// delta, wrong base, result mismatch), as opposed to I/O or usage.
+    pub fn is_integrity(&self) -> bool {
+        match self {
+            DeltaError::Format(e) => !matches!(e, DeltaFormatError::Io { .. }),
+            DeltaError::DiffDd(_)
+            | DeltaError::PyDiffDd(_)
+            | DeltaError::BaseMismatch { .. }
+            | DeltaError::ResultMismatch { .. } => true,
+            _ => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,710 @@
+//! `apply`: rebuild NEW from OLD and a delta.
+//!
+//! **Stream mode** reads OLD and the delta once, in order, and writes NEW
+//! in order, so all three may be pipes:
+//! ```text
+//!  OLD reader thread ──(chunks, digest OLD)──> overlay (this thread) ──(chunks)──> writer thread (digest NEW, sparse write)
+//!  delta reader thread ──(verified extents)──────┘
+//! ```
+//! A regular-file NEW is published only when the NEW digest matched.
+//!
+//! **In-place mode** changes a TARGET that holds OLD. Nothing is written
+//! until the whole delta was read and verified and the base check passed.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crossbeam_channel::{bounded, Receiver, Sender};
+
+use super::source::{DeltaKind, DeltaSource, DeltaStream};
+use super::DeltaError;
+use crate::digest::{Digest, ImageHasher};
+use crate::format::delta::Trailer;
+use crate::format::{Extent, ExtentData};
+use crate::io::reader::{AlignedBuf, Chunk, ReaderOptions, DEFAULT_CHUNK_SIZE};
+use crate::io::{ChunkReader, Input, InputKind, InputOptions, IoError, Output, OutputKind};
+
+/// How much of the base to check before changing a target in place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckBase {
+    /// No check.
+    None,
+    /// Hash the sampled OLD blocks recorded in the delta.
+    Sample,
+    /// Hash the whole base and compare with the OLD digest.
+    Full,
+}
+
+impl CheckBase {
+    /// The name used on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            CheckBase::None => "none",
+            CheckBase::Sample => "sample",
+            CheckBase::Full => "full",
+        }
+    }
+}
+
+/// Validated options of `apply`.
+#[derive(Debug, Clone, Default)]
+pub struct ApplyOptions {
+    /// Delta format; detected when `None`.
+    pub format: Option<DeltaKind>,
+    /// Record size of foreign formats that do not store one.
+    pub block_size: Option<u32>,
+    /// In-place base check; `None` means the default (`sample` for native
+    /// deltas, `none` for formats without hashes).
+    pub check_base: Option<CheckBase>,
+    /// Re-read the target after an in-place apply and compare digests.
+    pub verify: bool,
+    /// Added to as NEW bytes are produced.
+    pub progress: Option<Arc<AtomicU64>>,
+}
+
+/// What `apply` did.
+#[derive(Debug, Clone)]
+pub struct ApplySummary {
+    /// Format of the delta.
+    pub format: DeltaKind,
+    /// NEW size.
+    pub new_size: u64,
+    /// Extents applied.
+    pub extents: u64,
+    /// NEW bytes written from the delta.
+    pub changed_bytes: u64,
+    /// NEW digest, when the format records one (verified).
+    pub new_digest: Option<Digest>,
+    /// Base check performed.
+    pub check_base: CheckBase,
+    /// True when the result was verified against a recorded digest.
+    pub verified: bool,
+    /// Notes for the user (e.g. "format has no checksums").
+    pub notes: Vec<String>,
+}
+
+fn open_delta(delta: Input, options: &ApplyOptions) -> Result<DeltaSource, DeltaError> {
+    let path = delta.path().to_path_buf();
+    let stream: DeltaStream = Box::new(delta.into_file());
+    DeltaSource::open(&path, stream, options.format, options.block_size)
+}
+
+/// Events from the delta reader thread.
+enum DeltaEvent {
+    Extent(Extent),
+    End(Box<DeltaSource>),
+    Failed(DeltaError),
+}
+
+fn spawn_delta_reader(mut source: DeltaSource) -> Receiver<DeltaEvent> {
+    let (tx, rx) = bounded(8);
+    let spawned = std::thread::Builder::new()
+        .name("read delta".into())
+        .spawn({
+            let tx = tx.clone();
+            move || loop {
+                match source.next_extent() {
+                    Ok(Some(e)) => {
+                        if tx.send(DeltaEvent::Extent(e)).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(None) => {
+                        let _ = tx.send(DeltaEvent::End(Box::new(source)));
+                        return;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(DeltaEvent::Failed(e));
+                        return;
+                    }
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        let _ = tx.send(DeltaEvent::Failed(DeltaError::Io(IoError::Op {
+            op: "spawn delta reader",
+            path: PathBuf::from("-"),
+            source: e,
+        })));
+    }
+    rx
+}
+
+/// Extents pulled from the delta, in order, plus the end state.
+struct ExtentQueue {
+    events: Receiver<DeltaEvent>,
+    queue: VecDeque<Extent>,
+    end: Option<Box<DeltaSource>>,
+    count: u64,
+    changed: u64,
+    /// NEW is at least as large as the base (C++ diff-dd formats).
+    base_relative: bool,
+    /// NEW size from the native header, when known there.
+    header_new_size: Option<u64>,
+}
+
+impl ExtentQueue {
+    /// Pulls extents until one starts at or after `until`, or the end.
+    fn fill_until(&mut self, until: u64) -> Result<(), DeltaError> {
+        while self.end.is_none() && self.queue.back().is_none_or(|e| e.offset < until) {
+            match self.events.recv() {
+                Ok(DeltaEvent::Extent(e)) => {
+                    self.count += 1;
+                    self.changed += e.len();
+                    self.queue.push_back(e);
+                }
+                Ok(DeltaEvent::End(source)) => self.end = Some(source),
+                Ok(DeltaEvent::Failed(e)) => return Err(e),
+                Err(_) => return Err(DeltaError::Panic("delta reader")),
+            }
+        }
+        Ok(())
+    }
+
+    /// True when an extent reaches `offset`, so NEW is at least that long.
+    fn reaches(&self, offset: u64) -> bool {
+        self.queue.back().is_some_and(|e| e.end() >= offset)
+    }
+
+    /// Reads to the end of the delta and fails if extents remain unapplied.
+    fn expect_no_more(&mut self) -> Result<(), DeltaError> {
+        self.fill_until(u64::MAX)?;
+        match self.queue.front() {
+            None => Ok(()),
+            Some(e) => Err(DeltaError::Size {
+                path: self
+                    .end
+                    .as_deref()
+                    .map_or_else(|| PathBuf::from("delta"), |s| s.path().to_path_buf()),
+                detail: format!(
+                    "the delta has an extent at byte {} past NEW's end",
+                    e.offset
+                ),
+            }),
+        }
+    }
+
+    /// Writes the extents' bytes that fall into `chunk`; drops extents that
+    /// end inside it.
+    fn overlay(&mut self, chunk: &mut Chunk) {
+        let (start, end) = (chunk.offset, chunk.end());
+        while let Some(e) = self.queue.front() {
+            if e.offset >= end {
+                break;
+            }
+            let from = e.offset.max(start);
+            let to = e.end().min(end);
+            if from < to {
+                let dst = (from - start) as usize..(to - start) as usize;
+                match &e.data {
+                    ExtentData::Bytes(b) => {
+                        let src = (from - e.offset) as usize..(to - e.offset) as usize;
+                        chunk.data_mut()[dst].copy_from_slice(&b[src]);
+                    }
+                    ExtentData::Zeros(_) => {
+                        if !chunk.hole {
+                            chunk.data_mut()[dst].fill(0);
+                        }
+                    }
+                }
+            }
+            if e.end() <= end {
+                self.queue.pop_front();
+            } else {
+                break;
+            }
+        }
+    }
+}
+
+struct Written {
+    output: Output,
+    bytes: u64,
+    digest: Digest,
+}
+
+fn writer_loop(
+    mut output: Output,
+    chunks: Receiver<Chunk>,
+    recycle: Sender<AlignedBuf>,
+    progress: Option<Arc<AtomicU64>>,
+) -> Result<Written, DeltaError> {
+    let mut hasher = ImageHasher::new();
+    for chunk in chunks {
+        if chunk.hole {
+            hasher.update_zeros(chunk.len as u64);
+            output.append_zeros(chunk.len as u64)?;
+        } else {
+            hasher.update(chunk.data());
+            output.append(chunk.data())?;
+        }
+        if let Some(p) = &progress {
+            p.fetch_add(chunk.len as u64, Ordering::Relaxed);
+        }
+        let _ = recycle.try_send(chunk.into_buf());
+    }
+    Ok(Written {
+        bytes: output.position(),
+        output,
+        digest: hasher.finalize(),
+    })
+}
+
+/// Stream mode: writes NEW = delta applied to `base` into `output`.
+///
+/// # Errors
+/// Format errors, I/O errors, [`DeltaError::BaseMismatch`] when `base` is not
+/// the delta's OLD, [`DeltaError::ResultMismatch`] when NEW's digest differs.
+/// A regular-file output is left unpublished on any error.
+pub fn apply_stream(
+    delta: Input,
+    base: Input,
+    output: Output,
+    options: &ApplyOptions,
+) -> Result<ApplySummary, DeltaError> {
+    let source = open_delta(delta, options)?;
+    let kind = source.kind();
+    if let (Some(n), OutputKind::BlockDevice) = (source.new_size(None), output.kind()) {
+        output.require_capacity(n)?;
+    }
+    let base_path = base.path().to_path_buf();
+    let out_path = output.path().to_path_buf();
+    let mut old = ChunkReader::spawn(
+        base,
+        ReaderOptions {
+            digest: kind.has_checksums(),
+            ..ReaderOptions::default()
+        },
+    );
+    let base_relative = source.base_relative();
+    let header_new_size = source.header().and_then(|h| h.new_size);
+    let mut queue = ExtentQueue {
+        events: spawn_delta_reader(source),
+        queue: VecDeque::new(),
+        end: None,
+        count: 0,
+        changed: 0,
+        base_relative,
+        header_new_size,
+    };
+    let (chunk_tx, chunk_rx) = bounded::<Chunk>(2);
+    let (recycle_tx, recycle_rx) = bounded::<AlignedBuf>(4);
+    let progress = options.progress.clone();
+    let result = std::thread::scope(|scope| {
+        let writer = scope.spawn(move || writer_loop(output, chunk_rx, recycle_tx, progress));
+        let produced = produce_new(&mut old, &mut queue, chunk_tx, &recycle_rx);
+        let written = writer.join().map_err(|_| DeltaError::Panic("writer"))?;
+        // A writer failure (disk full) stops the producer too; report its cause.
+        match (produced, written) {
+            (_, Err(e)) | (Err(e), _) => Err(e),
+            (Ok(new_size), Ok(written)) => Ok((new_size, written)),
+        }
+    });
+    let (new_size, written) = match result {
+        Ok(r) => r,
+        Err(e) => {
+            old.abandon();
+            return Err(e);
+        }
+    };
+    let old_summary = old.finish()?;
+    let source = queue
+        .end
+        .take()
+        .ok_or(DeltaError::Panic("delta reader (no end)"))?;
+    let mut notes = Vec::new();
+    let mut verified = false;
+    let mut new_digest = None;
+    if let Some(trailer) = source.trailer() {
+        check_sizes(trailer, old_summary.bytes, &base_path)?;
+        if let (Some(expected), Some(actual)) = (trailer.old_digest, old_summary.digest) {
+            if expected != actual {
+                return Err(DeltaError::BaseMismatch {
+                    path: base_path,
+                    detail: format!("OLD digest is {expected}, base has {actual}"),
+                });
+            }
+        }
+        if written.digest != trailer.new_digest {
+            return Err(DeltaError::ResultMismatch {
+                path: out_path,
+                expected: trailer.new_digest,
+                actual: written.digest,
+            });
+        }
+        if trailer.old_digest.is_none() {
+            notes.push("delta made from change tracking: the base was not checked".into());
+        }
+        verified = true;
+        new_digest = Some(written.digest);
+    } else {
+        notes.push(format!(
+            "{} deltas carry no checksums: the result could not be verified",
+            kind.name()
+        ));
+    }
+    debug_assert_eq!(written.bytes, new_size);
+    written.output.commit()?;
+    Ok(ApplySummary {
+        format: kind,
+        new_size,
+        extents: queue.count,
+        changed_bytes: queue.changed,
+        new_digest,
+        check_base: if verified {
+            CheckBase::Full
+        } else {
+            CheckBase::None
+        },
+        verified,
+        notes,
+    })
+}
+
+fn check_sizes(trailer: &Trailer, old_size: u64, base: &Path) -> Result<(), DeltaError> {
+    if trailer.old_size != old_size {
+        return Err(DeltaError::BaseMismatch {
+            path: base.into(),
+            detail: format!(
+                "delta was made from a {}-byte OLD, base has {} bytes",
+                trailer.old_size, old_size
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// The overlay loop: OLD chunks (or zeros past OLD's end), cut to NEW's
+/// size, with the extents written over them, sent to the writer in order.
+/// Returns NEW's size.
+fn produce_new(
+    old: &mut ChunkReader,
+    queue: &mut ExtentQueue,
+    chunks: Sender<Chunk>,
+    recycled: &Receiver<AlignedBuf>,
+) -> Result<u64, DeltaError> {
+    let chunk_size = DEFAULT_CHUNK_SIZE as u64;
+    let mut pos = 0u64;
+    let mut old_done = false;
+    let mut old_size = 0u64;
+    let mut spare: Vec<AlignedBuf> = Vec::new();
+    loop {
+        while let Ok(buf) = recycled.try_recv() {
+            if old_done {
+                spare.push(buf);
+            } else {
+                old.recycle_buf(buf);
+            }
+        }
+        let old_chunk = if old_done {
+            None
+        } else {
+            old.next_chunk().transpose()?
+        };
+        let old_len = old_chunk.as_ref().map_or(0, |c| c.len as u64);
+        if !old_done && old_len < chunk_size {
+            old_done = true;
+            old_size = pos + old_len;
+        }
+        let chunk_end = pos + chunk_size;
+        queue.fill_until(chunk_end)?;
+        let exact = queue.header_new_size.or_else(|| {
+            queue
+                .end
+                .as_deref()
+                .and_then(|s| s.new_size(old_done.then_some(old_size)))
+        });
+        let len = match exact {
+            Some(n) => n.saturating_sub(pos).min(chunk_size),
+            None if queue.reaches(chunk_end) => chunk_size,
+            None if queue.base_relative && old_len == chunk_size => chunk_size,
+            None => return Err(DeltaError::Panic("apply (NEW size undetermined)")),
+        };
+        if len == 0 {
+            if let Some(c) = old_chunk {
+                old.recycle(c);
+            }
+            queue.expect_no_more()?;
+            return Ok(pos);
+        }
+        let mut chunk = match old_chunk {
+            Some(mut c) => {
+                c.set_len(len as usize);
+                c
+            }
+            None => {
+                let buf = spare
+                    .pop()
+                    .unwrap_or_else(|| AlignedBuf::new(DEFAULT_CHUNK_SIZE));
+                Chunk::zeros(pos, len as usize, buf)
+            }
+        };
+        queue.overlay(&mut chunk);
+        pos += len;
+        if chunks.send(chunk).is_err() {
+            return Err(DeltaError::Panic("writer (stopped)"));
+        }
+        if len < chunk_size {
+            queue.expect_no_more()?;
+            return Ok(pos);
+        }
+    }
+}
+
+/// A delta as a seekable file: the delta itself when it is a regular file,
+/// else a spooled temporary copy.
+fn seekable_delta(delta: Input) -> Result<(PathBuf, File), DeltaError> {
+    let path = delta.path().to_path_buf();
+    if delta.kind() == InputKind::File {
+        return Ok((path, delta.into_file()));
+    }
+    let mut spool = tempfile::tempfile().map_err(|source| IoError::Op {
+        op: "create spool file",
+        path: std::env::temp_dir(),
+        source,
+    })?;
+    let mut file = delta.into_file();
+    std::io::copy(&mut file, &mut spool).map_err(|source| IoError::Read {
+        path: path.clone(),
+        offset: 0,
+        source,
+    })?;
+    Ok((path, spool))
+}
+
+fn rewind(path: &Path, file: &mut File) -> Result<DeltaStream, DeltaError> {
+    file.seek(SeekFrom::Start(0))
+        .map_err(|source| IoError::Op {
+            op: "seek",
+            path: path.into(),
+            source,
+        })?;
+    let clone = file.try_clone().map_err(|source| IoError::Op {
+        op: "dup",
+        path: path.into(),
+        source,
+    })?;
+    Ok(Box::new(clone))
+}
+
+/// In-place mode: changes `target` (holding OLD) into NEW, writing only the
+/// changed extents. The delta is verified completely and the base checked
+/// before the first write.
+///
+/// # Errors
+/// Format errors and [`DeltaError::BaseMismatch`] before any write; I/O
+/// errors; [`DeltaError::ResultMismatch`] when `verify` finds a difference.
+pub fn apply_in_place(
+    delta: Input,
+    target: &Path,
+    options: &ApplyOptions,
+) -> Result<ApplySummary, DeltaError> {
+    let (delta_path, mut delta_file) = seekable_delta(delta)?;
+
+    // Pass 1: verify the whole delta.
+    let mut source = DeltaSource::open(
+        &delta_path,
+        rewind(&delta_path, &mut delta_file)?,
+        options.format,
+        options.block_size,
+    )?;
+    let kind = source.kind();
+    let mut extents = 0u64;
+    let mut changed = 0u64;
+    let mut max_end = 0u64;
+    while let Some(e) = source.next_extent()? {
+        extents += 1;
+        changed += e.len();
+        max_end = max_end.max(e.end());
+    }
+    let trailer = source.trailer().cloned();
+    let mut notes = Vec::new();
+
+    let output = Output::open_in_place(target)?;
+    let target_size = output.size().unwrap_or(0);
+    let old_size = trailer.as_ref().map_or(target_size, |t| t.old_size);
+    let new_size = match &trailer {
+        Some(t) => t.new_size,
+        None => source
+            .new_size(Some(target_size))
+            .unwrap_or(target_size.max(max_end)),
+    };
+    let check = match (options.check_base, &trailer) {
+        (Some(c), _) => c,
+        (None, Some(t)) if t.old_digest.is_some() => CheckBase::Sample,
+        (None, _) => CheckBase::None,
+    };
+    match output.kind() {
+        OutputKind::BlockDevice => output.require_capacity(new_size.max(old_size))?,
+        _ => {
+            if trailer.is_some() && target_size != old_size && check != CheckBase::None {
+                return Err(DeltaError::BaseMismatch {
+                    path: target.into(),
+                    detail: format!(
+                        "delta was made from a {old_size}-byte OLD, target has {target_size} bytes"
+                    ),
+                });
+            }
+        }
+    }
+    match (&trailer, check) {
+        (_, CheckBase::None) => {
+            if trailer.as_ref().is_some_and(|t| t.old_digest.is_none())
+                || options.check_base.is_none()
+            {
+                notes.push("the base was not checked".into());
+            }
+        }
+        (None, mode) => {
+            return Err(DeltaError::CheckUnsupported {
+                mode: mode.name(),
+                reason: format!("{} deltas carry no base hashes", kind.name()),
+            })
+        }
+        (Some(t), CheckBase::Sample) => {
+            if t.old_digest.is_none() && t.samples.is_empty() {
+                return Err(DeltaError::CheckUnsupported {
+                    mode: "sample",
+                    reason: "the delta was made from change tracking without base samples".into(),
+                });
+            }
+            check_samples(&output, t, source.header().map_or(4096, |h| h.block_size))?;
+        }
+        (Some(t), CheckBase::Full) => {
+            let Some(expected) = t.old_digest else {
+                return Err(DeltaError::CheckUnsupported {
+                    mode: "full",
+                    reason: "the delta was made from change tracking and has no OLD digest".into(),
+                });
+            };
+            let actual = digest_of(target, old_size, None)?;
+            if actual != expected {
+                return Err(DeltaError::BaseMismatch {
+                    path: target.into(),
+                    detail: format!("OLD digest is {expected}, target has {actual}"),
+                });
+            }
+        }
+    }
+
+    // Pass 2: write. Every check has passed.
+    let mut source = DeltaSource::open(
+        &delta_path,
+        rewind(&delta_path, &mut delta_file)?,
+        Some(kind),
+        options.block_size,
+    )?;
+    if output.kind() == OutputKind::File {
+        output.set_len(new_size)?;
+    } else if new_size > old_size {
+        output.zero_range(old_size, new_size - old_size)?;
+    }
+    while let Some(e) = source.next_extent()? {
+        match &e.data {
+            ExtentData::Bytes(b) => output.write_at(e.offset, b)?,
+            ExtentData::Zeros(n) => output.zero_range(e.offset, *n)?,
+        }
+        if let Some(p) = &options.progress {
+            p.fetch_add(e.len(), Ordering::Relaxed);
+        }
+    }
+    output.sync()?;
+    let mut verified = false;
+    if options.verify {
+        match &trailer {
+            Some(t) => {
+                let actual = digest_of(target, new_size, None)?;
+                if actual != t.new_digest {
+                    return Err(DeltaError::ResultMismatch {
+                        path: target.into(),
+                        expected: t.new_digest,
+                        actual,
+                    });
+                }
+                verified = true;
+            }
+            None => notes.push(format!(
+                "{} deltas carry no NEW digest: --verify had nothing to compare",
+                kind.name()
+            )),
+        }
+    }
+    Ok(ApplySummary {
+        format: kind,
+        new_size,
+        extents,
+        changed_bytes: changed,
+        new_digest: trailer.as_ref().map(|t| t.new_digest),
+        check_base: check,
+        verified,
+        notes,
+    })
+}
+
+fn check_samples(output: &Output, trailer: &Trailer, block_size: u32) -> Result<(), DeltaError> {
+    let bs = u64::from(block_size);
+    let mut buf = vec![0u8; block_size as usize];
+    for sample in &trailer.samples {
+        let offset = sample.block.saturating_mul(bs);
+        let len = bs.min(trailer.old_size.saturating_sub(offset)) as usize;
+        let data = &mut buf[..len];
+        read_exact_at(output.file(), data, offset, output.path())?;
+        if Digest::of(data) != sample.digest {
+            return Err(DeltaError::BaseMismatch {
+                path: output.path().into(),
+                detail: format!(
+                    "sampled OLD block {} (bytes {}..{}) differs",
+                    sample.block,
+                    offset,
+                    offset + len as u64
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn read_exact_at(file: &File, buf: &mut [u8], offset: u64, path: &Path) -> Result<(), IoError> {
+    use std::os::unix::fs::FileExt;
+    file.read_exact_at(buf, offset)
+        .map_err(|source| IoError::Read {
+            path: path.into(),
+            offset,
+            source,
+        })
+}
+
+/// The image digest of the first `len` bytes of `path`.
+///
+/// # Errors
+/// I/O errors, or [`DeltaError::Size`] when `path` is shorter than `len`.
+pub fn digest_of(
+    path: &Path,
+    len: u64,
+    progress: Option<Arc<AtomicU64>>,
+) -> Result<Digest, DeltaError> {
+    let input = Input::open(path, &InputOptions::default())?;
+    if input.size().is_some_and(|s| s < len) {
+        return Err(DeltaError::Size {
+            path: path.into(),
+            detail: format!(
+                "has {} bytes, expected at least {len}",
+                input.size().unwrap_or(0)
+            ),
+        });
+    }
+    let reader = ChunkReader::spawn(
+        input,
+        ReaderOptions {
+            limit: Some(len),
+            progress,
+            ..ReaderOptions::default()
+        },
+    );
+    let summary = reader.finish()?;
+    summary.digest.ok_or(DeltaError::Panic("digest reader"))
+}

@@ -1,0 +1,495 @@
+//! `diff`: the delta of NEW against OLD.
+//!
+//! ```text
+//!  OLD reader thread ──(chunks, digest OLD)──┐
+//!                                           ├─> compare thread ──(extents)──> encoder pool ──(records)──> writer (this thread)
+//!  NEW reader thread ──(chunks, digest NEW)──┘         │ samples of unchanged OLD blocks
+//! ```
+//! Every channel is bounded and records in flight are capped by tokens, so
+//! memory does not grow with the image size.
+
+use std::collections::BTreeMap;
+use std::io::{BufWriter, Write};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use crossbeam_channel::{bounded, Receiver, Sender};
+
+use super::DeltaError;
+use crate::change::compare::{compare_blocks, BlockChange, View};
+use crate::digest::Digest;
+use crate::format::delta::{
+    encode_record, Compression, DeltaWriter, EncodedRecord, Header, Sample, TrailerInput,
+    WRITER_RECORD_LEN,
+};
+use crate::format::diffdd::DiffDdV2Writer;
+use crate::format::{Extent, ExtentData};
+use crate::io::reader::{Chunk, ReaderOptions};
+use crate::io::{ChunkReader, Input};
+use crate::units::BlockSize;
+
+/// Which format `diff` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputFormat {
+    /// The native format.
+    Native,
+    /// C++ diff-dd format v2, for users who must keep that tool.
+    DiffDdV2,
+}
+
+/// Validated options of `diff`.
+#[derive(Debug, Clone)]
+pub struct DiffOptions {
+    /// Comparison granularity.
+    pub block_size: BlockSize,
+    /// Payload compression.
+    pub compression: Compression,
+    /// Encoder threads.
+    pub threads: usize,
+    /// Output format.
+    pub format: OutputFormat,
+    /// Added to as NEW is read.
+    pub progress: Option<Arc<AtomicU64>>,
+}
+
+impl Default for DiffOptions {
+    fn default() -> Self {
+        DiffOptions {
+            block_size: BlockSize::DEFAULT,
+            compression: Compression::DEFAULT,
+            threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            format: OutputFormat::Native,
+            progress: None,
+        }
+    }
+}
+
+/// What `diff` did.
+#[derive(Debug, Clone)]
+pub struct DiffSummary {
+    /// Format written.
+    pub format: OutputFormat,
+    /// OLD size.
+    pub old_size: u64,
+    /// NEW size.
+    pub new_size: u64,
+    /// OLD image digest.
+    pub old_digest: Digest,
+    /// NEW image digest.
+    pub new_digest: Digest,
+    /// Records written.
+    pub records: u64,
+    /// NEW bytes carried by records.
+    pub changed_bytes: u64,
+    /// Bytes of the delta file.
+    pub delta_bytes: u64,
+}
+
+/// Target number of sampled OLD blocks (between this and twice this).
+const SAMPLE_TARGET: usize = 64;
+/// Records encoded or waiting to be written at once.
+const RECORDS_IN_FLIGHT: usize = 16;
+
+/// Picks OLD blocks to sample, evenly over the image, in one pass and
+/// bounded memory: keep blocks whose index is a multiple of `stride`, and
+/// double the stride whenever twice the target is reached. Only blocks the
+/// delta leaves unchanged are candidates, so an interrupted in-place apply
+/// still passes the sample check when rerun.
+#[derive(Debug)]
+struct Sampler {
+    stride: u64,
+    samples: Vec<Sample>,
+}
+
+impl Sampler {
+    fn new() -> Self {
+        Sampler {
+            stride: 1,
+            samples: Vec::with_capacity(2 * SAMPLE_TARGET),
+        }
+    }
+
+    fn offer(&mut self, block: u64, data: &[u8]) {
+        if block % self.stride != 0 {
+            return;
+        }
+        self.samples.push(Sample {
+            block,
+            digest: Digest::of(data),
+        });
+        if self.samples.len() >= 2 * SAMPLE_TARGET {
+            self.stride *= 2;
+            let stride = self.stride;
+            self.samples.retain(|s| s.block % stride == 0);
+        }
+    }
+}
+
+/// Accumulates changed blocks into extents: contiguous, of one kind (data
+/// or zeros), data extents at most [`WRITER_RECORD_LEN`] long.
+#[derive(Debug, Default)]
+struct ExtentBuilder {
+    pending: Option<Extent>,
+}
+
+impl ExtentBuilder {
+    fn push_data(&mut self, offset: u64, bytes: &[u8]) -> Option<Extent> {
+        if let Some(Extent {
+            offset: start,
+            data: ExtentData::Bytes(buf),
+        }) = &mut self.pending
+        {
+            if *start + buf.len() as u64 == offset && buf.len() + bytes.len() <= WRITER_RECORD_LEN {
+                buf.extend_from_slice(bytes);
+                return None;
+            }
+        }
+        let mut buf = Vec::with_capacity(WRITER_RECORD_LEN.max(bytes.len()));
+        buf.extend_from_slice(bytes);
+        self.pending.replace(Extent {
+            offset,
+            data: ExtentData::Bytes(buf),
+        })
+    }
+
+    fn push_zeros(&mut self, offset: u64, len: u64) -> Option<Extent> {
+        if let Some(Extent {
+            offset: start,
+            data: ExtentData::Zeros(n),
+        }) = &mut self.pending
+        {
+            if *start + *n == offset {
+                *n += len;
+                return None;
+            }
+        }
+        self.pending.replace(Extent {
+            offset,
+            data: ExtentData::Zeros(len),
+        })
+    }
+
+    fn flush(&mut self) -> Option<Extent> {
+        self.pending.take()
+    }
+}
+
+/// What the compare thread hands back.
+struct Compared {
+    old_size: u64,
+    new_size: u64,
+    old_digest: Digest,
+    new_digest: Digest,
+    samples: Vec<Sample>,
+}
+
+fn view(chunk: &Chunk) -> View<'_> {
+    if chunk.hole {
+        View::Zeros(chunk.len)
+    } else {
+        View::Bytes(chunk.data())
+    }
+}
+
+/// Sends extents to the encoders, one token per extent so at most
+/// [`RECORDS_IN_FLIGHT`] are buffered anywhere.
+struct ExtentSink {
+    seq: u64,
+    jobs: Sender<(u64, Extent)>,
+    tokens: Receiver<()>,
+}
+
+impl ExtentSink {
+    /// Returns false when the writer has stopped.
+    fn send(&mut self, extent: Option<Extent>) -> bool {
+        let Some(extent) = extent else { return true };
+        if self.tokens.recv().is_err() {
+            return false;
+        }
+        let ok = self.jobs.send((self.seq, extent)).is_ok();
+        self.seq += 1;
+        ok
+    }
+}
+
+fn compare_all(
+    mut old: ChunkReader,
+    mut new: ChunkReader,
+    block: usize,
+    mut sink: ExtentSink,
+) -> Result<Option<Compared>, DeltaError> {
+    let mut builder = ExtentBuilder::default();
+    let mut sampler = Sampler::new();
+    let mut old_done = false;
+    let block_u64 = block as u64;
+    let stopped = loop {
+        let new_chunk = match new.next_chunk() {
+            None => break false,
+            Some(c) => c?,
+        };
+        let old_chunk = if old_done {
+            None
+        } else {
+            match old.next_chunk() {
+                None => {
+                    old_done = true;
+                    None
+                }
+                Some(c) => Some(c?),
+            }
+        };
+        let base = new_chunk.offset;
+        let old_len = old_chunk.as_ref().map_or(0, |c| c.len);
+        let mut stop = false;
+        compare_blocks(
+            old_chunk.as_ref().map(view),
+            view(&new_chunk),
+            block,
+            |start, end, change| {
+                if stop {
+                    return;
+                }
+                let offset = base + start as u64;
+                let flushed = match change {
+                    BlockChange::Unchanged => {
+                        if end - start == block && end <= old_len {
+                            if let Some(oc) = &old_chunk {
+                                let data: &[u8] = if oc.hole {
+                                    &ZERO_BLOCK_SOURCE[..block.min(ZERO_BLOCK_SOURCE.len())]
+                                } else {
+                                    &oc.data()[start..end]
+                                };
+                                if data.len() == block {
+                                    sampler.offer(offset / block_u64, data);
+                                }
+                            }
+                        }
+                        builder.flush()
+                    }
+                    BlockChange::Zeroed => builder.push_zeros(offset, (end - start) as u64),
+                    BlockChange::Data => builder.push_data(offset, &new_chunk.data()[start..end]),
+                };
+                if !sink.send(flushed) {
+                    stop = true;
+                }
+            },
+        );
+        if let Some(oc) = old_chunk {
+            old_done = old_done || oc.len < new_chunk.len;
+            old.recycle(oc);
+        }
+        new.recycle(new_chunk);
+        if stop {
+            break true;
+        }
+    };
+    if stopped || !sink.send(builder.flush()) {
+        old.abandon();
+        new.abandon();
+        return Ok(None);
+    }
+    drop(sink);
+    let old_summary = old.finish()?;
+    let new_summary = new.finish()?;
+    Ok(Some(Compared {
+        old_size: old_summary.bytes,
+        new_size: new_summary.bytes,
+        old_digest: old_summary.digest.unwrap_or_default(),
+        new_digest: new_summary.digest.unwrap_or_default(),
+        samples: sampler.samples,
+    }))
+}
+
+/// Source of zero bytes for sampling blocks inside holes (block sizes above
+/// this are never sampled from holes, only from read data).
+static ZERO_BLOCK_SOURCE: [u8; 64 * 1024] = [0; 64 * 1024];
+
+enum Encoded {
+    Record(EncodedRecord),
+    Plain(Extent),
+}
+
+fn encoder(
+    jobs: Receiver<(u64, Extent)>,
+    done: Sender<(u64, Encoded)>,
+    format: OutputFormat,
+    compression: Compression,
+) {
+    let mut compressor = match (format, compression) {
+        (OutputFormat::Native, Compression::Zstd(level)) => zstd::bulk::Compressor::new(level).ok(),
+        _ => None,
+    };
+    for (seq, extent) in jobs {
+        let out = match format {
+            OutputFormat::Native => Encoded::Record(encode_record(&extent, compressor.as_mut())),
+            OutputFormat::DiffDdV2 => Encoded::Plain(extent),
+        };
+        if done.send((seq, out)).is_err() {
+            return;
+        }
+    }
+}
+
+enum Sink<W: Write> {
+    Native(DeltaWriter<W>),
+    DiffDd(DiffDdV2Writer<W>, u64, u64),
+}
+
+impl<W: Write> Sink<W> {
+    fn write(&mut self, encoded: Encoded) -> Result<(), DeltaError> {
+        match (self, encoded) {
+            (Sink::Native(w), Encoded::Record(r)) => w.write_record(&r)?,
+            (Sink::DiffDd(w, count, changed), Encoded::Plain(e)) => {
+                *count += 1;
+                *changed += e.len();
+                match &e.data {
+                    ExtentData::Bytes(b) => w.write_extent(e.offset, b)?,
+                    ExtentData::Zeros(n) => {
+                        let zeros = vec![0u8; WRITER_RECORD_LEN];
+                        let mut at = 0;
+                        while at < *n {
+                            let len = (*n - at).min(zeros.len() as u64) as usize;
+                            w.write_extent(e.offset + at, &zeros[..len])?;
+                            at += len as u64;
+                        }
+                    }
+                }
+            }
+            _ => return Err(DeltaError::Panic("encoder (format mix-up)")),
+        }
+        Ok(())
+    }
+}
+
+/// Writes the delta of `new` against `old` to `out`, returning the stream.
+///
+/// # Errors
+/// I/O errors on either input or the output; [`DeltaError::Write`] when the
+/// delta cannot be written.
+pub fn create_delta<W: Write + Send>(
+    old: Input,
+    new: Input,
+    out: W,
+    options: &DiffOptions,
+) -> Result<(W, DiffSummary), DeltaError> {
+    let block = options.block_size.as_usize();
+    let header = Header {
+        block_size: options.block_size.get(),
+        old_size: old.size(),
+        new_size: new.size(),
+        change_tracked: false,
+    };
+    let old_reader = ChunkReader::spawn(old, ReaderOptions::default());
+    let new_reader = ChunkReader::spawn(
+        new,
+        ReaderOptions {
+            progress: options.progress.clone(),
+            ..ReaderOptions::default()
+        },
+    );
+    let out = BufWriter::with_capacity(1 << 20, out);
+    let mut sink = match options.format {
+        OutputFormat::Native => Sink::Native(DeltaWriter::new(out, header)?),
+        OutputFormat::DiffDdV2 => Sink::DiffDd(DiffDdV2Writer::new(out)?, 0, 0),
+    };
+    let threads = options.threads.clamp(1, 16);
+    let (job_tx, job_rx) = bounded::<(u64, Extent)>(threads);
+    let (done_tx, done_rx) = bounded::<(u64, Encoded)>(RECORDS_IN_FLIGHT);
+    let (token_tx, token_rx) = bounded::<()>(RECORDS_IN_FLIGHT);
+    for _ in 0..RECORDS_IN_FLIGHT {
+        let _ = token_tx.send(());
+    }
+    let format = options.format;
+    let compression = options.compression;
+    std::thread::scope(|scope| {
+        let compare = scope.spawn(move || {
+            compare_all(
+                old_reader,
+                new_reader,
+                block,
+                ExtentSink {
+                    seq: 0,
+                    jobs: job_tx,
+                    tokens: token_rx,
+                },
+            )
+        });
+        for _ in 0..threads {
+            let jobs = job_rx.clone();
+            let done = done_tx.clone();
+            scope.spawn(move || encoder(jobs, done, format, compression));
+        }
+        drop(job_rx);
+        drop(done_tx);
+        let mut waiting = BTreeMap::new();
+        let mut next = 0u64;
+        let mut write_result = Ok(());
+        for (seq, encoded) in &done_rx {
+            waiting.insert(seq, encoded);
+            while let Some(encoded) = waiting.remove(&next) {
+                if let Err(e) = sink.write(encoded) {
+                    write_result = Err(e);
+                    break;
+                }
+                next += 1;
+                let _ = token_tx.send(());
+            }
+            if write_result.is_err() {
+                break;
+            }
+        }
+        drop(token_tx);
+        drop(done_rx);
+        let compared = compare.join().map_err(|_| DeltaError::Panic("compare"))?;
+        write_result?;
+        let Some(c) = compared? else {
+            return Err(DeltaError::Panic("compare (stopped early)"));
+        };
+        let summary = DiffSummary {
+            format,
+            old_size: c.old_size,
+            new_size: c.new_size,
+            old_digest: c.old_digest,
+            new_digest: c.new_digest,
+            records: 0,
+            changed_bytes: 0,
+            delta_bytes: 0,
+        };
+        let (buffered, summary) = match sink {
+            Sink::Native(w) => {
+                let (w, trailer, bytes) = w.finish(TrailerInput {
+                    old_size: c.old_size,
+                    new_size: c.new_size,
+                    old_digest: Some(c.old_digest),
+                    new_digest: c.new_digest,
+                    samples: c.samples,
+                })?;
+                (
+                    w,
+                    DiffSummary {
+                        records: trailer.record_count,
+                        changed_bytes: trailer.changed_bytes,
+                        delta_bytes: bytes,
+                        ..summary
+                    },
+                )
+            }
+            Sink::DiffDd(w, records, changed) => {
+                let w = w.finish()?;
+                (
+                    w,
+                    DiffSummary {
+                        records,
+                        changed_bytes: changed,
+                        delta_bytes: 0,
+                        ..summary
+                    },
+                )
+            }
+        };
+        let inner = buffered
+            .into_inner()
+            .map_err(|e| DeltaError::Write(e.into_error()))?;
+        Ok((inner, summary))
+    })
+}

@@ -1,0 +1,48 @@
+//! Byte formats. Each format is its own module with its constants, a
+//! byte-offset table in the module docs, and a spec under `docs/formats/`.
+//!
+//! Every delta format, native or foreign, decodes to the same stream of
+//! [`Extent`]s in strictly increasing offset order, so one apply engine
+//! serves all of them.
+
+pub mod delta;
+pub mod diffdd;
+pub mod diffdd_py;
+
+/// Bytes of NEW at one position, as carried by a delta record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Extent {
+    /// Byte offset in NEW.
+    pub offset: u64,
+    /// What NEW holds at `offset`.
+    pub data: ExtentData,
+}
+
+/// Payload of an [`Extent`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExtentData {
+    /// Literal bytes.
+    Bytes(Vec<u8>),
+    /// This many zero bytes (a hole, discard, or zero-fill).
+    Zeros(u64),
+}
+
+impl Extent {
+    /// Number of NEW bytes this extent covers.
+    pub fn len(&self) -> u64 {
+        match &self.data {
+            ExtentData::Bytes(b) => b.len() as u64,
+            ExtentData::Zeros(n) => *n,
+        }
+    }
+
+    /// True when the extent covers no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Offset one past the last byte covered.
+    pub fn end(&self) -> u64 {
+        self.offset.saturating_add(self.len())
+    }
+}

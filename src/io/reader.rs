@@ -1,0 +1,409 @@
+//! The read-ahead thread: fills large recycled buffers from a source, in
+//! order, and optionally computes the source's image digest on the way, so
+//! hashing runs on the reader's core while the consumer compares or writes.
+//!
+//! Memory is bounded by construction: the reader owns `depth` buffers and
+//! blocks until the consumer hands one back with [`ChunkReader::recycle`].
+//! Holes of sparse regular files (found with `SEEK_DATA`) are never read:
+//! a chunk that lies entirely inside a hole arrives with `hole == true`.
+
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{bounded, Receiver, Sender};
+
+use super::{sparse, Input, InputKind, IoError};
+use crate::digest::{Digest, ImageHasher};
+
+/// Default chunk size: large enough for sequential throughput, a multiple
+/// of every block size up to 4 MiB and of the digest segment.
+pub const DEFAULT_CHUNK_SIZE: usize = 4 << 20;
+/// Default number of buffers a reader owns.
+pub const DEFAULT_DEPTH: usize = 4;
+
+const ALIGN: usize = 4096;
+
+/// A buffer whose usable part starts at a 4 KiB boundary (for `O_DIRECT`).
+#[derive(Debug)]
+pub struct AlignedBuf {
+    vec: Vec<u8>,
+    start: usize,
+    capacity: usize,
+}
+
+impl AlignedBuf {
+    /// A zeroed buffer of `capacity` usable bytes.
+    pub fn new(capacity: usize) -> Self {
+        let vec = vec![0u8; capacity + ALIGN];
+        let start = vec.as_ptr().align_offset(ALIGN).min(ALIGN);
+        AlignedBuf {
+            vec,
+            start,
+            capacity,
+        }
+    }
+
+    /// Usable bytes.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// The usable bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        &self.vec[self.start..self.start + self.capacity]
+    }
+
+    /// The usable bytes, mutable.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        &mut self.vec[self.start..self.start + self.capacity]
+    }
+}
+
+/// One piece of a source, at a chunk-aligned offset.
+#[derive(Debug)]
+pub struct Chunk {
+    /// Byte offset in the source.
+    pub offset: u64,
+    /// Valid bytes (less than the chunk size only at the end).
+    pub len: usize,
+    /// The whole chunk is zeros and its buffer was not filled.
+    pub hole: bool,
+    buf: AlignedBuf,
+}
+
+impl Chunk {
+    /// A chunk of zeros (a hole) with a fresh buffer.
+    pub fn zeros(offset: u64, len: usize, buf: AlignedBuf) -> Chunk {
+        Chunk {
+            offset,
+            len,
+            hole: true,
+            buf,
+        }
+    }
+
+    /// The bytes. Call [`Chunk::materialize`] first when `hole` is set.
+    pub fn data(&self) -> &[u8] {
+        &self.buf.as_slice()[..self.len]
+    }
+
+    /// The bytes, mutable; turns a hole into real zeros first.
+    pub fn data_mut(&mut self) -> &mut [u8] {
+        self.materialize();
+        &mut self.buf.as_mut_slice()[..self.len]
+    }
+
+    /// Fills a hole chunk's buffer with zeros so [`Chunk::data`] is valid.
+    pub fn materialize(&mut self) {
+        if self.hole {
+            self.buf.as_mut_slice()[..self.len].fill(0);
+            self.hole = false;
+        }
+    }
+
+    /// Changes the valid length (to truncate, or to grow with zeros up to
+    /// the buffer capacity).
+    pub fn set_len(&mut self, len: usize) {
+        let len = len.min(self.buf.capacity());
+        if len > self.len && !self.hole {
+            self.buf.as_mut_slice()[self.len..len].fill(0);
+        }
+        self.len = len;
+    }
+
+    /// The offset one past the last valid byte.
+    pub fn end(&self) -> u64 {
+        self.offset + self.len as u64
+    }
+
+    /// Takes the buffer back for recycling.
+    pub fn into_buf(self) -> AlignedBuf {
+        self.buf
+    }
+}
+
+/// How a [`ChunkReader`] reads.
+#[derive(Debug, Clone)]
+pub struct ReaderOptions {
+    /// Bytes per chunk; a multiple of 4 KiB.
+    pub chunk_size: usize,
+    /// Buffers in flight.
+    pub depth: usize,
+    /// Compute the image digest of everything read.
+    pub digest: bool,
+    /// Read at most this many bytes.
+    pub limit: Option<u64>,
+    /// Added to as bytes are read (for progress bars).
+    pub progress: Option<Arc<AtomicU64>>,
+}
+
+impl Default for ReaderOptions {
+    fn default() -> Self {
+        ReaderOptions {
+            chunk_size: DEFAULT_CHUNK_SIZE,
+            depth: DEFAULT_DEPTH,
+            digest: true,
+            limit: None,
+            progress: None,
+        }
+    }
+}
+
+/// What a finished reader saw.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadSummary {
+    /// Bytes in the source (up to the limit).
+    pub bytes: u64,
+    /// Its image digest, when requested.
+    pub digest: Option<Digest>,
+}
+
+/// A source being read ahead on its own thread.
+#[derive(Debug)]
+pub struct ChunkReader {
+    chunks: Receiver<Result<Chunk, IoError>>,
+    recycle: Sender<AlignedBuf>,
+    thread: Option<JoinHandle<Result<ReadSummary, IoError>>>,
+    path: PathBuf,
+}
+
+impl ChunkReader {
+    /// Starts reading `input` on a new thread.
+    pub fn spawn(input: Input, options: ReaderOptions) -> ChunkReader {
+        let depth = options.depth.max(2);
+        let (chunk_tx, chunks) = bounded(depth);
+        let (recycle, free) = bounded(depth);
+        for _ in 0..depth {
+            // Cannot fail: the channel holds exactly `depth` buffers.
+            let _ = recycle.send(AlignedBuf::new(options.chunk_size));
+        }
+        let path = input.path().to_path_buf();
+        let thread = std::thread::Builder::new()
+            .name(format!("read {}", path.display()))
+            .spawn(move || read_loop(input, options, chunk_tx, free));
+        match thread {
+            Ok(handle) => ChunkReader {
+                chunks,
+                recycle,
+                thread: Some(handle),
+                path,
+            },
+            Err(source) => {
+                let (tx, chunks) = bounded(1);
+                let _ = tx.send(Err(IoError::Op {
+                    op: "spawn reader thread",
+                    path: path.clone(),
+                    source,
+                }));
+                ChunkReader {
+                    chunks,
+                    recycle,
+                    thread: None,
+                    path,
+                }
+            }
+        }
+    }
+
+    /// The next chunk in order, `None` at the end of the source.
+    pub fn next_chunk(&mut self) -> Option<Result<Chunk, IoError>> {
+        self.chunks.recv().ok()
+    }
+
+    /// Returns a chunk's buffer to the reader.
+    pub fn recycle(&self, chunk: Chunk) {
+        let _ = self.recycle.send(chunk.into_buf());
+    }
+
+    /// Returns a bare buffer to the reader.
+    pub fn recycle_buf(&self, buf: AlignedBuf) {
+        let _ = self.recycle.send(buf);
+    }
+
+    /// The source path.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// Reads the rest of the source (still digesting it) and returns what
+    /// the reader saw.
+    ///
+    /// # Errors
+    /// The first read error.
+    pub fn finish(mut self) -> Result<ReadSummary, IoError> {
+        while let Some(chunk) = self.next_chunk() {
+            let chunk = chunk?;
+            self.recycle(chunk);
+        }
+        self.join()
+    }
+
+    /// Stops reading early and waits for the thread.
+    pub fn abandon(mut self) {
+        let (_, empty) = bounded(0);
+        drop(std::mem::replace(&mut self.chunks, empty));
+        let _ = self.join();
+    }
+
+    fn join(&mut self) -> Result<ReadSummary, IoError> {
+        match self.thread.take() {
+            Some(handle) => match handle.join() {
+                Ok(result) => result,
+                Err(_) => Err(IoError::Op {
+                    op: "reader thread",
+                    path: self.path.clone(),
+                    source: std::io::Error::other("panicked"),
+                }),
+            },
+            None => Err(IoError::Op {
+                op: "reader thread",
+                path: self.path.clone(),
+                source: std::io::Error::other("not running"),
+            }),
+        }
+    }
+}
+
+fn fill_stream(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+fn fill_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read_at(&mut buf[filled..], offset + filled as u64) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+fn read_loop(
+    input: Input,
+    options: ReaderOptions,
+    chunks: Sender<Result<Chunk, IoError>>,
+    free: Receiver<AlignedBuf>,
+) -> Result<ReadSummary, IoError> {
+    let kind = input.kind();
+    let path = input.path().to_path_buf();
+    let end = match (input.size(), options.limit) {
+        (Some(size), Some(limit)) => Some(size.min(limit)),
+        (size, limit) => size.or(limit),
+    };
+    let size_known = input.size().is_some();
+    let mut file = input.into_file();
+    let mut hasher = options.digest.then(ImageHasher::new);
+    let mut offset = 0u64;
+    // Start of the next data region at or after `offset`, for sparse files.
+    let mut data_from = 0u64;
+    let result = loop {
+        let Ok(mut buf) = free.recv() else {
+            break Ok(());
+        };
+        let want = match end {
+            Some(end) => (end - offset).min(buf.capacity() as u64) as usize,
+            None => buf.capacity(),
+        };
+        if want == 0 {
+            break Ok(());
+        }
+        if kind == InputKind::File && offset >= data_from {
+            match sparse::next_data(&file, offset) {
+                Ok(next) => data_from = next.unwrap_or(u64::MAX),
+                Err(source) => {
+                    let err = IoError::Read {
+                        path: path.clone(),
+                        offset,
+                        source,
+                    };
+                    let _ = chunks.send(Err(err));
+                    break Ok(());
+                }
+            }
+        }
+        let chunk = if kind == InputKind::File && data_from >= offset + want as u64 {
+            if let Some(h) = hasher.as_mut() {
+                h.update_zeros(want as u64);
+            }
+            Chunk {
+                offset,
+                len: want,
+                hole: true,
+                buf,
+            }
+        } else {
+            let filled = match kind {
+                InputKind::Stream => fill_stream(&mut file, &mut buf.as_mut_slice()[..want]),
+                _ => fill_at(&file, &mut buf.as_mut_slice()[..want], offset),
+            };
+            let filled = match filled {
+                Ok(n) => n,
+                Err(source) => {
+                    let err = IoError::Read {
+                        path: path.clone(),
+                        offset,
+                        source,
+                    };
+                    let _ = chunks.send(Err(err));
+                    break Ok(());
+                }
+            };
+            if filled < want && size_known {
+                let err = IoError::Read {
+                    path: path.clone(),
+                    offset: offset + filled as u64,
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "source shrank while being read",
+                    ),
+                };
+                let _ = chunks.send(Err(err));
+                break Ok(());
+            }
+            if filled == 0 {
+                break Ok(());
+            }
+            if let Some(h) = hasher.as_mut() {
+                h.update(&buf.as_slice()[..filled]);
+            }
+            Chunk {
+                offset,
+                len: filled,
+                hole: false,
+                buf,
+            }
+        };
+        let len = chunk.len as u64;
+        if let Some(p) = &options.progress {
+            p.fetch_add(len, Ordering::Relaxed);
+        }
+        offset += len;
+        if chunks.send(Ok(chunk)).is_err() {
+            break Ok(());
+        }
+        if len < want as u64 {
+            break Ok(());
+        }
+    };
+    result.map(|()| ReadSummary {
+        bytes: offset,
+        digest: hasher.map(ImageHasher::finalize),
+    })
+}

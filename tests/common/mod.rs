@@ -1,0 +1,76 @@
+//! Shared helpers for the integration tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The `diskdelta` binary under test.
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_diskdelta"))
+}
+
+/// A `Command` for the binary under test, with a quiet environment.
+pub fn diskdelta() -> Command {
+    let mut cmd = Command::new(bin());
+    cmd.env_remove("DISKDELTA_REPO");
+    cmd
+}
+
+/// A fresh temporary directory, removed on drop.
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("diskdelta-it-")
+        .tempdir()
+        .expect("create temporary directory")
+}
+
+/// Deterministic pseudo-random bytes (xorshift), for reproducible images.
+pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        out.extend_from_slice(&state.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Writes `data` to `dir/name` and returns the path.
+pub fn write_file(dir: &Path, name: &str, data: &[u8]) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, data).expect("write test file");
+    path
+}
+
+/// Runs a command and panics with its stderr when it fails.
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("spawn command");
+    assert!(
+        out.status.success(),
+        "command {:?} failed with {}: {}",
+        cmd,
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Runs a command that must fail; returns its output.
+pub fn run_fail(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("spawn command");
+    assert!(
+        !out.status.success(),
+        "command {:?} unexpectedly succeeded: {}",
+        cmd,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// True when running under CI, where a skipped prerequisite is a failure.
+pub fn in_ci() -> bool {
+    std::env::var_os("CI").is_some_and(|v| v == "true" || v == "1")
+}

@@ -1,0 +1,9 @@
+//! One integration-test binary: runs the real `diskdelta` executable in
+//! temporary directories. Modules under `tests/integration/`, shared
+//! harnesses under `tests/common/`.
+
+#[path = "common/mod.rs"]
+mod common;
+
+#[path = "integration/legacy.rs"]
+mod legacy;
