@@ -1,0 +1,24 @@
+# Shared by scripts/setup and scripts/test: installs missing Debian packages,
+# running `apt-get update` at most once per call.
+
+# System packages that diskdelta's features, tests and benchmarks use.
+DISKDELTA_PACKAGES=(
+  util-linux          # losetup, blockdev: loop-device tests
+  python3-venv        # the real Python diff-dd in a venv for format tests
+  zstd xdelta3 rdiff  # peers in bench/
+  time                # /usr/bin/time for peak RSS in bench/
+)
+
+ensure_packages() {
+  local missing=()
+  local pkg
+  for pkg in "$@"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "installing: ${missing[*]}" >&2
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+}
