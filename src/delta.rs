@@ -7,7 +7,7 @@
 //!   and in-place mode (TARGET holding OLD receives only changed extents,
 //!   after every check passed).
 //! - [`source`]: reads any supported delta format as one stream of extents.
-//! - [`inspect`]: `info`.
+//! - [`inspect`]: the `info` command.
 
 pub mod apply;
 pub mod create;

@@ -200,7 +200,7 @@ impl ImageHasher {
 
     /// Feeds `count` zero bytes; whole zero segments cost no hashing.
     pub fn update_zeros(&mut self, mut count: u64) {
-        const ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+        static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
         while count > 0 {
             if self.partial_len == 0 && count >= SEGMENT_SIZE as u64 {
                 let hash = *zero_segment_hash();

@@ -110,7 +110,7 @@ impl Sampler {
     }
 
     fn offer(&mut self, block: u64, data: &[u8]) {
-        if block % self.stride != 0 {
+        if !block.is_multiple_of(self.stride) {
             return;
         }
         self.samples.push(Sample {
@@ -120,7 +120,7 @@ impl Sampler {
         if self.samples.len() >= 2 * SAMPLE_TARGET {
             self.stride *= 2;
             let stride = self.stride;
-            self.samples.retain(|s| s.block % stride == 0);
+            self.samples.retain(|s| s.block.is_multiple_of(stride));
         }
     }
 }
@@ -331,29 +331,17 @@ fn encoder(
 }
 
 enum Sink<W: Write> {
-    Native(DeltaWriter<W>),
-    DiffDd(DiffDdV2Writer<W>, u64, u64),
+    Native(Box<DeltaWriter<W>>),
+    DiffDd(DiffDdV2Writer<W>, u64),
 }
 
 impl<W: Write> Sink<W> {
     fn write(&mut self, encoded: Encoded) -> Result<(), DeltaError> {
         match (self, encoded) {
             (Sink::Native(w), Encoded::Record(r)) => w.write_record(&r)?,
-            (Sink::DiffDd(w, count, changed), Encoded::Plain(e)) => {
-                *count += 1;
+            (Sink::DiffDd(w, changed), Encoded::Plain(e)) => {
                 *changed += e.len();
-                match &e.data {
-                    ExtentData::Bytes(b) => w.write_extent(e.offset, b)?,
-                    ExtentData::Zeros(n) => {
-                        let zeros = vec![0u8; WRITER_RECORD_LEN];
-                        let mut at = 0;
-                        while at < *n {
-                            let len = (*n - at).min(zeros.len() as u64) as usize;
-                            w.write_extent(e.offset + at, &zeros[..len])?;
-                            at += len as u64;
-                        }
-                    }
-                }
+                w.write(&e)?;
             }
             _ => return Err(DeltaError::Panic("encoder (format mix-up)")),
         }
@@ -389,8 +377,8 @@ pub fn create_delta<W: Write + Send>(
     );
     let out = BufWriter::with_capacity(1 << 20, out);
     let mut sink = match options.format {
-        OutputFormat::Native => Sink::Native(DeltaWriter::new(out, header)?),
-        OutputFormat::DiffDdV2 => Sink::DiffDd(DiffDdV2Writer::new(out)?, 0, 0),
+        OutputFormat::Native => Sink::Native(Box::new(DeltaWriter::new(out, header)?)),
+        OutputFormat::DiffDdV2 => Sink::DiffDd(DiffDdV2Writer::new(out)?, 0),
     };
     let threads = options.threads.clamp(1, 16);
     let (job_tx, job_rx) = bounded::<(u64, Extent)>(threads);
@@ -474,14 +462,15 @@ pub fn create_delta<W: Write + Send>(
                     },
                 )
             }
-            Sink::DiffDd(w, records, changed) => {
+            Sink::DiffDd(w, changed) => {
+                let (records, bytes) = (w.records(), w.position());
                 let w = w.finish()?;
                 (
                     w,
                     DiffSummary {
                         records,
                         changed_bytes: changed,
-                        delta_bytes: 0,
+                        delta_bytes: bytes,
                         ..summary
                     },
                 )

@@ -1,6 +1,6 @@
-//! The delta formats of the C++ `diff-dd` by Ján Sučan
-//! (`github.com/jansucan/diff-dd`): format v2 (current, with a header) and
-//! format v1 (headerless, one sector per record).
+//! The delta formats of the C++ `diff-dd` by Ján Sučan (`jansucan/diff-dd`
+//! on GitHub): format v2 (current, with a header) and format v1
+//! (headerless, one sector per record, made by its earlier versions).
 //!
 //! Both carry only the changed bytes of NEW and where they go; everything
 //! else comes from the base image OLD. Neither format stores the size of

@@ -89,7 +89,7 @@ pub fn discard(file: &File, offset: u64, len: u64) -> io::Result<()> {
 /// # Errors
 /// The OS error of a failed write.
 pub fn write_zeros(file: &File, mut offset: u64, mut len: u64) -> io::Result<()> {
-    const ZEROS: [u8; 256 * 1024] = [0; 256 * 1024];
+    static ZEROS: [u8; 256 * 1024] = [0; 256 * 1024];
     while len > 0 {
         let n = len.min(ZEROS.len() as u64) as usize;
         file.write_all_at(&ZEROS[..n], offset)?;

@@ -278,7 +278,7 @@ impl Output {
         let pos = self.pos;
         match self.kind {
             OutputKind::Stream => {
-                const ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+                static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
                 let mut left = len;
                 while left > 0 {
                     let n = left.min(ZEROS.len() as u64) as usize;
