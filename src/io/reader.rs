@@ -308,6 +308,13 @@ fn read_loop(
         (size, limit) => size.or(limit),
     };
     let size_known = input.size().is_some();
+    // O_DIRECT reads need lengths in whole sectors; the tail is read rounded
+    // up and cut back.
+    let direct_align = if input.is_direct() {
+        input.sector_size().max(512) as usize
+    } else {
+        1
+    };
     let mut file = input.into_file();
     let mut hasher = options.digest.then(ImageHasher::new);
     let mut offset = 0u64;
@@ -349,9 +356,10 @@ fn read_loop(
                 buf,
             }
         } else {
+            let read_len = want.next_multiple_of(direct_align).min(buf.capacity());
             let filled = match kind {
                 InputKind::Stream => fill_stream(&mut file, &mut buf.as_mut_slice()[..want]),
-                _ => fill_at(&file, &mut buf.as_mut_slice()[..want], offset),
+                _ => fill_at(&file, &mut buf.as_mut_slice()[..read_len], offset).map(|n| n.min(want)),
             };
             let filled = match filled {
                 Ok(n) => n,
