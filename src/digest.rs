@@ -103,11 +103,32 @@ fn zero_segment_hash() -> &'static blake3::Hash {
     HASH.get_or_init(|| blake3::hash(&vec![0u8; SEGMENT_SIZE]))
 }
 
-fn hash_segment(seg: &[u8]) -> blake3::Hash {
+/// The hash of one digest segment (at most [`SEGMENT_SIZE`] bytes), as
+/// [`ImageHasher`] computes it. Reusable through
+/// [`ImageHasher::push_segment`] when the same bytes appear at the same
+/// segment-aligned position of another image.
+pub fn hash_segment(seg: &[u8]) -> blake3::Hash {
     if seg.len() == SEGMENT_SIZE && is_zero(seg) {
         *zero_segment_hash()
     } else {
         blake3::hash(seg)
+    }
+}
+
+/// The hash of a segment of `len` zero bytes.
+pub fn zero_segment(len: usize) -> blake3::Hash {
+    if len == SEGMENT_SIZE {
+        *zero_segment_hash()
+    } else {
+        static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+        let mut h = blake3::Hasher::new();
+        let mut left = len.min(SEGMENT_SIZE);
+        while left > 0 {
+            let n = left.min(ZEROS.len());
+            h.update(&ZEROS[..n]);
+            left -= n;
+        }
+        h.finalize()
     }
 }
 
@@ -164,7 +185,7 @@ impl ImageHasher {
     }
 
     fn close_partial(&mut self) {
-        let hash = if self.partial_zero {
+        let hash = if self.partial_zero && self.partial_len == SEGMENT_SIZE {
             *zero_segment_hash()
         } else {
             self.partial.finalize()
@@ -173,6 +194,19 @@ impl ImageHasher {
         self.partial.reset();
         self.partial_len = 0;
         self.partial_zero = true;
+    }
+
+    /// Feeds a segment whose hash is already known: `len` bytes (a whole
+    /// segment, or the image's last, shorter one) at a segment boundary.
+    /// Returns false, feeding nothing, when the hasher is not at a segment
+    /// boundary; the caller then feeds the bytes with [`ImageHasher::update`].
+    pub fn push_segment(&mut self, hash: &blake3::Hash, len: usize) -> bool {
+        if self.partial_len != 0 || len > SEGMENT_SIZE || len == 0 {
+            return false;
+        }
+        self.push_segment_hash(hash);
+        self.total += len as u64;
+        true
     }
 
     /// Feeds image bytes.
@@ -265,6 +299,26 @@ mod tests {
             h.update_zeros(len as u64);
             assert_eq!(h.finalize(), reference(&zeros), "zeros len {len}");
         }
+    }
+
+    #[test]
+    fn pushed_segments_equal_fed_bytes() {
+        let data: Vec<u8> = (0..(2 * SEGMENT_SIZE + 100))
+            .map(|i| (i % 253) as u8)
+            .collect();
+        let mut h = ImageHasher::new();
+        for seg in data.chunks(SEGMENT_SIZE) {
+            assert!(h.push_segment(&hash_segment(seg), seg.len()));
+        }
+        assert_eq!(h.finalize(), image_digest(&data));
+        let mut h = ImageHasher::new();
+        h.update(&[1]);
+        assert!(!h.push_segment(&hash_segment(&data[..SEGMENT_SIZE]), SEGMENT_SIZE));
+        assert_eq!(zero_segment(100), blake3::hash(&[0u8; 100]));
+        assert_eq!(
+            zero_segment(SEGMENT_SIZE),
+            blake3::hash(&vec![0u8; SEGMENT_SIZE])
+        );
     }
 
     #[test]

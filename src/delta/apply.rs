@@ -22,7 +22,7 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 
 use super::source::{DeltaKind, DeltaSource, DeltaStream};
 use super::DeltaError;
-use crate::digest::{Digest, ImageHasher};
+use crate::digest::{Digest, ImageHasher, SEGMENT_SIZE};
 use crate::format::delta::Trailer;
 use crate::format::{Extent, ExtentData};
 use crate::io::reader::{AlignedBuf, Chunk, ReaderOptions, DEFAULT_CHUNK_SIZE};
@@ -203,11 +203,11 @@ impl ExtentQueue {
                 match &e.data {
                     ExtentData::Bytes(b) => {
                         let src = (from - e.offset) as usize..(to - e.offset) as usize;
-                        chunk.data_mut()[dst].copy_from_slice(&b[src]);
+                        chunk.range_mut(dst).copy_from_slice(&b[src]);
                     }
                     ExtentData::Zeros(_) => {
                         if !chunk.hole {
-                            chunk.data_mut()[dst].fill(0);
+                            chunk.range_mut(dst).fill(0);
                         }
                     }
                 }
@@ -235,11 +235,10 @@ fn writer_loop(
 ) -> Result<Written, DeltaError> {
     let mut hasher = ImageHasher::new();
     for chunk in chunks {
+        digest_chunk(&mut hasher, &chunk);
         if chunk.hole {
-            hasher.update_zeros(chunk.len as u64);
             output.append_zeros(chunk.len as u64)?;
         } else {
-            hasher.update(chunk.data());
             output.append(chunk.data())?;
         }
         if let Some(p) = &progress {
@@ -252,6 +251,28 @@ fn writer_loop(
         output,
         digest: hasher.finalize(),
     })
+}
+
+/// Feeds a chunk of NEW to the digest, reusing the hashes of digest
+/// segments that the overlay left as the OLD reader hashed them.
+fn digest_chunk(hasher: &mut ImageHasher, chunk: &Chunk) {
+    let mut at = 0;
+    let mut index = 0;
+    while at < chunk.len {
+        let end = (at + SEGMENT_SIZE).min(chunk.len);
+        let reused = chunk
+            .segment_hash(index)
+            .is_some_and(|h| hasher.push_segment(h, end - at));
+        if !reused {
+            if chunk.hole {
+                hasher.update_zeros((end - at) as u64);
+            } else {
+                hasher.update(&chunk.data()[at..end]);
+            }
+        }
+        at = end;
+        index += 1;
+    }
 }
 
 /// Stream mode: writes NEW = delta applied to `base` into `output`.

@@ -14,7 +14,12 @@ fn open(path: &Path) -> Input {
     Input::open(path, &InputOptions::default()).expect("open input")
 }
 
-fn make_delta(dir: &Path, old: &[u8], new: &[u8], options: &DiffOptions) -> (std::path::PathBuf, DiffSummary) {
+fn make_delta(
+    dir: &Path,
+    old: &[u8],
+    new: &[u8],
+    options: &DiffOptions,
+) -> (std::path::PathBuf, DiffSummary) {
     std::fs::write(dir.join("old"), old).expect("write old");
     std::fs::write(dir.join("new"), new).expect("write new");
     let delta = dir.join("delta");
@@ -33,7 +38,10 @@ fn image(len: usize, seed: u64, regions: &[(u8, usize)]) -> Vec<u8> {
     let mut state = seed | 1;
     let mut i = 0;
     while out.len() < len {
-        let (kind, size) = regions.get(i % regions.len().max(1)).copied().unwrap_or((2, len));
+        let (kind, size) = regions
+            .get(i % regions.len().max(1))
+            .copied()
+            .unwrap_or((2, len));
         let size = size.max(1).min(len - out.len());
         for _ in 0..size {
             state ^= state << 13;

@@ -18,7 +18,7 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{bounded, Receiver, Sender};
 
 use super::{sparse, Input, InputKind, IoError};
-use crate::digest::{Digest, ImageHasher};
+use crate::digest::{hash_segment, zero_segment, Digest, ImageHasher, SEGMENT_SIZE};
 
 /// Default chunk size: large enough for sequential throughput, a multiple
 /// of every block size up to 4 MiB and of the digest segment.
@@ -74,6 +74,9 @@ pub struct Chunk {
     /// The whole chunk is zeros and its buffer was not filled.
     pub hole: bool,
     buf: AlignedBuf,
+    /// Digest-segment hashes of the chunk's bytes, when the reader computed
+    /// them; `None` for a segment changed since.
+    segments: Vec<Option<blake3::Hash>>,
 }
 
 impl Chunk {
@@ -84,7 +87,33 @@ impl Chunk {
             len,
             hole: true,
             buf,
+            segments: Vec::new(),
         }
+    }
+
+    /// The known hash of digest segment `index` (segments are counted from
+    /// the chunk's start, which is segment-aligned).
+    pub fn segment_hash(&self, index: usize) -> Option<&blake3::Hash> {
+        self.segments.get(index).and_then(Option::as_ref)
+    }
+
+    fn invalidate(&mut self, range: std::ops::Range<usize>) {
+        if range.is_empty() {
+            return;
+        }
+        let first = range.start / SEGMENT_SIZE;
+        let last = (range.end - 1) / SEGMENT_SIZE;
+        for seg in self.segments.iter_mut().skip(first).take(last + 1 - first) {
+            *seg = None;
+        }
+    }
+
+    /// A mutable range of the bytes (a hole becomes real zeros first); only
+    /// the digest segments it touches lose their known hashes.
+    pub fn range_mut(&mut self, range: std::ops::Range<usize>) -> &mut [u8] {
+        self.materialize();
+        self.invalidate(range.clone());
+        &mut self.buf.as_mut_slice()[..self.len][range]
     }
 
     /// The bytes. Call [`Chunk::materialize`] first when `hole` is set.
@@ -94,8 +123,7 @@ impl Chunk {
 
     /// The bytes, mutable; turns a hole into real zeros first.
     pub fn data_mut(&mut self) -> &mut [u8] {
-        self.materialize();
-        &mut self.buf.as_mut_slice()[..self.len]
+        self.range_mut(0..self.len)
     }
 
     /// Fills a hole chunk's buffer with zeros so [`Chunk::data`] is valid.
@@ -110,9 +138,15 @@ impl Chunk {
     /// the buffer capacity).
     pub fn set_len(&mut self, len: usize) {
         let len = len.min(self.buf.capacity());
+        if len == self.len {
+            return;
+        }
         if len > self.len && !self.hole {
             self.buf.as_mut_slice()[self.len..len].fill(0);
         }
+        let changed_from = self.len.min(len);
+        self.invalidate(changed_from..self.len.max(len));
+        self.segments.resize(len.div_ceil(SEGMENT_SIZE), None);
         self.len = len;
     }
 
@@ -269,6 +303,40 @@ impl ChunkReader {
     }
 }
 
+/// Feeds a chunk (bytes, or `len` zeros when `data` is `None`) to the
+/// image digest segment by segment, keeping each segment's hash for reuse.
+fn digest_segments(
+    hasher: &mut ImageHasher,
+    data: Option<&[u8]>,
+    len: usize,
+    offset: u64,
+    segments: &mut Vec<Option<blake3::Hash>>,
+) {
+    if !offset.is_multiple_of(SEGMENT_SIZE as u64) {
+        match data {
+            Some(d) => hasher.update(d),
+            None => hasher.update_zeros(len as u64),
+        }
+        return;
+    }
+    let mut at = 0;
+    while at < len {
+        let end = (at + SEGMENT_SIZE).min(len);
+        let hash = match data {
+            Some(d) => hash_segment(&d[at..end]),
+            None => zero_segment(end - at),
+        };
+        if !hasher.push_segment(&hash, end - at) {
+            match data {
+                Some(d) => hasher.update(&d[at..end]),
+                None => hasher.update_zeros((end - at) as u64),
+            }
+        }
+        segments.push(Some(hash));
+        at = end;
+    }
+}
+
 fn fill_stream(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut filled = 0;
     while filled < buf.len() {
@@ -346,20 +414,24 @@ fn read_loop(
             }
         }
         let chunk = if kind == InputKind::File && data_from >= offset + want as u64 {
+            let mut segments = Vec::new();
             if let Some(h) = hasher.as_mut() {
-                h.update_zeros(want as u64);
+                digest_segments(h, None, want, offset, &mut segments);
             }
             Chunk {
                 offset,
                 len: want,
                 hole: true,
                 buf,
+                segments,
             }
         } else {
             let read_len = want.next_multiple_of(direct_align).min(buf.capacity());
             let filled = match kind {
                 InputKind::Stream => fill_stream(&mut file, &mut buf.as_mut_slice()[..want]),
-                _ => fill_at(&file, &mut buf.as_mut_slice()[..read_len], offset).map(|n| n.min(want)),
+                _ => {
+                    fill_at(&file, &mut buf.as_mut_slice()[..read_len], offset).map(|n| n.min(want))
+                }
             };
             let filled = match filled {
                 Ok(n) => n,
@@ -388,14 +460,22 @@ fn read_loop(
             if filled == 0 {
                 break Ok(());
             }
+            let mut segments = Vec::new();
             if let Some(h) = hasher.as_mut() {
-                h.update(&buf.as_slice()[..filled]);
+                digest_segments(
+                    h,
+                    Some(&buf.as_slice()[..filled]),
+                    filled,
+                    offset,
+                    &mut segments,
+                );
             }
             Chunk {
                 offset,
                 len: filled,
                 hole: false,
                 buf,
+                segments,
             }
         };
         let len = chunk.len as u64;
