@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufWriter, Write};
+use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
@@ -336,11 +337,12 @@ enum Sink<W: Write> {
 }
 
 impl<W: Write> Sink<W> {
-    fn write(&mut self, encoded: Encoded) -> Result<(), DeltaError> {
+    fn write(&mut self, encoded: Encoded, last_end: &mut u64) -> Result<(), DeltaError> {
         match (self, encoded) {
             (Sink::Native(w), Encoded::Record(r)) => w.write_record(&r)?,
             (Sink::DiffDd(w, changed), Encoded::Plain(e)) => {
                 *changed += e.len();
+                *last_end = e.end();
                 w.write(&e)?;
             }
             _ => return Err(DeltaError::Panic("encoder (format mix-up)")),
@@ -411,11 +413,12 @@ pub fn create_delta<W: Write + Send>(
         drop(done_tx);
         let mut waiting = BTreeMap::new();
         let mut next = 0u64;
+        let mut last_end = 0u64;
         let mut write_result = Ok(());
         for (seq, encoded) in &done_rx {
             waiting.insert(seq, encoded);
             while let Some(encoded) = waiting.remove(&next) {
-                if let Err(e) = sink.write(encoded) {
+                if let Err(e) = sink.write(encoded, &mut last_end) {
                     write_result = Err(e);
                     break;
                 }
@@ -462,7 +465,24 @@ pub fn create_delta<W: Write + Send>(
                     },
                 )
             }
-            Sink::DiffDd(w, changed) => {
+            Sink::DiffDd(mut w, mut changed) => {
+                // diff-dd v2 has no sizes: restore keeps the base's size,
+                // extended to the end of the last record.
+                if c.new_size < c.old_size {
+                    return Err(DeltaError::Size {
+                        path: PathBuf::from("NEW"),
+                        detail: format!(
+                            "NEW ({} bytes) is smaller than OLD ({} bytes), which the diff-dd-v2 format cannot express",
+                            c.new_size, c.old_size
+                        ),
+                    });
+                }
+                if c.new_size > c.old_size && last_end < c.new_size {
+                    // A one-byte zero record at the end makes restore extend
+                    // the target to NEW's size.
+                    w.write_zeros(c.new_size - 1, 1)?;
+                    changed += 1;
+                }
                 let (records, bytes) = (w.records(), w.position());
                 let w = w.finish()?;
                 (

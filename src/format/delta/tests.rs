@@ -1,1 +1,1177 @@
-//! Tests of the native delta format.
+//! Tests of the native delta format: golden files (pinned forever), the
+//! writer/reader round trip, truncation and corruption at every byte, and
+//! one test per reader check.
+
+use super::*;
+
+use crate::digest::image_digest;
+use proptest::prelude::*;
+
+// --- helpers ---------------------------------------------------------------
+
+/// Reads a whole delta and decodes every record, as an apply would.
+fn read_all(bytes: &[u8]) -> Result<(Header, Vec<Extent>, Trailer)> {
+    let mut reader = DeltaReader::new(bytes)?;
+    let mut decompressor = zstd::bulk::Decompressor::new().expect("zstd decompressor");
+    let mut extents = Vec::new();
+    while let Some(raw) = reader.next_record()? {
+        extents.push(raw.decode(&mut decompressor)?);
+    }
+    let trailer = reader
+        .trailer()
+        .cloned()
+        .expect("a reader that returned None has a trailer");
+    assert_eq!(reader.position(), bytes.len() as u64);
+    // Reading on after the end keeps saying "end".
+    assert!(reader.next_record()?.is_none());
+    Ok((*reader.header(), extents, trailer))
+}
+
+/// The error `read_all` must report.
+fn read_err(bytes: &[u8]) -> DeltaFormatError {
+    match read_all(bytes) {
+        Ok((_, extents, trailer)) => {
+            panic!(
+                "read cleanly: {} extents, trailer {trailer:?}",
+                extents.len()
+            )
+        }
+        Err(e) => e,
+    }
+}
+
+/// NEW = OLD cut or zero-extended to `new_size`, extents written over it.
+fn apply(old: &[u8], new_size: u64, extents: &[Extent]) -> Vec<u8> {
+    let mut out = old.to_vec();
+    out.resize(usize::try_from(new_size).expect("small NEW"), 0);
+    for e in extents {
+        let at = usize::try_from(e.offset).expect("small offset");
+        match &e.data {
+            ExtentData::Bytes(b) => out[at..at + b.len()].copy_from_slice(b),
+            ExtentData::Zeros(n) => out[at..at + *n as usize].fill(0),
+        }
+    }
+    out
+}
+
+/// The sampling rule of `docs/formats/delta.md`, restated naively: full
+/// blocks of both OLD and NEW that no record touches, in order, whose index
+/// is a multiple of a stride that doubles (dropping the samples that are no
+/// longer multiples) whenever 128 samples are held.
+fn reference_samples(old: &[u8], new: &[u8], block: usize, extents: &[Extent]) -> Vec<Sample> {
+    let mut stride = 1u64;
+    let mut samples: Vec<Sample> = Vec::new();
+    for b in 0..old.len().min(new.len()) / block {
+        let (start, end) = (b * block, (b + 1) * block);
+        let touched = extents
+            .iter()
+            .any(|e| e.offset < end as u64 && e.end() > start as u64);
+        if touched || b as u64 % stride != 0 {
+            continue;
+        }
+        samples.push(Sample {
+            block: b as u64,
+            digest: Digest::of(&old[start..end]),
+        });
+        if samples.len() >= 128 {
+            stride *= 2;
+            samples.retain(|s| s.block % stride == 0);
+        }
+    }
+    samples
+}
+
+fn reseal_header(b: &mut [u8; HEADER_LEN]) {
+    let check = blake3::hash(&b[0..56]);
+    b[56..64].copy_from_slice(&check.as_bytes()[0..8]);
+}
+
+/// An end record carrying `body` with a correct checksum.
+fn end_record_of(body: &[u8]) -> Vec<u8> {
+    let prefix = record_prefix(KIND_END, body.len() as u32, 0, 0);
+    let checksum = record_checksum(&prefix, Some(body));
+    let mut out = prefix.to_vec();
+    out.extend_from_slice(checksum.as_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+/// A data record with any field values, checksum over `prefix ‖ data`.
+fn record_bytes(kind: u8, stored_len: u32, offset: u64, length: u64, payload: &[u8]) -> Vec<u8> {
+    let prefix = record_prefix(kind, stored_len, offset, length);
+    let data = (kind != KIND_ZERO).then_some(payload);
+    let checksum = record_checksum(&prefix, data);
+    let mut out = prefix.to_vec();
+    out.extend_from_slice(checksum.as_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+fn header(old: Option<u64>, new: Option<u64>) -> Header {
+    Header {
+        block_size: 4096,
+        old_size: old,
+        new_size: new,
+        change_tracked: false,
+    }
+}
+
+fn extent(offset: u64, bytes: &[u8]) -> Extent {
+    Extent {
+        offset,
+        data: ExtentData::Bytes(bytes.to_vec()),
+    }
+}
+
+fn zeros(offset: u64, len: u64) -> Extent {
+    Extent {
+        offset,
+        data: ExtentData::Zeros(len),
+    }
+}
+
+/// A delta made by hand, not by `DeltaWriter`, so records may break the
+/// writer's rules; the trailer is what an honest writer would put there,
+/// then `tweak`ed.
+fn craft(header: Header, records: &[Vec<u8>], tweak: impl FnOnce(&mut Trailer)) -> Vec<u8> {
+    let header_bytes = header.encode();
+    let mut out = header_bytes.to_vec();
+    let mut sums = blake3::Hasher::new();
+    let (mut changed, mut stored) = (0, 0);
+    for r in records {
+        out.extend_from_slice(r);
+        sums.update(&r[24..56]);
+        changed += le_u64(r, 16);
+        stored += u64::from(le_u32(r, 4));
+    }
+    let mut trailer = Trailer {
+        old_size: header.old_size.unwrap_or(1 << 20),
+        new_size: header.new_size.unwrap_or(1 << 20),
+        record_count: records.len() as u64,
+        changed_bytes: changed,
+        stored_bytes: stored,
+        old_digest: (!header.change_tracked).then(|| Digest::of(b"OLD")),
+        new_digest: Digest::of(b"NEW"),
+        records_digest: sums.finalize().into(),
+        header_digest: Digest::of(&header_bytes),
+        samples: vec![Sample {
+            block: 3,
+            digest: Digest::of(b"block 3"),
+        }],
+    };
+    tweak(&mut trailer);
+    out.extend_from_slice(&end_record_of(&trailer.encode()));
+    out
+}
+
+fn rec(e: &Extent) -> Vec<u8> {
+    encode_record(e, None).as_bytes().to_vec()
+}
+
+fn assert_corrupt_record(err: &DeltaFormatError, index: u64, needle: &str) {
+    match err {
+        DeltaFormatError::CorruptRecord {
+            index: i, reason, ..
+        } if *i == index && reason.contains(needle) => {}
+        other => panic!("expected CorruptRecord {index} ({needle}), got {other:?}"),
+    }
+}
+
+fn assert_corrupt_trailer(err: &DeltaFormatError, needle: &str) {
+    match err {
+        DeltaFormatError::CorruptTrailer { reason } if reason.contains(needle) => {}
+        other => panic!("expected CorruptTrailer ({needle}), got {other:?}"),
+    }
+}
+
+fn assert_corrupt_header(err: &DeltaFormatError, needle: &str) {
+    match err {
+        DeltaFormatError::CorruptHeader { reason } if reason.contains(needle) => {}
+        other => panic!("expected CorruptHeader ({needle}), got {other:?}"),
+    }
+}
+
+// --- golden files (tests/golden/delta, made by make.py there) ---------------
+
+const OLD: &[u8] = include_bytes!("../../../tests/golden/delta/old.img");
+const NEW_GROWN: &[u8] = include_bytes!("../../../tests/golden/delta/new-grown.img");
+const NEW_SHRUNK: &[u8] = include_bytes!("../../../tests/golden/delta/new-shrunk.img");
+const TINY_OLD: &[u8] = include_bytes!("../../../tests/golden/delta/tiny-old.img");
+const TINY_NEW: &[u8] = include_bytes!("../../../tests/golden/delta/tiny-new.img");
+const TINY_NONE: &[u8] = include_bytes!("../../../tests/golden/delta/tiny-none.delta");
+const GROWN_NONE: &[u8] = include_bytes!("../../../tests/golden/delta/grown-none.delta");
+const SHRUNK_ZSTD: &[u8] = include_bytes!("../../../tests/golden/delta/shrunk-zstd.delta");
+const GROWN_PIPE_ZSTD: &[u8] = include_bytes!("../../../tests/golden/delta/grown-pipe-zstd.delta");
+
+struct Golden {
+    name: &'static str,
+    delta: &'static [u8],
+    old: &'static [u8],
+    new: &'static [u8],
+    header: Header,
+    /// (encoding, NEW offset, NEW length, stored length) of every record.
+    records: &'static [(&'static str, u64, u64, u64)],
+}
+
+fn goldens() -> [Golden; 4] {
+    [
+        Golden {
+            name: "tiny-none",
+            delta: TINY_NONE,
+            old: TINY_OLD,
+            new: TINY_NEW,
+            header: Header {
+                block_size: 512,
+                old_size: Some(1058),
+                new_size: Some(1058),
+                change_tracked: false,
+            },
+            records: &[("zero", 512, 512, 0), ("raw", 1024, 34, 34)],
+        },
+        Golden {
+            name: "grown-none",
+            delta: GROWN_NONE,
+            old: OLD,
+            new: NEW_GROWN,
+            header: Header {
+                block_size: 512,
+                old_size: Some(6000),
+                new_size: Some(7680),
+                change_tracked: false,
+            },
+            records: &[
+                ("raw", 512, 512, 512),
+                ("raw", 1536, 1536, 1536),
+                ("raw", 5632, 1536, 1536),
+            ],
+        },
+        Golden {
+            name: "shrunk-zstd",
+            delta: SHRUNK_ZSTD,
+            old: OLD,
+            new: NEW_SHRUNK,
+            header: Header {
+                block_size: 1024,
+                old_size: Some(6000),
+                new_size: Some(4500),
+                change_tracked: false,
+            },
+            records: &[
+                ("zero", 1024, 1024, 0),
+                ("zstd", 2048, 1024, 66),
+                ("raw", 4096, 404, 404),
+            ],
+        },
+        Golden {
+            name: "grown-pipe-zstd",
+            delta: GROWN_PIPE_ZSTD,
+            old: OLD,
+            new: NEW_GROWN,
+            header: Header {
+                block_size: 512,
+                old_size: Some(6000),
+                new_size: None,
+                change_tracked: false,
+            },
+            records: &[
+                ("raw", 512, 512, 512),
+                ("raw", 1536, 1536, 1536),
+                ("zstd", 5632, 1536, 1392),
+            ],
+        },
+    ]
+}
+
+#[test]
+fn golden_inputs_are_the_documented_ones() {
+    // make.py's recipe, restated on the bytes (README.md lists it).
+    assert_eq!(
+        (OLD.len(), NEW_GROWN.len(), NEW_SHRUNK.len()),
+        (6000, 7680, 4500)
+    );
+    assert_eq!(NEW_GROWN[700], OLD[700] ^ 0x01);
+    assert_eq!(
+        NEW_GROWN[..2000]
+            .iter()
+            .zip(OLD)
+            .filter(|(a, b)| a != b)
+            .count(),
+        1
+    );
+    assert_eq!(&NEW_GROWN[2600..6000], &OLD[2600..]);
+    assert!(NEW_GROWN[7000..].iter().all(|&b| b == 0));
+    assert!(NEW_SHRUNK[1024..2048].iter().all(|&b| b == 0));
+    assert_eq!(NEW_SHRUNK[4200], OLD[4200] ^ 0xFF);
+    assert_eq!(&TINY_NEW[1024..], b"diskdelta v1 golden: the NEW tail\n");
+    assert_eq!(&TINY_NEW[..512], &TINY_OLD[..512]);
+    assert!(TINY_NEW[512..1024].iter().all(|&b| b == 0));
+}
+
+#[test]
+fn golden_deltas_decode_to_new() {
+    for g in goldens() {
+        let (header, extents, trailer) =
+            read_all(g.delta).unwrap_or_else(|e| panic!("{}: {e}", g.name));
+        assert_eq!(header, g.header, "{}", g.name);
+
+        let mut reader = DeltaReader::new(g.delta).expect("header");
+        let mut seen = Vec::new();
+        while let Some(raw) = reader.next_record().expect("record") {
+            seen.push((raw.encoding(), raw.offset, raw.length, raw.stored_len()));
+        }
+        assert_eq!(seen, g.records, "{}", g.name);
+
+        let old_size = g.old.len() as u64;
+        let new_size = g.new.len() as u64;
+        assert_eq!(trailer.old_size, old_size, "{}", g.name);
+        assert_eq!(trailer.new_size, new_size, "{}", g.name);
+        assert_eq!(trailer.record_count, g.records.len() as u64);
+        assert_eq!(
+            trailer.changed_bytes,
+            g.records.iter().map(|r| r.2).sum::<u64>()
+        );
+        assert_eq!(
+            trailer.stored_bytes,
+            g.records.iter().map(|r| r.3).sum::<u64>()
+        );
+        assert_eq!(trailer.old_digest, Some(image_digest(g.old)), "{}", g.name);
+        assert_eq!(trailer.new_digest, image_digest(g.new), "{}", g.name);
+        assert_eq!(trailer.header_digest, Digest::of(&g.delta[..HEADER_LEN]));
+        let block = g.header.block_size as usize;
+        assert_eq!(
+            trailer.samples,
+            reference_samples(g.old, g.new, block, &extents),
+            "{}",
+            g.name
+        );
+        assert_eq!(apply(g.old, new_size, &extents), g.new, "{}", g.name);
+    }
+}
+
+#[test]
+fn golden_pipe_delta_carries_the_same_extents_as_the_file_delta() {
+    let (_, from_file, file_trailer) = read_all(GROWN_NONE).expect("file delta");
+    let (_, from_pipe, pipe_trailer) = read_all(GROWN_PIPE_ZSTD).expect("pipe delta");
+    assert_eq!(from_file, from_pipe);
+    assert_eq!(file_trailer.new_digest, pipe_trailer.new_digest);
+    assert_eq!(file_trailer.samples, pipe_trailer.samples);
+}
+
+#[test]
+fn golden_uncompressed_deltas_re_encode_byte_for_byte() {
+    for g in goldens().into_iter().filter(|g| g.name.ends_with("-none")) {
+        let (header, extents, trailer) = read_all(g.delta).expect("golden");
+        assert_eq!(header.encode()[..], g.delta[..HEADER_LEN], "{}", g.name);
+        let mut writer = DeltaWriter::new(Vec::new(), header).expect("header");
+        let mut at = HEADER_LEN;
+        for e in &extents {
+            let record = encode_record(e, None);
+            let len = record.as_bytes().len();
+            assert_eq!(record.as_bytes(), &g.delta[at..at + len], "{}", g.name);
+            at += len;
+            writer.write_record(&record).expect("record");
+        }
+        let (bytes, written, total) = writer
+            .finish(TrailerInput {
+                old_size: g.old.len() as u64,
+                new_size: g.new.len() as u64,
+                old_digest: Some(image_digest(g.old)),
+                new_digest: image_digest(g.new),
+                samples: reference_samples(g.old, g.new, header.block_size as usize, &extents),
+            })
+            .expect("trailer");
+        assert_eq!(written, trailer, "{}", g.name);
+        assert_eq!(total, g.delta.len() as u64);
+        assert!(bytes == g.delta, "{}: re-encoded bytes differ", g.name);
+    }
+}
+
+#[test]
+fn golden_tiny_fields_at_their_offsets() {
+    // The worked example of docs/formats/delta.md, field by field.
+    let d = TINY_NONE;
+    assert_eq!(d.len(), 482);
+    assert_eq!(&d[0..8], b"DSKDELTA");
+    assert_eq!(le_u16(d, 8), 1);
+    assert_eq!(le_u16(d, 10), 64);
+    assert_eq!(le_u32(d, 12), FLAG_OLD_SIZE | FLAG_NEW_SIZE);
+    assert_eq!(le_u32(d, 16), 512);
+    assert_eq!((le_u64(d, 24), le_u64(d, 32)), (1058, 1058));
+    assert_eq!(hex::encode(&d[56..64]), "1a256c0748cbdfe0");
+    // Record 0 at 64: zero, 512 bytes at 512, no payload.
+    assert_eq!(
+        (d[64], le_u32(d, 68), le_u64(d, 72), le_u64(d, 80)),
+        (3, 0, 512, 512)
+    );
+    let zero_sum = blake3::hash(&d[64..88]);
+    assert_eq!(&d[88..120], zero_sum.as_bytes());
+    // Record 1 at 120: raw, 34 bytes at 1024, payload at 176.
+    assert_eq!(
+        (d[120], le_u32(d, 124), le_u64(d, 128), le_u64(d, 136)),
+        (1, 34, 1024, 34)
+    );
+    let mut h = blake3::Hasher::new();
+    h.update(&d[120..144]);
+    h.update(&d[176..210]);
+    assert_eq!(&d[144..176], h.finalize().as_bytes());
+    assert_eq!(&d[176..210], &TINY_NEW[1024..]);
+    // End record at 210, trailer (216 bytes, one sample) at 266.
+    assert_eq!(
+        (d[210], le_u32(d, 214), le_u64(d, 218), le_u64(d, 226)),
+        (255, 216, 0, 0)
+    );
+    let mut h = blake3::Hasher::new();
+    h.update(&d[210..234]);
+    h.update(&d[266..]);
+    assert_eq!(&d[234..266], h.finalize().as_bytes());
+    let t = &d[266..];
+    assert_eq!(
+        [0, 8, 16, 24, 32].map(|at| le_u64(t, at)),
+        [1058, 1058, 2, 546, 34]
+    );
+    assert_eq!(&t[40..72], image_digest(TINY_OLD).as_bytes());
+    assert_eq!(&t[72..104], image_digest(TINY_NEW).as_bytes());
+    let mut sums = blake3::Hasher::new();
+    sums.update(&d[88..120]);
+    sums.update(&d[144..176]);
+    assert_eq!(&t[104..136], sums.finalize().as_bytes());
+    assert_eq!(&t[136..168], blake3::hash(&d[0..64]).as_bytes());
+    assert_eq!((le_u32(t, 168), le_u32(t, 172)), (1, 0));
+    assert_eq!(le_u64(t, 176), 0);
+    assert_eq!(&t[184..216], blake3::hash(&TINY_OLD[..512]).as_bytes());
+}
+
+// --- round trips -------------------------------------------------------------
+
+/// Deterministic pseudo-random bytes (splitmix64).
+fn noise(len: usize, mut seed: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        seed = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = seed;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        out.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+#[derive(Debug, Clone)]
+enum Piece {
+    Noise(usize, u64),
+    Repeat(usize, u8),
+    Text(usize),
+    Zeros(u64),
+}
+
+impl Piece {
+    fn data(&self) -> ExtentData {
+        match *self {
+            Piece::Noise(n, seed) => ExtentData::Bytes(noise(n, seed)),
+            Piece::Repeat(n, b) => ExtentData::Bytes(vec![b; n]),
+            Piece::Text(n) => ExtentData::Bytes(
+                b"the quick brown fox jumps over the lazy dog "
+                    .iter()
+                    .copied()
+                    .cycle()
+                    .take(n)
+                    .collect(),
+            ),
+            Piece::Zeros(n) => ExtentData::Zeros(n),
+        }
+    }
+}
+
+fn piece() -> impl Strategy<Value = Piece> {
+    prop_oneof![
+        (1usize..5000, any::<u64>()).prop_map(|(n, s)| Piece::Noise(n, s)),
+        (1usize..5000, any::<u8>()).prop_map(|(n, b)| Piece::Repeat(n, b)),
+        (1usize..5000).prop_map(Piece::Text),
+        (1u64..(1 << 40)).prop_map(Piece::Zeros),
+        Just(Piece::Noise(1, 7)),
+    ]
+}
+
+fn compression() -> impl Strategy<Value = Compression> {
+    prop_oneof![
+        Just(Compression::None),
+        (1i32..=6).prop_map(Compression::Zstd)
+    ]
+}
+
+fn any_header() -> impl Strategy<Value = Header> {
+    (
+        9u32..=20,
+        proptest::option::of(any::<u64>()),
+        proptest::option::of(any::<u64>()),
+        any::<bool>(),
+    )
+        .prop_map(|(log, old_size, new_size, change_tracked)| Header {
+            block_size: 1 << log,
+            old_size,
+            new_size,
+            change_tracked,
+        })
+}
+
+proptest! {
+    #[test]
+    fn header_round_trip(h in any_header()) {
+        let bytes = h.encode();
+        prop_assert_eq!(Header::decode(&bytes).expect("decodes"), h);
+        let reader = DeltaReader::new(&bytes[..]).expect("reader");
+        prop_assert_eq!(reader.header(), &h);
+    }
+
+    #[test]
+    fn write_then_read_gives_the_same_extents(
+        log in 9u32..=20,
+        old_size in 0u64..(1 << 50),
+        old_known in any::<bool>(),
+        new_known in any::<bool>(),
+        change_tracked in any::<bool>(),
+        pieces in proptest::collection::vec((0u64..10_000, piece()), 0..8),
+        tail in 0u64..10_000,
+        compression in compression(),
+        samples in proptest::collection::vec((any::<u64>(), any::<[u8; 32]>()), 0..5),
+        seed in any::<u64>(),
+    ) {
+        let mut extents = Vec::new();
+        let mut end = 0u64;
+        for (gap, p) in &pieces {
+            let e = Extent { offset: end + gap, data: p.data() };
+            end = e.end();
+            extents.push(e);
+        }
+        let new_size = end + tail;
+        let header = Header {
+            block_size: 1 << log,
+            old_size: old_known.then_some(old_size),
+            new_size: new_known.then_some(new_size),
+            change_tracked,
+        };
+        let mut compressor = match compression {
+            Compression::None => None,
+            Compression::Zstd(level) => Some(zstd::bulk::Compressor::new(level).expect("zstd")),
+        };
+        let mut writer = DeltaWriter::new(Vec::new(), header).expect("header");
+        for e in &extents {
+            writer.write_record(&encode_record(e, compressor.as_mut())).expect("record");
+        }
+        prop_assert_eq!(writer.record_count(), extents.len() as u64);
+        let old_digest = Digest::of(&seed.to_le_bytes());
+        let samples: Vec<Sample> = samples
+            .into_iter()
+            .map(|(block, d)| Sample { block, digest: Digest::from_bytes(d) })
+            .collect();
+        let (bytes, written, total) = writer
+            .finish(TrailerInput {
+                old_size,
+                new_size,
+                old_digest: Some(old_digest),
+                new_digest: Digest::of(&noise(32, seed)),
+                samples: samples.clone(),
+            })
+            .expect("finish");
+        prop_assert_eq!(total, bytes.len() as u64);
+
+        let (read_header, read_extents, trailer) = read_all(&bytes).expect("reads back");
+        prop_assert_eq!(read_header, header);
+        prop_assert_eq!(&read_extents, &extents);
+        prop_assert_eq!(&trailer, &written);
+        prop_assert_eq!(trailer.old_size, old_size);
+        prop_assert_eq!(trailer.new_size, new_size);
+        prop_assert_eq!(trailer.old_digest, (!change_tracked).then_some(old_digest));
+        prop_assert_eq!(trailer.samples, samples);
+        prop_assert_eq!(trailer.changed_bytes, extents.iter().map(Extent::len).sum::<u64>());
+
+        let mut reader = DeltaReader::new(&bytes[..]).expect("header");
+        while let Some(raw) = reader.next_record().expect("record") {
+            if compression == Compression::None {
+                prop_assert_ne!(raw.encoding(), "zstd");
+            }
+        }
+    }
+}
+
+// --- damage at every byte ------------------------------------------------------
+
+fn small_deltas() -> Vec<(&'static str, Vec<u8>)> {
+    let mut out: Vec<(&'static str, Vec<u8>)> = goldens()
+        .iter()
+        .map(|g| (g.name, g.delta.to_vec()))
+        .collect();
+    // A change-tracked delta with no records and no samples.
+    let header = Header {
+        block_size: 512,
+        old_size: None,
+        new_size: None,
+        change_tracked: true,
+    };
+    let writer = DeltaWriter::new(Vec::new(), header).expect("header");
+    let (bytes, _, _) = writer
+        .finish(TrailerInput {
+            old_size: 0,
+            new_size: 0,
+            old_digest: None,
+            new_digest: image_digest(&[]),
+            samples: Vec::new(),
+        })
+        .expect("finish");
+    out.push(("empty-change-tracked", bytes));
+    out
+}
+
+#[test]
+fn every_truncation_is_reported_where_it_happens() {
+    for (name, delta) in small_deltas() {
+        read_all(&delta).unwrap_or_else(|e| panic!("{name}: {e}"));
+        for cut in 0..delta.len() {
+            match read_err(&delta[..cut]) {
+                DeltaFormatError::Truncated { offset, .. } => {
+                    assert_eq!(offset, cut as u64, "{name} cut at {cut}")
+                }
+                other => panic!("{name} cut at {cut}: {other:?}"),
+            }
+        }
+    }
+}
+
+/// Byte ranges of the zstd payloads of a delta.
+fn zstd_payloads(delta: &[u8]) -> Vec<std::ops::Range<usize>> {
+    let mut reader = DeltaReader::new(delta).expect("header");
+    let mut out = Vec::new();
+    while let Some(raw) = reader.next_record().expect("record") {
+        if raw.encoding() == "zstd" {
+            let end = reader.position() as usize;
+            out.push(end - raw.stored_len() as usize..end);
+        }
+    }
+    out
+}
+
+/// Reads a damaged delta: an error, or (returning true) a clean read of
+/// exactly the original content when the damage lies inside a zstd payload.
+fn damage_is_detected_or_harmless(
+    original: &(Header, Vec<Extent>, Trailer),
+    zstd: &[std::ops::Range<usize>],
+    damaged: &[u8],
+    at: usize,
+    what: &str,
+) -> bool {
+    match read_all(damaged) {
+        Err(_) => false,
+        Ok(read) => {
+            assert!(zstd.iter().any(|r| r.contains(&at)), "{what}: not detected");
+            assert!(read == *original, "{what}: read cleanly but NEW changed");
+            true
+        }
+    }
+}
+
+/// Every flipped bit is an error, with one exception the format accepts on
+/// purpose: a record checksum covers the *decoded* data, so a flip inside
+/// a zstd payload that zstd ignores (the unused bit 4 of the frame header
+/// descriptor, some padding bits of the entropy-coded streams) decodes to
+/// the very same bytes and is harmless. Those flips must then read back
+/// exactly the original content. The uncompressed deltas have none.
+#[test]
+fn every_bit_flip_is_detected_or_harmless() {
+    let mut harmless = Vec::new();
+    for (name, delta) in small_deltas() {
+        let original = read_all(&delta).expect("original");
+        let zstd = zstd_payloads(&delta);
+        let mut damaged = delta.clone();
+        for at in 0..delta.len() {
+            for bit in 0..8 {
+                damaged[at] ^= 1 << bit;
+                let what = format!("{name}: bit {bit} of byte {at} flipped");
+                if damage_is_detected_or_harmless(&original, &zstd, &damaged, at, &what) {
+                    harmless.push((name, at, bit));
+                }
+                damaged[at] ^= 1 << bit;
+            }
+        }
+    }
+    // With zstd 1.5 four flips are harmless, among them byte 180 bit 4 of
+    // shrunk-zstd: the frame header descriptor of its zstd record.
+    assert!(harmless.len() < 16, "{harmless:?}");
+    assert!(harmless.contains(&("shrunk-zstd", 180, 4)), "{harmless:?}");
+}
+
+#[test]
+fn every_byte_flip_is_detected_or_harmless() {
+    for (name, delta) in small_deltas() {
+        let original = read_all(&delta).expect("original");
+        let zstd = zstd_payloads(&delta);
+        let mut damaged = delta.clone();
+        for at in 0..delta.len() {
+            for mask in [0xFF, 0x81, 0x0F, 0xF0] {
+                damaged[at] ^= mask;
+                let what = format!("{name}: byte {at} ^ {mask:#04x}");
+                damage_is_detected_or_harmless(&original, &zstd, &damaged, at, &what);
+                damaged[at] ^= mask;
+            }
+        }
+    }
+}
+
+#[test]
+fn payload_damage_is_a_checksum_error_naming_the_record() {
+    let mut damaged = GROWN_NONE.to_vec();
+    // Record 1 (raw, NEW 1536..3072) starts at 64 + 56 + 512; its payload 56 later.
+    damaged[64 + 56 + 512 + 56 + 100] ^= 0x40;
+    match read_err(&damaged) {
+        DeltaFormatError::Checksum { index, start, end } => {
+            assert_eq!((index, start, end), (1, 1536, 3072))
+        }
+        other => panic!("{other:?}"),
+    }
+    // A damaged zstd payload: either zstd fails or the checksum does.
+    let mut damaged = SHRUNK_ZSTD.to_vec();
+    damaged[120 + 56 + 30] ^= 0x01;
+    assert!(matches!(
+        read_err(&damaged),
+        DeltaFormatError::Checksum {
+            index: 1,
+            start: 2048,
+            end: 3072
+        }
+    ));
+}
+
+// --- header checks ---------------------------------------------------------------
+
+#[test]
+fn header_checks() {
+    let good = header(Some(10), Some(20)).encode();
+    assert_eq!(
+        Header::decode(&good).expect("good"),
+        header(Some(10), Some(20))
+    );
+
+    let mut b = good;
+    b[0] = b'X';
+    assert!(matches!(
+        Header::decode(&b),
+        Err(DeltaFormatError::NotADelta)
+    ));
+    assert!(matches!(
+        DeltaReader::new(&b[..]),
+        Err(DeltaFormatError::NotADelta)
+    ));
+    assert!(matches!(
+        DeltaReader::new(&b"NOTADELTA-short"[..]),
+        Err(DeltaFormatError::NotADelta)
+    ));
+
+    let mut b = good;
+    b[8] = 2;
+    reseal_header(&mut b);
+    assert!(matches!(
+        Header::decode(&b),
+        Err(DeltaFormatError::UnsupportedVersion { version: 2 })
+    ));
+    // The version is checked before the checksum: a future version may
+    // protect its header differently.
+    let mut b = good;
+    b[8..10].copy_from_slice(&0x0100u16.to_le_bytes());
+    assert!(matches!(
+        Header::decode(&b),
+        Err(DeltaFormatError::UnsupportedVersion { version: 256 })
+    ));
+
+    let mut b = good;
+    b[57] ^= 1;
+    assert_corrupt_header(&Header::decode(&b).expect_err("check"), "checksum");
+
+    let mut b = good;
+    b[10] = 65;
+    reseal_header(&mut b);
+    assert_corrupt_header(&Header::decode(&b).expect_err("len"), "header length");
+
+    for flag in [8u32, 1 << 31] {
+        let mut b = good;
+        b[12..16].copy_from_slice(&(FLAG_OLD_SIZE | FLAG_NEW_SIZE | flag).to_le_bytes());
+        reseal_header(&mut b);
+        assert_corrupt_header(&Header::decode(&b).expect_err("flags"), "unknown flags");
+    }
+
+    for size in [0u32, 256, 511, 4095, 4097, 3 << 12] {
+        let mut b = good;
+        b[16..20].copy_from_slice(&size.to_le_bytes());
+        reseal_header(&mut b);
+        assert_corrupt_header(&Header::decode(&b).expect_err("block"), "block size");
+    }
+    for log in 9..32 {
+        let mut b = good;
+        b[16..20].copy_from_slice(&(1u32 << log).to_le_bytes());
+        reseal_header(&mut b);
+        assert_eq!(Header::decode(&b).expect("block size").block_size, 1 << log);
+    }
+
+    for at in (20..24).chain(40..56) {
+        let mut b = good;
+        b[at] = 1;
+        reseal_header(&mut b);
+        assert_corrupt_header(&Header::decode(&b).expect_err("reserved"), "reserved");
+    }
+
+    let unknown = header(None, None).encode();
+    for at in [24, 32] {
+        let mut b = unknown;
+        b[at] = 1;
+        reseal_header(&mut b);
+        assert_corrupt_header(&Header::decode(&b).expect_err("size"), "without its flag");
+    }
+}
+
+#[test]
+fn header_bytes_are_pinned() {
+    let h = Header {
+        block_size: 4096,
+        old_size: Some(0x0102_0304_0506_0708),
+        new_size: None,
+        change_tracked: true,
+    };
+    assert_eq!(
+        hex::encode(&h.encode()[..56]),
+        concat!(
+            "44534b44454c5441",
+            "0100",
+            "4000",
+            "05000000",
+            "00100000",
+            "00000000",
+            "0807060504030201",
+            "0000000000000000",
+            "00000000000000000000000000000000",
+        )
+    );
+}
+
+// --- record checks -----------------------------------------------------------------
+
+#[test]
+fn a_crafted_delta_reads_cleanly() {
+    let records = [
+        rec(&extent(0, b"abc")),
+        rec(&zeros(3, 5)),
+        rec(&extent(100, b"x")),
+    ];
+    let bytes = craft(header(Some(200), Some(200)), &records, |_| {});
+    let (_, extents, trailer) = read_all(&bytes).expect("clean");
+    assert_eq!(extents, [extent(0, b"abc"), zeros(3, 5), extent(100, b"x")]);
+    assert_eq!(
+        (
+            trailer.record_count,
+            trailer.changed_bytes,
+            trailer.stored_bytes
+        ),
+        (3, 9, 4)
+    );
+}
+
+#[test]
+fn out_of_order_and_overlapping_records_are_rejected() {
+    let h = header(None, None);
+    let out_of_order = craft(
+        h,
+        &[rec(&extent(100, b"a")), rec(&extent(50, b"b"))],
+        |_| {},
+    );
+    assert_corrupt_record(&read_err(&out_of_order), 1, "overlaps");
+    let overlapping = craft(h, &[rec(&extent(100, b"abc")), rec(&zeros(102, 9))], |_| {});
+    assert_corrupt_record(&read_err(&overlapping), 1, "overlaps");
+    let same = craft(h, &[rec(&zeros(0, 4)), rec(&zeros(0, 4))], |_| {});
+    assert_corrupt_record(&read_err(&same), 1, "overlaps");
+    // Adjacent is fine.
+    let adjacent = craft(h, &[rec(&extent(100, b"abc")), rec(&zeros(103, 9))], |_| {});
+    read_all(&adjacent).expect("adjacent records");
+
+    let mut writer = DeltaWriter::new(Vec::new(), h).expect("header");
+    writer
+        .write_record(&encode_record(&extent(100, b"abc"), None))
+        .expect("first");
+    match writer.write_record(&encode_record(&extent(102, b"d"), None)) {
+        Err(DeltaFormatError::OutOfOrder {
+            offset: 102,
+            previous_end: 103,
+        }) => {}
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn records_past_new_size_are_rejected() {
+    let past = craft(header(None, Some(100)), &[rec(&extent(98, b"abc"))], |t| {
+        t.new_size = 100
+    });
+    assert_corrupt_record(&read_err(&past), 0, "past NEW size");
+    let zeros_past = craft(header(None, Some(100)), &[rec(&zeros(0, 101))], |_| {});
+    assert_corrupt_record(&read_err(&zeros_past), 0, "past NEW size");
+    // Ending exactly at NEW's size is fine.
+    let at_end = craft(header(None, Some(100)), &[rec(&extent(97, b"abc"))], |_| {});
+    read_all(&at_end).expect("ends at NEW size");
+    // NEW size unknown in the header: the trailer's size is checked at the end.
+    let late = craft(header(None, None), &[rec(&extent(98, b"abc"))], |t| {
+        t.new_size = 100
+    });
+    assert_corrupt_trailer(&read_err(&late), "past NEW size");
+
+    let writer = DeltaWriter::new(Vec::new(), header(None, None)).expect("header");
+    let mut writer = writer;
+    writer
+        .write_record(&encode_record(&extent(98, b"abc"), None))
+        .expect("record");
+    let err = writer
+        .finish(TrailerInput {
+            old_size: 0,
+            new_size: 100,
+            old_digest: Some(Digest::of(b"OLD")),
+            new_digest: Digest::of(b"NEW"),
+            samples: Vec::new(),
+        })
+        .expect_err("past NEW size");
+    assert_corrupt_trailer(&err, "past NEW size");
+}
+
+#[test]
+fn malformed_record_headers_are_rejected() {
+    let h = header(None, None);
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (
+            record_bytes(KIND_RAW, 2, 0, 3, b"ab"),
+            "raw record stores 2 bytes for length 3",
+        ),
+        (
+            record_bytes(KIND_ZSTD, 3, 0, 3, b"abc"),
+            "zstd record stores 3 bytes",
+        ),
+        (
+            record_bytes(KIND_ZSTD, 0, 0, 3, b""),
+            "zstd record stores 0 bytes",
+        ),
+        (
+            record_bytes(KIND_ZERO, 1, 0, 3, b"a"),
+            "zero record with payload",
+        ),
+        (record_bytes(KIND_ZERO, 0, 0, 0, b""), "empty record"),
+        (record_bytes(KIND_RAW, 0, 0, 0, b""), "empty record"),
+        (record_bytes(0, 0, 0, 3, b""), "unknown record kind 0"),
+        (record_bytes(4, 0, 0, 3, b""), "unknown record kind 4"),
+        (record_bytes(254, 0, 0, 3, b""), "unknown record kind 254"),
+        (
+            record_bytes(KIND_ZSTD, 10, 0, MAX_RECORD_LEN + 1, &[0; 10]),
+            "exceeds the limit",
+        ),
+        (
+            record_bytes(KIND_ZERO, 0, u64::MAX - 1, 2, b""),
+            "overflows",
+        ),
+    ];
+    for (record, needle) in cases {
+        let bytes = craft(h, &[record], |_| {});
+        assert_corrupt_record(&read_err(&bytes), 0, needle);
+    }
+    for at in 1..4 {
+        let mut record = rec(&extent(0, b"abc"));
+        record[at] = 1;
+        let bytes = craft(h, &[rec(&zeros(0, 1)), record], |_| {});
+        assert_corrupt_record(&read_err(&bytes), 1, "reserved");
+    }
+    // Zero records may be longer than the payload limit.
+    let big = craft(h, &[rec(&zeros(0, MAX_RECORD_LEN * 1000))], |t| {
+        t.new_size = MAX_RECORD_LEN * 1000
+    });
+    read_all(&big).expect("a long zero record");
+    // Data records may be exactly at the limit (zstd keeps this one tiny).
+    let mut c = zstd::bulk::Compressor::new(3).expect("zstd");
+    let limit = encode_record(&extent(0, &vec![7; MAX_RECORD_LEN as usize]), Some(&mut c));
+    let bytes = craft(h, &[limit.as_bytes().to_vec()], |t| {
+        t.new_size = MAX_RECORD_LEN
+    });
+    assert_eq!(
+        read_all(&bytes).expect("at the limit").1[0].len(),
+        MAX_RECORD_LEN
+    );
+}
+
+// --- trailer checks ------------------------------------------------------------------
+
+#[test]
+fn trailer_must_agree_with_header_and_records() {
+    let h = header(Some(1000), Some(2000));
+    let records = [rec(&extent(10, b"abcd")), rec(&zeros(20, 30))];
+    let cases: Vec<(Box<dyn Fn(&mut Trailer)>, &str)> = vec![
+        (
+            Box::new(|t| t.record_count += 1),
+            "3 records expected, 2 found",
+        ),
+        (Box::new(|t| t.changed_bytes += 1), "byte counts"),
+        (Box::new(|t| t.stored_bytes -= 1), "byte counts"),
+        (
+            Box::new(|t| t.records_digest = Digest::of(b"x")),
+            "record sequence digest",
+        ),
+        (
+            Box::new(|t| t.header_digest = Digest::of(b"x")),
+            "does not belong",
+        ),
+        (Box::new(|t| t.old_size += 1), "sizes contradict the header"),
+        (Box::new(|t| t.new_size -= 1), "sizes contradict the header"),
+        (Box::new(|t| t.old_digest = None), "change-tracked flag"),
+    ];
+    for (tweak, needle) in cases {
+        let bytes = craft(h, &records, tweak);
+        assert_corrupt_trailer(&read_err(&bytes), needle);
+    }
+    // A record dropped, with the counts fixed up: only the digest catches it.
+    let dropped = craft(h, &records[..1], |t| {
+        let full = craft(h, &records, |_| {});
+        t.records_digest = read_all(&full).expect("full").2.records_digest;
+    });
+    assert_corrupt_trailer(&read_err(&dropped), "record sequence digest");
+
+    // A change-tracked header with an OLD digest in the trailer.
+    let ct = Header {
+        change_tracked: true,
+        ..h
+    };
+    let bytes = craft(ct, &records, |t| t.old_digest = Some(Digest::of(b"OLD")));
+    assert_corrupt_trailer(&read_err(&bytes), "change-tracked flag");
+    let bytes = craft(ct, &records, |_| {});
+    assert_eq!(read_all(&bytes).expect("change-tracked").2.old_digest, None);
+}
+
+#[test]
+fn trailer_layout_checks() {
+    let h = header(None, None);
+    let good = craft(h, &[], |_| {});
+    let start = good.len() - (TRAILER_FIXED_LEN + SAMPLE_LEN);
+    let body = good[start..].to_vec();
+    let with_body = |body: &[u8]| {
+        let mut out = good[..HEADER_LEN].to_vec();
+        out.extend_from_slice(&end_record_of(body));
+        out
+    };
+    read_all(&with_body(&body)).expect("good");
+
+    let mut b = body.clone();
+    b[172] = 1;
+    assert_corrupt_trailer(&read_err(&with_body(&b)), "reserved");
+    let mut b = body.clone();
+    b[168] = 2; // two samples announced, one present
+    assert_corrupt_trailer(&read_err(&with_body(&b)), "sample count");
+    let mut b = body.clone();
+    b[168..172].copy_from_slice(&(MAX_SAMPLES + 1).to_le_bytes());
+    assert_corrupt_trailer(&read_err(&with_body(&b)), "too many samples");
+    assert_corrupt_trailer(
+        &read_err(&with_body(&body[..TRAILER_FIXED_LEN - 1])),
+        "out of range",
+    );
+    let huge = vec![0u8; TRAILER_FIXED_LEN + SAMPLE_LEN * (MAX_SAMPLES as usize + 1)];
+    assert_corrupt_trailer(&read_err(&with_body(&huge)), "out of range");
+
+    // The end record must not carry an offset or length.
+    for (offset, length) in [(1, 0), (0, 1)] {
+        let prefix = record_prefix(KIND_END, body.len() as u32, offset, length);
+        let mut out = good[..HEADER_LEN].to_vec();
+        out.extend_from_slice(&prefix);
+        out.extend_from_slice(record_checksum(&prefix, Some(&body)).as_bytes());
+        out.extend_from_slice(&body);
+        assert_corrupt_trailer(&read_err(&out), "offset or length");
+    }
+    // Reserved bytes of the end record.
+    let mut out = with_body(&body);
+    out[HEADER_LEN + 2] = 1;
+    assert_corrupt_record(&read_err(&out), 0, "reserved");
+    // Its checksum.
+    let mut out = with_body(&body);
+    out[HEADER_LEN + 30] ^= 1;
+    assert_corrupt_trailer(&read_err(&out), "trailer checksum");
+
+    // MAX_SAMPLES is allowed.
+    let many: Vec<Sample> = (0..u64::from(MAX_SAMPLES))
+        .map(|block| Sample {
+            block,
+            digest: Digest::of(&block.to_le_bytes()),
+        })
+        .collect();
+    let bytes = craft(h, &[], |t| t.samples = many.clone());
+    assert_eq!(read_all(&bytes).expect("max samples").2.samples, many);
+}
+
+#[test]
+fn trailing_data_is_rejected() {
+    for extra in [&[0u8][..], b"x", &[0; 100]] {
+        let mut bytes = TINY_NONE.to_vec();
+        bytes.extend_from_slice(extra);
+        match read_err(&bytes) {
+            DeltaFormatError::TrailingData { offset } => assert_eq!(offset, 482),
+            other => panic!("{other:?}"),
+        }
+    }
+    // Two deltas back to back are not one delta.
+    let mut twice = TINY_NONE.to_vec();
+    twice.extend_from_slice(TINY_NONE);
+    assert!(matches!(
+        read_err(&twice),
+        DeltaFormatError::TrailingData { offset: 482 }
+    ));
+}
+
+#[test]
+fn writer_checks_sizes_against_the_header() {
+    let input = |old_size, new_size| TrailerInput {
+        old_size,
+        new_size,
+        old_digest: Some(Digest::of(b"OLD")),
+        new_digest: Digest::of(b"NEW"),
+        samples: Vec::new(),
+    };
+    let w = DeltaWriter::new(Vec::new(), header(Some(5), Some(6))).expect("header");
+    assert_corrupt_trailer(&w.finish(input(4, 6)).expect_err("old"), "OLD size");
+    let w = DeltaWriter::new(Vec::new(), header(Some(5), Some(6))).expect("header");
+    assert_corrupt_trailer(&w.finish(input(5, 7)).expect_err("new"), "NEW size");
+    let w = DeltaWriter::new(Vec::new(), header(Some(5), Some(6))).expect("header");
+    let (bytes, _, n) = w.finish(input(5, 6)).expect("sizes agree");
+    assert_eq!(n, bytes.len() as u64);
+    assert_eq!(
+        n,
+        (HEADER_LEN + RECORD_HEADER_LEN + TRAILER_FIXED_LEN) as u64
+    );
+}
+
+#[test]
+fn encoded_record_layout() {
+    let e = extent(0x1122, b"hello");
+    let r = encode_record(&e, None);
+    assert_eq!((r.offset(), r.length(), r.stored_len()), (0x1122, 5, 5));
+    let b = r.as_bytes();
+    assert_eq!(b.len(), RECORD_HEADER_LEN + 5);
+    assert_eq!(
+        hex::encode(&b[..24]),
+        concat!(
+            "01",
+            "000000",
+            "05000000",
+            "2211000000000000",
+            "0500000000000000"
+        )
+    );
+    assert_eq!(&b[56..], b"hello");
+    // zstd is used only when it makes the payload smaller.
+    let mut c = zstd::bulk::Compressor::new(3).expect("zstd");
+    assert_eq!(encode_record(&e, Some(&mut c)).as_bytes()[0], KIND_RAW);
+    let long = extent(0, &[b'a'; 4096]);
+    let z = encode_record(&long, Some(&mut c));
+    assert_eq!(z.as_bytes()[0], KIND_ZSTD);
+    assert!(z.stored_len() < 100);
+    let zr = encode_record(&zeros(4096, 1 << 40), Some(&mut c));
+    assert_eq!(
+        (zr.as_bytes()[0], zr.stored_len(), zr.length()),
+        (KIND_ZERO, 0, 1 << 40)
+    );
+}

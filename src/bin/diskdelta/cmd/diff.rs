@@ -66,6 +66,15 @@ pub fn run(args: DiffArgs) -> anyhow::Result<()> {
     };
     let old = Input::open(&args.old, &input_options)?;
     let new = Input::open(&args.new, &input_options)?;
+    if format == OutputFormat::DiffDdV2 {
+        if let (Some(o), Some(n)) = (old.size(), new.size()) {
+            if n < o {
+                bail!(
+                    "NEW ({n} bytes) is smaller than OLD ({o} bytes), which the diff-dd-v2 format cannot express"
+                );
+            }
+        }
+    }
     let mut output = Output::create(&out_path)?;
     output.set_sparse(false);
 
