@@ -5,5 +5,11 @@
 #[path = "common/mod.rs"]
 mod common;
 
+#[path = "integration/cli.rs"]
+mod cli;
+#[path = "integration/errors.rs"]
+mod errors;
+#[path = "integration/inplace.rs"]
+mod inplace;
 #[path = "integration/legacy.rs"]
 mod legacy;

@@ -178,13 +178,26 @@ impl Output {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "output".into());
+        // Checked first so the error names the user's path, not the random
+        // temporary one that tempfile would report.
+        if let Err(source) = std::fs::metadata(dir) {
+            return Err(IoError::Open {
+                path: path.into(),
+                source,
+            });
+        }
         let temp = tempfile::Builder::new()
             .prefix(&format!(".{name}."))
             .suffix(".partial")
             .tempfile_in(dir)
-            .map_err(|source| IoError::Open {
+            .map_err(|e| IoError::Open {
                 path: path.into(),
-                source,
+                // tempfile's error names the random temporary path; keep
+                // only the OS error so the message names the user's path.
+                source: e.raw_os_error().map_or_else(
+                    || std::io::Error::new(e.kind(), e.kind().to_string()),
+                    std::io::Error::from_raw_os_error,
+                ),
             })?;
         let (file, temp_path) = temp.into_parts();
         let mode = permissions.unwrap_or_else(|| Permissions::from_mode(0o644));

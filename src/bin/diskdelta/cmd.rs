@@ -49,6 +49,15 @@ pub fn record_size(text: Option<&str>) -> anyhow::Result<Option<u32>> {
     .transpose()
 }
 
+/// True when `path` exists and is the same file as the open `file`.
+pub fn same_file(path: &Path, file: &std::fs::File) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(path), file.metadata()) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
 /// Refuses to write binary data to a terminal.
 pub fn check_binary_stdout(path: &Path) -> anyhow::Result<()> {
     if path == Path::new("-") && std::io::stdout().is_terminal() {

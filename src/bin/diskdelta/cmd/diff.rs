@@ -66,6 +66,14 @@ pub fn run(args: DiffArgs) -> anyhow::Result<()> {
     };
     let old = Input::open(&args.old, &input_options)?;
     let new = Input::open(&args.new, &input_options)?;
+    for (name, input) in [("OLD", &old), ("NEW", &new)] {
+        if super::same_file(&out_path, input.file()) {
+            bail!(
+                "refusing to overwrite {name} ({}) with the delta",
+                input.path().display()
+            );
+        }
+    }
     if format == OutputFormat::DiffDdV2 {
         if let (Some(o), Some(n)) = (old.size(), new.size()) {
             if n < o {
@@ -89,7 +97,8 @@ pub fn run(args: DiffArgs) -> anyhow::Result<()> {
         progress: Some(progress.counter()),
     };
     let started = Instant::now();
-    let (mut output, summary) = create_delta(old, new, output, &options)?;
+    let (mut output, summary) = create_delta(old, new, output, &options)
+        .with_context(|| format!("cannot write the delta to {}", out_path.display()))?;
     output.flush()?;
     let delta_bytes = output.position();
     if matches!(output.kind(), OutputKind::File) && format == OutputFormat::Native {
