@@ -3,8 +3,10 @@
 //! (delta file, remote target, repository) works with every source.
 //!
 //! - [`compare`]: byte comparison of aligned OLD and NEW chunks.
+//! - [`merkle`]: per-region hash trees, for copies on different machines.
 
 pub mod compare;
+pub mod merkle;
 
 /// A run of changed bytes of NEW: `len` bytes at `offset`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -7,6 +7,7 @@ DISKDELTA_PACKAGES=(
   python3-venv        # the real Python diff-dd in a venv for format tests
   zstd xdelta3 rdiff  # peers in bench/
   time                # /usr/bin/time for peak RSS in bench/
+  openssh-server openssh-client  # a real sshd on 127.0.0.1 for remote tests
 )
 
 ensure_packages() {
