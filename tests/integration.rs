@@ -13,3 +13,5 @@ mod errors;
 mod inplace;
 #[path = "integration/legacy.rs"]
 mod legacy;
+#[path = "integration/sshd_harness.rs"]
+mod sshd_harness;
