@@ -24,6 +24,7 @@ pub mod delta;
 pub mod digest;
 pub mod format;
 pub mod io;
+pub mod sync;
 pub mod units;
 
 pub use delta::{

@@ -1,0 +1,751 @@
+//! Messages of the sync protocol, version 1: one type per frame kind, each
+//! with an exact body layout (spec: `docs/formats/wire.md`).
+
+use super::frame::{BodyError, BodyReader, Frame};
+
+/// First bytes of every `Hello` body.
+pub const MAGIC: [u8; 8] = *b"DDLTSYNC";
+/// Protocol version spoken by this build.
+pub const VERSION: u16 = 1;
+/// Bytes of a truncated tree hash on the wire.
+pub const WIRE_HASH_LEN: usize = 16;
+
+/// A tree hash as sent on the wire (the first 16 bytes of the BLAKE3 hash).
+pub type WireHash = [u8; WIRE_HASH_LEN];
+
+/// Truncates a node hash for the wire.
+pub fn wire_hash(h: &blake3::Hash) -> WireHash {
+    let mut w = [0u8; WIRE_HASH_LEN];
+    w.copy_from_slice(&h.as_bytes()[..WIRE_HASH_LEN]);
+    w
+}
+
+/// `OpenTarget` flag: create the target if it does not exist.
+pub const OPEN_CREATE: u32 = 1;
+/// `OpenTarget` flag: report only, write nothing.
+pub const OPEN_DRY_RUN: u32 = 2;
+
+/// Payload encodings of `Data` and `Write`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Encoding {
+    /// Literal bytes.
+    Raw = 0,
+    /// zstd-compressed bytes.
+    Zstd = 1,
+    /// All zeros; no payload.
+    Zero = 2,
+}
+
+/// What an endpoint opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ObjectKind {
+    /// A regular file.
+    File = 0,
+    /// A block device.
+    BlockDevice = 1,
+    /// A target that does not exist yet (created on first write).
+    Missing = 2,
+}
+
+/// One protocol message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// Both directions first: magic and version.
+    Hello {
+        /// Protocol version of the sender.
+        version: u16,
+    },
+    /// A fatal error on the sending side; the connection ends after it.
+    Error {
+        /// Error class (see [`ErrorCode`]).
+        code: u32,
+        /// One-line description.
+        message: String,
+    },
+    /// Open a source to read.
+    OpenSource {
+        /// Leaf block size.
+        block: u32,
+        /// Path bytes as given by the user.
+        path: Vec<u8>,
+    },
+    /// Open (or create) a target to write.
+    OpenTarget {
+        /// Leaf block size.
+        block: u32,
+        /// [`OPEN_CREATE`], [`OPEN_DRY_RUN`].
+        flags: u32,
+        /// The source's size.
+        source_size: u64,
+        /// Identifies the source for resuming (see the spec).
+        source_id: [u8; 32],
+        /// Path bytes as given by the user.
+        path: Vec<u8>,
+    },
+    /// Reply to `OpenSource` / `OpenTarget`.
+    Opened {
+        /// What was opened.
+        kind: ObjectKind,
+        /// Its size (0 when missing).
+        size: u64,
+        /// Source identity (source) or 0 (target).
+        id: [u8; 32],
+        /// Target: bytes already synced by an interrupted run, else 0.
+        resume_from: u64,
+        /// Target: the chain value at `resume_from`.
+        resume_chain: [u8; 32],
+    },
+    /// Start hashing `[start, end)` region by region, continuing `chain`.
+    Scan {
+        /// First byte (a multiple of the region size).
+        start: u64,
+        /// One past the last byte.
+        end: u64,
+        /// Chain value before `start`.
+        chain: [u8; 32],
+    },
+    /// One region's root, streamed in order after `Scan`.
+    Region {
+        /// First byte of the region.
+        offset: u64,
+        /// Bytes in the region.
+        len: u64,
+        /// Its root hash.
+        root: WireHash,
+    },
+    /// Ask for nodes of a region's tree.
+    GetNodes {
+        /// The region's offset.
+        region: u64,
+        /// Tree level (0 = leaves).
+        level: u8,
+        /// First node index.
+        first: u32,
+        /// Number of nodes.
+        count: u32,
+    },
+    /// Reply to `GetNodes`.
+    Nodes {
+        /// The region's offset.
+        region: u64,
+        /// Tree level.
+        level: u8,
+        /// First node index.
+        first: u32,
+        /// The hashes.
+        hashes: Vec<WireHash>,
+    },
+    /// The driver is done with a region; its tree may be dropped.
+    Release {
+        /// The region's offset.
+        region: u64,
+    },
+    /// Read bytes from the source.
+    Read {
+        /// First byte.
+        offset: u64,
+        /// Byte count.
+        len: u32,
+    },
+    /// Reply to `Read` (source) and, with the same layout, `Write` (to target).
+    Data {
+        /// First byte.
+        offset: u64,
+        /// Byte count (decoded).
+        len: u32,
+        /// Payload encoding.
+        encoding: Encoding,
+        /// Payload.
+        payload: Vec<u8>,
+    },
+    /// Write bytes to the target (same layout as `Data`).
+    Write {
+        /// First byte.
+        offset: u64,
+        /// Byte count (decoded).
+        len: u32,
+        /// Payload encoding.
+        encoding: Encoding,
+        /// Payload.
+        payload: Vec<u8>,
+    },
+    /// End of the session: the target takes this size, syncs, and both
+    /// ends reply `Done`.
+    Finish {
+        /// Final size of the target.
+        size: u64,
+    },
+    /// Reply to `Finish`.
+    Done {
+        /// Final chain value over all region roots.
+        chain: [u8; 32],
+        /// Bytes written (target) or read (source).
+        bytes: u64,
+    },
+}
+
+/// Error classes carried by `Error` messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum ErrorCode {
+    /// Anything else.
+    Other = 0,
+    /// Protocol version mismatch.
+    Version = 1,
+    /// A path could not be opened.
+    Open = 2,
+    /// Permission denied.
+    Permission = 3,
+    /// A read or write failed.
+    Io = 4,
+    /// The source changed while being synced.
+    SourceChanged = 5,
+    /// A target block device is too small.
+    TooSmall = 6,
+    /// A malformed or unexpected message.
+    Protocol = 7,
+}
+
+mod kind {
+    pub const HELLO: u8 = 0x01;
+    pub const ERROR: u8 = 0x02;
+    pub const OPEN_SOURCE: u8 = 0x10;
+    pub const OPEN_TARGET: u8 = 0x11;
+    pub const OPENED: u8 = 0x12;
+    pub const SCAN: u8 = 0x20;
+    pub const REGION: u8 = 0x21;
+    pub const GET_NODES: u8 = 0x22;
+    pub const NODES: u8 = 0x23;
+    pub const RELEASE: u8 = 0x24;
+    pub const READ: u8 = 0x30;
+    pub const DATA: u8 = 0x31;
+    pub const WRITE: u8 = 0x32;
+    pub const FINISH: u8 = 0x40;
+    pub const DONE: u8 = 0x41;
+}
+
+/// A frame whose body does not fit its message type.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MessageError {
+    /// Unknown message type.
+    #[error("unknown message type {0:#04x}")]
+    UnknownKind(u8),
+    /// Body layout violated.
+    #[error("malformed {name} message: {source}")]
+    Body {
+        /// Message name.
+        name: &'static str,
+        /// Where.
+        source: BodyError,
+    },
+    /// A field holds an invalid value.
+    #[error("invalid {name} message: {reason}")]
+    Invalid {
+        /// Message name.
+        name: &'static str,
+        /// What is wrong.
+        reason: &'static str,
+    },
+}
+
+fn put_u16(b: &mut Vec<u8>, v: u16) {
+    b.extend_from_slice(&v.to_le_bytes());
+}
+fn put_u32(b: &mut Vec<u8>, v: u32) {
+    b.extend_from_slice(&v.to_le_bytes());
+}
+fn put_u64(b: &mut Vec<u8>, v: u64) {
+    b.extend_from_slice(&v.to_le_bytes());
+}
+
+fn encoding(v: u8) -> Option<Encoding> {
+    match v {
+        0 => Some(Encoding::Raw),
+        1 => Some(Encoding::Zstd),
+        2 => Some(Encoding::Zero),
+        _ => None,
+    }
+}
+
+impl Message {
+    /// The message's name, for errors.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Message::Hello { .. } => "Hello",
+            Message::Error { .. } => "Error",
+            Message::OpenSource { .. } => "OpenSource",
+            Message::OpenTarget { .. } => "OpenTarget",
+            Message::Opened { .. } => "Opened",
+            Message::Scan { .. } => "Scan",
+            Message::Region { .. } => "Region",
+            Message::GetNodes { .. } => "GetNodes",
+            Message::Nodes { .. } => "Nodes",
+            Message::Release { .. } => "Release",
+            Message::Read { .. } => "Read",
+            Message::Data { .. } => "Data",
+            Message::Write { .. } => "Write",
+            Message::Finish { .. } => "Finish",
+            Message::Done { .. } => "Done",
+        }
+    }
+
+    /// Encodes the message as a frame.
+    pub fn encode(&self) -> Frame {
+        let mut b = Vec::new();
+        let kind = match self {
+            Message::Hello { version } => {
+                b.extend_from_slice(&MAGIC);
+                put_u16(&mut b, *version);
+                put_u16(&mut b, 0);
+                put_u32(&mut b, 0);
+                kind::HELLO
+            }
+            Message::Error { code, message } => {
+                put_u32(&mut b, *code);
+                b.extend_from_slice(message.as_bytes());
+                kind::ERROR
+            }
+            Message::OpenSource { block, path } => {
+                put_u32(&mut b, *block);
+                b.extend_from_slice(path);
+                kind::OPEN_SOURCE
+            }
+            Message::OpenTarget {
+                block,
+                flags,
+                source_size,
+                source_id,
+                path,
+            } => {
+                put_u32(&mut b, *block);
+                put_u32(&mut b, *flags);
+                put_u64(&mut b, *source_size);
+                b.extend_from_slice(source_id);
+                b.extend_from_slice(path);
+                kind::OPEN_TARGET
+            }
+            Message::Opened {
+                kind: k,
+                size,
+                id,
+                resume_from,
+                resume_chain,
+            } => {
+                b.push(*k as u8);
+                b.extend_from_slice(&[0, 0, 0]);
+                put_u64(&mut b, *size);
+                b.extend_from_slice(id);
+                put_u64(&mut b, *resume_from);
+                b.extend_from_slice(resume_chain);
+                kind::OPENED
+            }
+            Message::Scan { start, end, chain } => {
+                put_u64(&mut b, *start);
+                put_u64(&mut b, *end);
+                b.extend_from_slice(chain);
+                kind::SCAN
+            }
+            Message::Region { offset, len, root } => {
+                put_u64(&mut b, *offset);
+                put_u64(&mut b, *len);
+                b.extend_from_slice(root);
+                kind::REGION
+            }
+            Message::GetNodes {
+                region,
+                level,
+                first,
+                count,
+            } => {
+                put_u64(&mut b, *region);
+                b.push(*level);
+                b.extend_from_slice(&[0, 0, 0]);
+                put_u32(&mut b, *first);
+                put_u32(&mut b, *count);
+                kind::GET_NODES
+            }
+            Message::Nodes {
+                region,
+                level,
+                first,
+                hashes,
+            } => {
+                put_u64(&mut b, *region);
+                b.push(*level);
+                b.extend_from_slice(&[0, 0, 0]);
+                put_u32(&mut b, *first);
+                for h in hashes {
+                    b.extend_from_slice(h);
+                }
+                kind::NODES
+            }
+            Message::Release { region } => {
+                put_u64(&mut b, *region);
+                kind::RELEASE
+            }
+            Message::Read { offset, len } => {
+                put_u64(&mut b, *offset);
+                put_u32(&mut b, *len);
+                kind::READ
+            }
+            Message::Data {
+                offset,
+                len,
+                encoding,
+                payload,
+            }
+            | Message::Write {
+                offset,
+                len,
+                encoding,
+                payload,
+            } => {
+                put_u64(&mut b, *offset);
+                put_u32(&mut b, *len);
+                b.push(*encoding as u8);
+                b.extend_from_slice(&[0, 0, 0]);
+                b.extend_from_slice(payload);
+                if matches!(self, Message::Data { .. }) {
+                    kind::DATA
+                } else {
+                    kind::WRITE
+                }
+            }
+            Message::Finish { size } => {
+                put_u64(&mut b, *size);
+                kind::FINISH
+            }
+            Message::Done { chain, bytes } => {
+                b.extend_from_slice(chain);
+                put_u64(&mut b, *bytes);
+                kind::DONE
+            }
+        };
+        Frame { kind, body: b }
+    }
+
+    /// Decodes a frame, checking every field's layout.
+    ///
+    /// # Errors
+    /// [`MessageError`] for unknown types, wrong lengths and invalid values.
+    pub fn decode(frame: &Frame) -> Result<Message, MessageError> {
+        let mut r = BodyReader::new(&frame.body);
+        let name = kind_name(frame.kind).ok_or(MessageError::UnknownKind(frame.kind))?;
+        let body = |source| MessageError::Body { name, source };
+        let invalid = |reason| MessageError::Invalid { name, reason };
+        let msg = match frame.kind {
+            kind::HELLO => {
+                if r.bytes(8).map_err(body)? != MAGIC {
+                    return Err(invalid("bad magic"));
+                }
+                let version = r.u16().map_err(body)?;
+                r.u16().map_err(body)?;
+                r.u32().map_err(body)?;
+                Message::Hello { version }
+            }
+            kind::ERROR => {
+                let code = r.u32().map_err(body)?;
+                let message = String::from_utf8_lossy(r.rest()).into_owned();
+                Message::Error { code, message }
+            }
+            kind::OPEN_SOURCE => {
+                let block = r.u32().map_err(body)?;
+                let path = r.rest().to_vec();
+                Message::OpenSource { block, path }
+            }
+            kind::OPEN_TARGET => {
+                let block = r.u32().map_err(body)?;
+                let flags = r.u32().map_err(body)?;
+                let source_size = r.u64().map_err(body)?;
+                let source_id = r.hash().map_err(body)?;
+                let path = r.rest().to_vec();
+                Message::OpenTarget {
+                    block,
+                    flags,
+                    source_size,
+                    source_id,
+                    path,
+                }
+            }
+            kind::OPENED => {
+                let k = match r.u8().map_err(body)? {
+                    0 => ObjectKind::File,
+                    1 => ObjectKind::BlockDevice,
+                    2 => ObjectKind::Missing,
+                    _ => return Err(invalid("unknown object kind")),
+                };
+                r.bytes(3).map_err(body)?;
+                Message::Opened {
+                    kind: k,
+                    size: r.u64().map_err(body)?,
+                    id: r.hash().map_err(body)?,
+                    resume_from: r.u64().map_err(body)?,
+                    resume_chain: r.hash().map_err(body)?,
+                }
+            }
+            kind::SCAN => Message::Scan {
+                start: r.u64().map_err(body)?,
+                end: r.u64().map_err(body)?,
+                chain: r.hash().map_err(body)?,
+            },
+            kind::REGION => {
+                let offset = r.u64().map_err(body)?;
+                let len = r.u64().map_err(body)?;
+                let mut root = [0u8; WIRE_HASH_LEN];
+                root.copy_from_slice(r.bytes(WIRE_HASH_LEN).map_err(body)?);
+                Message::Region { offset, len, root }
+            }
+            kind::GET_NODES => {
+                let region = r.u64().map_err(body)?;
+                let level = r.u8().map_err(body)?;
+                r.bytes(3).map_err(body)?;
+                Message::GetNodes {
+                    region,
+                    level,
+                    first: r.u32().map_err(body)?,
+                    count: r.u32().map_err(body)?,
+                }
+            }
+            kind::NODES => {
+                let region = r.u64().map_err(body)?;
+                let level = r.u8().map_err(body)?;
+                r.bytes(3).map_err(body)?;
+                let first = r.u32().map_err(body)?;
+                let rest = r.rest();
+                if rest.len() % WIRE_HASH_LEN != 0 {
+                    return Err(invalid("hash list is not a whole number of hashes"));
+                }
+                let hashes = rest
+                    .chunks_exact(WIRE_HASH_LEN)
+                    .map(|c| {
+                        let mut h = [0u8; WIRE_HASH_LEN];
+                        h.copy_from_slice(c);
+                        h
+                    })
+                    .collect();
+                Message::Nodes {
+                    region,
+                    level,
+                    first,
+                    hashes,
+                }
+            }
+            kind::RELEASE => Message::Release {
+                region: r.u64().map_err(body)?,
+            },
+            kind::READ => Message::Read {
+                offset: r.u64().map_err(body)?,
+                len: r.u32().map_err(body)?,
+            },
+            kind::DATA | kind::WRITE => {
+                let offset = r.u64().map_err(body)?;
+                let len = r.u32().map_err(body)?;
+                let enc = encoding(r.u8().map_err(body)?).ok_or(invalid("unknown encoding"))?;
+                r.bytes(3).map_err(body)?;
+                let payload = r.rest().to_vec();
+                match enc {
+                    Encoding::Raw if payload.len() != len as usize => {
+                        return Err(invalid("raw payload length differs from the length field"))
+                    }
+                    Encoding::Zero if !payload.is_empty() => {
+                        return Err(invalid("zero encoding with a payload"))
+                    }
+                    _ => {}
+                }
+                if frame.kind == kind::DATA {
+                    Message::Data {
+                        offset,
+                        len,
+                        encoding: enc,
+                        payload,
+                    }
+                } else {
+                    Message::Write {
+                        offset,
+                        len,
+                        encoding: enc,
+                        payload,
+                    }
+                }
+            }
+            kind::FINISH => Message::Finish {
+                size: r.u64().map_err(body)?,
+            },
+            kind::DONE => Message::Done {
+                chain: r.hash().map_err(body)?,
+                bytes: r.u64().map_err(body)?,
+            },
+            other => return Err(MessageError::UnknownKind(other)),
+        };
+        r.finish().map_err(body)?;
+        Ok(msg)
+    }
+}
+
+fn kind_name(k: u8) -> Option<&'static str> {
+    Some(match k {
+        kind::HELLO => "Hello",
+        kind::ERROR => "Error",
+        kind::OPEN_SOURCE => "OpenSource",
+        kind::OPEN_TARGET => "OpenTarget",
+        kind::OPENED => "Opened",
+        kind::SCAN => "Scan",
+        kind::REGION => "Region",
+        kind::GET_NODES => "GetNodes",
+        kind::NODES => "Nodes",
+        kind::RELEASE => "Release",
+        kind::READ => "Read",
+        kind::DATA => "Data",
+        kind::WRITE => "Write",
+        kind::FINISH => "Finish",
+        kind::DONE => "Done",
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn samples() -> Vec<Message> {
+        vec![
+            Message::Hello { version: VERSION },
+            Message::Error {
+                code: ErrorCode::Open as u32,
+                message: "cannot open /x: No such file".into(),
+            },
+            Message::OpenSource {
+                block: 4096,
+                path: b"/dev/vg0/snap with space".to_vec(),
+            },
+            Message::OpenTarget {
+                block: 4096,
+                flags: OPEN_CREATE,
+                source_size: 1 << 40,
+                source_id: [7; 32],
+                path: b"./a:b".to_vec(),
+            },
+            Message::Opened {
+                kind: ObjectKind::Missing,
+                size: 0,
+                id: [0; 32],
+                resume_from: 16 << 20,
+                resume_chain: [3; 32],
+            },
+            Message::Scan {
+                start: 0,
+                end: 1 << 30,
+                chain: [0; 32],
+            },
+            Message::Region {
+                offset: 16 << 20,
+                len: 16 << 20,
+                root: [9; 16],
+            },
+            Message::GetNodes {
+                region: 0,
+                level: 1,
+                first: 16,
+                count: 16,
+            },
+            Message::Nodes {
+                region: 0,
+                level: 1,
+                first: 16,
+                hashes: vec![[1; 16], [2; 16]],
+            },
+            Message::Release { region: 0 },
+            Message::Read {
+                offset: 4096,
+                len: 65536,
+            },
+            Message::Data {
+                offset: 4096,
+                len: 3,
+                encoding: Encoding::Raw,
+                payload: vec![1, 2, 3],
+            },
+            Message::Write {
+                offset: 4096,
+                len: 65536,
+                encoding: Encoding::Zero,
+                payload: vec![],
+            },
+            Message::Finish { size: 12345 },
+            Message::Done {
+                chain: [5; 32],
+                bytes: 99,
+            },
+        ]
+    }
+
+    #[test]
+    fn every_message_round_trips() {
+        for m in samples() {
+            assert_eq!(
+                Message::decode(&m.encode()).as_ref(),
+                Ok(&m),
+                "{}",
+                m.name()
+            );
+        }
+    }
+
+    #[test]
+    fn truncated_and_extended_bodies_are_rejected() {
+        for m in samples() {
+            let f = m.encode();
+            let variable = matches!(
+                m,
+                Message::Error { .. }
+                    | Message::OpenSource { .. }
+                    | Message::OpenTarget { .. }
+                    | Message::Nodes { .. }
+                    | Message::Data { .. }
+                    | Message::Write { .. }
+            );
+            if !variable {
+                let mut longer = f.clone();
+                longer.body.push(0);
+                assert!(Message::decode(&longer).is_err(), "{} + 1 byte", m.name());
+            }
+            if let Some(short) = f.body.len().checked_sub(1) {
+                let mut shorter = f.clone();
+                shorter.body.truncate(short);
+                let decoded = Message::decode(&shorter);
+                assert!(decoded.is_err() || variable, "{} - 1 byte", m.name());
+            }
+        }
+    }
+
+    #[test]
+    fn invalid_fields_are_rejected() {
+        let mut f = Message::Hello { version: 1 }.encode();
+        f.body[0] = b'X';
+        assert!(Message::decode(&f).is_err());
+        let mut f = Message::Data {
+            offset: 0,
+            len: 2,
+            encoding: Encoding::Raw,
+            payload: vec![1, 2],
+        }
+        .encode();
+        f.body[12] = 9;
+        assert!(Message::decode(&f).is_err());
+        let f = Frame {
+            kind: 0x7F,
+            body: vec![],
+        };
+        assert_eq!(Message::decode(&f), Err(MessageError::UnknownKind(0x7F)));
+    }
+
+    proptest! {
+        #[test]
+        fn decoding_arbitrary_frames_never_panics(kind in any::<u8>(), body in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = Message::decode(&Frame { kind, body });
+        }
+    }
+}
