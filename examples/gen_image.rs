@@ -142,7 +142,7 @@ fn run(args: &[String]) -> Result<(), Error> {
                 output: flags.output()?,
             };
             flags.finish()?;
-            if a.cluster == 0 || a.cluster % BLOCK != 0 {
+            if a.cluster == 0 || a.cluster & (BLOCK - 1) != 0 {
                 return Err(Error::Usage(
                     "--cluster must be a non-zero multiple of 4K".into(),
                 ));

@@ -514,7 +514,7 @@ impl Message {
                 r.bytes(3).map_err(body)?;
                 let first = r.u32().map_err(body)?;
                 let rest = r.rest();
-                if rest.len() % WIRE_HASH_LEN != 0 {
+                if !rest.len().is_multiple_of(WIRE_HASH_LEN) {
                     return Err(invalid("hash list is not a whole number of hashes"));
                 }
                 let hashes = rest

@@ -66,7 +66,7 @@ fn reference_samples(old: &[u8], new: &[u8], block: usize, extents: &[Extent]) -
         let touched = extents
             .iter()
             .any(|e| e.offset < end as u64 && e.end() > start as u64);
-        if touched || b as u64 % stride != 0 {
+        if touched || !(b as u64).is_multiple_of(stride) {
             continue;
         }
         samples.push(Sample {
@@ -75,7 +75,7 @@ fn reference_samples(old: &[u8], new: &[u8], block: usize, extents: &[Extent]) -
         });
         if samples.len() >= 128 {
             stride *= 2;
-            samples.retain(|s| s.block % stride == 0);
+            samples.retain(|s| s.block.is_multiple_of(stride));
         }
     }
     samples
@@ -345,6 +345,79 @@ fn golden_deltas_decode_to_new() {
             g.name
         );
         assert_eq!(apply(g.old, new_size, &extents), g.new, "{}", g.name);
+    }
+}
+
+/// The `*.json` descriptions written by make.py's own parser agree with
+/// this reader, field by field.
+#[test]
+fn golden_json_descriptions_match_the_reader() {
+    let descriptions = [
+        include_str!("../../../tests/golden/delta/tiny-none.json"),
+        include_str!("../../../tests/golden/delta/grown-none.json"),
+        include_str!("../../../tests/golden/delta/shrunk-zstd.json"),
+        include_str!("../../../tests/golden/delta/grown-pipe-zstd.json"),
+    ];
+    for (g, text) in goldens().iter().zip(descriptions) {
+        let json: serde_json::Value = serde_json::from_str(text).expect("JSON");
+        let size = |v: &serde_json::Value| v.as_u64();
+        assert_eq!(
+            json["size"].as_u64(),
+            Some(g.delta.len() as u64),
+            "{}",
+            g.name
+        );
+        let h = &json["header"];
+        assert_eq!(
+            h["block_size"].as_u64(),
+            Some(u64::from(g.header.block_size))
+        );
+        assert_eq!(size(&h["old_size"]), g.header.old_size, "{}", g.name);
+        assert_eq!(size(&h["new_size"]), g.header.new_size, "{}", g.name);
+        assert_eq!(h["change_tracked"].as_bool(), Some(false));
+
+        let mut reader = DeltaReader::new(g.delta).expect("header");
+        let records = json["records"].as_array().expect("records");
+        for r in records {
+            let raw = reader.next_record().expect("record").expect("a record");
+            assert_eq!(
+                r["at"].as_u64(),
+                Some(reader.position() - RECORD_HEADER_LEN as u64 - raw.stored_len())
+            );
+            assert_eq!(r["kind"].as_str(), Some(raw.encoding()));
+            assert_eq!(r["offset"].as_u64(), Some(raw.offset));
+            assert_eq!(r["length"].as_u64(), Some(raw.length));
+            assert_eq!(r["stored_length"].as_u64(), Some(raw.stored_len()));
+            assert_eq!(r["checksum"].as_str(), Some(raw.checksum.to_hex().as_str()));
+        }
+        assert!(reader.next_record().expect("end").is_none());
+        let t = reader.trailer().expect("trailer");
+        let jt = &json["trailer"];
+        assert_eq!(jt["old_size"].as_u64(), Some(t.old_size));
+        assert_eq!(jt["new_size"].as_u64(), Some(t.new_size));
+        assert_eq!(jt["record_count"].as_u64(), Some(t.record_count));
+        assert_eq!(jt["changed_bytes"].as_u64(), Some(t.changed_bytes));
+        assert_eq!(jt["stored_bytes"].as_u64(), Some(t.stored_bytes));
+        let old_digest = t.old_digest.expect("OLD digest").to_hex();
+        assert_eq!(jt["old_digest"].as_str(), Some(old_digest.as_str()));
+        assert_eq!(
+            jt["new_digest"].as_str(),
+            Some(t.new_digest.to_hex().as_str())
+        );
+        assert_eq!(
+            jt["records_digest"].as_str(),
+            Some(t.records_digest.to_hex().as_str())
+        );
+        assert_eq!(
+            jt["header_digest"].as_str(),
+            Some(t.header_digest.to_hex().as_str())
+        );
+        let samples = jt["samples"].as_array().expect("samples");
+        assert_eq!(samples.len(), t.samples.len());
+        for (js, s) in samples.iter().zip(&t.samples) {
+            assert_eq!(js["block"].as_u64(), Some(s.block));
+            assert_eq!(js["blake3"].as_str(), Some(s.digest.to_hex().as_str()));
+        }
     }
 }
 
@@ -1000,11 +1073,14 @@ fn malformed_record_headers_are_rejected() {
 
 // --- trailer checks ------------------------------------------------------------------
 
+/// A change to an honest trailer.
+type TrailerTweak = Box<dyn Fn(&mut Trailer)>;
+
 #[test]
 fn trailer_must_agree_with_header_and_records() {
     let h = header(Some(1000), Some(2000));
     let records = [rec(&extent(10, b"abcd")), rec(&zeros(20, 30))];
-    let cases: Vec<(Box<dyn Fn(&mut Trailer)>, &str)> = vec![
+    let cases: Vec<(TrailerTweak, &str)> = vec![
         (
             Box::new(|t| t.record_count += 1),
             "3 records expected, 2 found",
@@ -1173,5 +1249,94 @@ fn encoded_record_layout() {
     assert_eq!(
         (zr.as_bytes()[0], zr.stored_len(), zr.length()),
         (KIND_ZERO, 0, 1 << 40)
+    );
+}
+
+// --- the image digest test vectors of docs/formats/image-digest.md ------------
+
+#[test]
+fn image_digest_vectors() {
+    use crate::digest::{IMAGE_DIGEST_CONTEXT, SEGMENT_SIZE};
+    /// The definition with plain blake3 calls: (L, digest).
+    fn definition(data: &[u8]) -> (String, String) {
+        let mut segs = blake3::Hasher::new_derive_key(IMAGE_DIGEST_CONTEXT);
+        for seg in data.chunks(SEGMENT_SIZE) {
+            segs.update(blake3::hash(seg).as_bytes());
+        }
+        let l = segs.finalize();
+        let mut material = (data.len() as u64).to_le_bytes().to_vec();
+        material.extend_from_slice(l.as_bytes());
+        let digest = blake3::derive_key(IMAGE_DIGEST_CONTEXT, &material);
+        (l.to_hex().to_string(), hex::encode(digest))
+    }
+    assert_eq!(IMAGE_DIGEST_CONTEXT, "diskdelta 2026-11 image digest v1");
+    assert_eq!(SEGMENT_SIZE, 1 << 20);
+    let pattern: Vec<u8> = (0..SEGMENT_SIZE + 1).map(|i| (i % 251) as u8).collect();
+    let vectors: [(&str, Vec<u8>, &str, &str); 6] = [
+        (
+            "empty",
+            Vec::new(),
+            "ea6e1e41be9ce57fddc78e4b82761bf34f3dd5e3e86455f19e33b67300a365c8",
+            "684342458c2c3f1ec7f4712accd68d04de53bce3c2a2a666f90b1034a34403fa",
+        ),
+        (
+            "abc",
+            b"abc".to_vec(),
+            "52b7b6ae4f70a372ee2ac1e69dc3f8ade76e60b223d7f47c07891a06848e6a96",
+            "385b7b3426cfa4d457eb9b053daff688b8a414baae991fb1fa0c44595964ea7d",
+        ),
+        (
+            "4096 zeros",
+            vec![0; 4096],
+            "ae183f820e5362de3461690c5718a867d7d21ba79a99b5e117a9ff6ed40695d9",
+            "746f377d83c9beb98fb61c32cc96cb56b749173857931e079a2335a619df67ee",
+        ),
+        (
+            "1 MiB of zeros",
+            vec![0; SEGMENT_SIZE],
+            "264cdad633847fb8328549fb3159254d83cfb91489f88fdd3aaa1126c8490075",
+            "88750c6b2635dc0cff301b40fed0c7b52c34b44f17216891a8b3b2c233c1d4fd",
+        ),
+        (
+            "i mod 251, 1 MiB + 1",
+            pattern,
+            "15ddd2b90ca5903b95d9078583d7b13fa4df20574f119f7a939a9b802e4f26af",
+            "b9f3d830911ba3399fcbc8a2922c810adb23a036f247feeffdf7d7cf6bf14972",
+        ),
+        (
+            "tiny-new.img",
+            TINY_NEW.to_vec(),
+            "1e431202f47d15c02afd3af14cd9dcf91ba2000f35b20b0f28e05d2d9235ede0",
+            "5a4ad9d6055bd37c6b49a4086458fcde138a220c7fb9125a90c26d7584779ec5",
+        ),
+    ];
+    for (name, data, l, digest) in vectors {
+        assert_eq!(
+            definition(&data),
+            (l.to_owned(), digest.to_owned()),
+            "{name}"
+        );
+        assert_eq!(image_digest(&data).to_hex(), digest, "{name}");
+        if data.iter().all(|&b| b == 0) {
+            let mut zeros_fed = crate::digest::ImageHasher::new();
+            zeros_fed.update_zeros(data.len() as u64);
+            assert_eq!(
+                zeros_fed.finalize().to_hex(),
+                digest,
+                "{name} (update_zeros)"
+            );
+        }
+    }
+    assert_eq!(
+        blake3::hash(&vec![0u8; SEGMENT_SIZE]).to_hex().as_str(),
+        "488de202f73bd976de4e7048f4e1f39a776d86d582b7348ff53bf432b987fca8"
+    );
+    assert_eq!(
+        blake3::hash(&[0u8; 4096]).to_hex().as_str(),
+        "b6fb73fc46938c981e2b0b4b1ef282adcfc89854d01bfe3972fdc4785b41b2c7"
+    );
+    assert_eq!(
+        blake3::hash(b"abc").to_hex().as_str(),
+        "6437b3ac38465133ffb63b75273a8db548c558465d79db03fd359c6cd5bd9d85"
     );
 }
