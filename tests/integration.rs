@@ -15,3 +15,5 @@ mod inplace;
 mod legacy;
 #[path = "integration/sshd_harness.rs"]
 mod sshd_harness;
+#[path = "integration/sync.rs"]
+mod sync;

@@ -39,7 +39,8 @@ pub struct RegionTree {
     levels: Vec<Vec<NodeHash>>,
 }
 
-fn zero_leaf(len: usize) -> NodeHash {
+/// The leaf hash of `len` zero bytes.
+pub fn zero_leaf(len: usize) -> NodeHash {
     static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
     if len <= ZEROS.len() {
         return blake3::hash(&ZEROS[..len]);
@@ -115,6 +116,15 @@ impl RegionTree {
             len,
             block,
             levels: build_levels(leaves),
+        }
+    }
+
+    /// The same tree for a region at another offset (trees do not depend
+    /// on their offset; used to reuse the tree of an all-zero region).
+    pub fn relocated(&self, offset: u64) -> RegionTree {
+        RegionTree {
+            offset,
+            ..self.clone()
         }
     }
 

@@ -94,6 +94,25 @@ impl Output {
         }
     }
 
+    /// Opens a file or block device for changes in place, creating an empty
+    /// regular file when nothing exists at `path`.
+    ///
+    /// # Errors
+    /// As [`Output::open_in_place`].
+    pub fn open_or_create_in_place(path: &Path) -> Result<Output, IoError> {
+        if std::fs::symlink_metadata(path).is_err() {
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(path)
+                .map_err(|source| IoError::Open {
+                    path: path.into(),
+                    source,
+                })?;
+        }
+        Self::open_in_place(path)
+    }
+
     /// Opens an existing file or block device for changes in place.
     ///
     /// # Errors

@@ -170,8 +170,10 @@ pub struct ReaderOptions {
     pub depth: usize,
     /// Compute the image digest of everything read.
     pub digest: bool,
-    /// Read at most this many bytes.
+    /// Read at most this many bytes (counted from offset 0).
     pub limit: Option<u64>,
+    /// Start reading here (files and devices; a multiple of the chunk size).
+    pub start: u64,
     /// Added to as bytes are read (for progress bars).
     pub progress: Option<Arc<AtomicU64>>,
 }
@@ -183,6 +185,7 @@ impl Default for ReaderOptions {
             depth: DEFAULT_DEPTH,
             digest: true,
             limit: None,
+            start: 0,
             progress: None,
         }
     }
@@ -385,7 +388,11 @@ fn read_loop(
     };
     let mut file = input.into_file();
     let mut hasher = options.digest.then(ImageHasher::new);
-    let mut offset = 0u64;
+    let mut offset = if kind == InputKind::Stream {
+        0
+    } else {
+        options.start
+    };
     // Start of the next data region at or after `offset`, for sparse files.
     let mut data_from = 0u64;
     let result = loop {
@@ -491,7 +498,7 @@ fn read_loop(
         }
     };
     result.map(|()| ReadSummary {
-        bytes: offset,
+        bytes: offset - if kind == InputKind::Stream { 0 } else { options.start },
         digest: hasher.map(ImageHasher::finalize),
     })
 }

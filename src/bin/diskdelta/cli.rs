@@ -23,6 +23,12 @@ pub enum Command {
     Info(InfoArgs),
     /// Print the image digest of files or devices (as recorded in deltas).
     Hash(HashArgs),
+    /// Make DST byte-identical to SRC, moving only differing blocks
+    /// (each is a local path or [user@]host:path reached over ssh).
+    Sync(SyncArgs),
+    /// Serve one end of a sync on stdin/stdout (started by `sync` over ssh).
+    #[command(hide = true)]
+    Serve,
 }
 
 /// Flags every subcommand takes.
@@ -118,6 +124,35 @@ pub struct HashArgs {
     /// Files, block devices or `-`.
     #[arg(required = true)]
     pub paths: Vec<PathBuf>,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+#[derive(Debug, Args)]
+pub struct SyncArgs {
+    /// Source: a file or block device, local or [user@]host:path.
+    pub src: String,
+    /// Target: a file (created if missing) or block device, local or
+    /// [user@]host:path; an existing directory gets SRC's file name.
+    pub dst: String,
+    /// ssh command and flags for remote ends.
+    #[arg(
+        short = 'e',
+        long = "rsh",
+        value_name = "CMD",
+        env = "DISKDELTA_RSH",
+        default_value = "ssh"
+    )]
+    pub rsh: String,
+    /// The diskdelta binary on remote hosts.
+    #[arg(long, value_name = "PATH", default_value = "diskdelta")]
+    pub remote_path: String,
+    /// Comparison block size (power of two, 512 to 16M).
+    #[arg(short, long, value_name = "SIZE", default_value = "64K")]
+    pub block_size: String,
+    /// Report what would change; write nothing.
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
     #[command(flatten)]
     pub common: Common,
 }

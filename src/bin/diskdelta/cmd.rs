@@ -5,6 +5,7 @@ mod apply;
 mod diff;
 mod hash;
 mod info;
+mod sync;
 
 use std::io::IsTerminal;
 use std::path::Path;
@@ -22,6 +23,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Apply(a) => apply::run(a),
         Command::Info(a) => info::run(a),
         Command::Hash(a) => hash::run(a),
+        Command::Sync(a) => sync::run(a),
+        Command::Serve => Ok(diskdelta::sync::connection::serve_stdio()?),
     }
 }
 

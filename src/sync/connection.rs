@@ -1,0 +1,439 @@
+//! A connection to one endpoint: a thread of this process for a local
+//! path, or `diskdelta serve` on a remote host started through ssh. Both
+//! look the same to the driver: a sender of requests and a receiver of
+//! replies.
+//!
+//! For a remote endpoint two threads bridge the channels to the ssh
+//! child's stdin and stdout as frames; a third forwards its stderr (the
+//! remote side's messages) to ours, prefixed with the host, once the
+//! handshake is done. Before that, stderr is kept so a failure to connect
+//! becomes one clear error line.
+
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
+
+use super::endpoint::serve;
+use super::frame::{write_frame, FrameReader};
+use super::message::Message;
+use super::SyncError;
+
+/// How to reach a remote host.
+#[derive(Debug, Clone)]
+pub struct Remote {
+    /// `[user@]host`.
+    pub host: String,
+    /// The ssh command and its flags, split into words.
+    pub rsh: Vec<String>,
+    /// The `diskdelta` binary on the remote host.
+    pub remote_path: String,
+    /// Run the remote side under `sudo -n`.
+    pub sudo: bool,
+}
+
+/// Quotes a word for a POSIX shell: single quotes, with `'` written `'\''`.
+pub fn shell_quote(word: &str) -> String {
+    if !word.is_empty()
+        && word
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._-+=:@%,".contains(&b))
+    {
+        return word.to_string();
+    }
+    format!("'{}'", word.replace('\'', r"'\''"))
+}
+
+enum Kind {
+    Local(Option<JoinHandle<Result<(), SyncError>>>),
+    Remote {
+        child: Child,
+        stderr: Arc<Mutex<Vec<String>>>,
+        live: Arc<AtomicBool>,
+        remote: Remote,
+    },
+}
+
+/// A connection to an endpoint.
+pub struct Connection {
+    name: String,
+    requests: Option<Sender<Message>>,
+    replies: Receiver<Message>,
+    kind: Kind,
+    /// Payload bytes received on the wire (remote connections).
+    wire_in: Arc<AtomicU64>,
+    /// Bytes sent on the wire (remote connections).
+    wire_out: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+/// Requests queued to one endpoint before the driver blocks.
+const REQUEST_QUEUE: usize = 256;
+
+impl Connection {
+    /// An endpoint served by a thread of this process.
+    pub fn local(name: &str) -> Connection {
+        let (req_tx, req_rx) = bounded(REQUEST_QUEUE);
+        let (rep_tx, rep_rx) = unbounded();
+        let handle = std::thread::Builder::new()
+            .name(format!("serve {name}"))
+            .spawn(move || serve(req_rx, rep_tx))
+            .ok();
+        Connection {
+            name: name.to_string(),
+            requests: Some(req_tx),
+            replies: rep_rx,
+            kind: Kind::Local(handle),
+            wire_in: Arc::default(),
+            wire_out: Arc::default(),
+        }
+    }
+
+    /// An endpoint on a remote host: `RSH HOST REMOTE_PATH serve`.
+    ///
+    /// # Errors
+    /// [`SyncError::Ssh`] when the ssh command cannot be started.
+    pub fn remote(remote: &Remote) -> Result<Connection, SyncError> {
+        let (program, flags) = remote
+            .rsh
+            .split_first()
+            .ok_or_else(|| SyncError::Ssh("empty --rsh command".into()))?;
+        let mut command = String::new();
+        if remote.sudo {
+            command.push_str("sudo -n ");
+        }
+        command.push_str(&shell_quote(&remote.remote_path));
+        command.push_str(" serve");
+        let mut child = Command::new(program)
+            .args(flags)
+            .arg(&remote.host)
+            .arg(&command)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| SyncError::Ssh(format!("cannot run {program}: {e}")))?;
+        let (Some(stdin), Some(stdout), Some(stderr)) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        else {
+            return Err(SyncError::Ssh("ssh child has no pipes".into()));
+        };
+        let (req_tx, req_rx) = bounded(REQUEST_QUEUE);
+        let (rep_tx, rep_rx) = unbounded();
+        let wire_in = Arc::new(AtomicU64::new(0));
+        let wire_out = Arc::new(AtomicU64::new(0));
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let live = Arc::new(AtomicBool::new(false));
+        spawn_writer(stdin, req_rx, wire_out.clone());
+        spawn_reader(stdout, rep_tx, wire_in.clone());
+        spawn_stderr(stderr, remote.host.clone(), lines.clone(), live.clone());
+        Ok(Connection {
+            name: remote.host.clone(),
+            requests: Some(req_tx),
+            replies: rep_rx,
+            kind: Kind::Remote {
+                child,
+                stderr: lines,
+                live,
+                remote: remote.clone(),
+            },
+            wire_in,
+            wire_out,
+        })
+    }
+
+    /// Who this is, for messages.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The receiver of replies (for `select!`).
+    pub fn replies(&self) -> &Receiver<Message> {
+        &self.replies
+    }
+
+    /// Bytes received and sent on the wire so far (0 for local endpoints).
+    pub fn wire_bytes(&self) -> (u64, u64) {
+        (
+            self.wire_in.load(Ordering::Relaxed),
+            self.wire_out.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Marks the handshake as done: from now on the remote side's stderr
+    /// is forwarded to ours as it arrives.
+    pub fn handshake_done(&self) {
+        if let Kind::Remote {
+            stderr,
+            live,
+            remote,
+            ..
+        } = &self.kind
+        {
+            live.store(true, Ordering::Relaxed);
+            let held = std::mem::take(
+                &mut *stderr
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+            );
+            for line in held {
+                eprintln!("{}: {line}", remote.host);
+            }
+        }
+    }
+
+    /// Sends a request.
+    ///
+    /// # Errors
+    /// [`SyncError::Disconnected`] (or the reason the peer went away).
+    pub fn send(&mut self, m: Message) -> Result<(), SyncError> {
+        let ok = self.requests.as_ref().is_some_and(|r| r.send(m).is_ok());
+        if ok {
+            Ok(())
+        } else {
+            Err(self.failure())
+        }
+    }
+
+    /// Waits for the next reply; an `Error` reply becomes [`SyncError::Remote`].
+    ///
+    /// # Errors
+    /// The peer's error, or why it went away.
+    pub fn recv(&mut self) -> Result<Message, SyncError> {
+        match self.replies.recv() {
+            Ok(m) => self.check(m),
+            Err(_) => Err(self.failure()),
+        }
+    }
+
+    /// Turns an `Error` reply into an error.
+    ///
+    /// # Errors
+    /// [`SyncError::Remote`] for `Error` messages.
+    pub fn check(&self, m: Message) -> Result<Message, SyncError> {
+        match m {
+            Message::Error { code, message } => Err(SyncError::Remote {
+                peer: self.name.clone(),
+                code,
+                message,
+            }),
+            other => Ok(other),
+        }
+    }
+
+    /// Why the peer is gone: its exit status and last stderr line, with
+    /// advice for the common cases.
+    pub fn failure(&mut self) -> SyncError {
+        self.requests = None;
+        match &mut self.kind {
+            Kind::Local(handle) => match handle.take().map(JoinHandle::join) {
+                Some(Ok(Err(e))) => e,
+                _ => SyncError::Disconnected {
+                    peer: self.name.clone(),
+                },
+            },
+            Kind::Remote {
+                child,
+                stderr,
+                live,
+                remote,
+            } => {
+                let status = child.wait().ok().and_then(|s| s.code());
+                let last = stderr
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .iter()
+                    .rev()
+                    .find(|l| !l.trim().is_empty())
+                    .cloned();
+                let host = &remote.host;
+                let detail = last.map(|l| format!(": {l}")).unwrap_or_default();
+                match status {
+                    Some(127) => SyncError::Ssh(format!(
+                        "diskdelta is not installed on {host} ({} not found): install it there or pass --remote-path PATH{detail}",
+                        remote.remote_path
+                    )),
+                    Some(126) => SyncError::Ssh(format!(
+                        "cannot execute {} on {host}: check --remote-path{detail}",
+                        remote.remote_path
+                    )),
+                    Some(255) if !live.load(Ordering::Relaxed) => {
+                        SyncError::Ssh(format!("cannot connect to {host} with ssh{detail}"))
+                    }
+                    Some(code) => SyncError::Ssh(format!(
+                        "connection to {host} lost (remote exit status {code}){detail}"
+                    )),
+                    None => SyncError::Ssh(format!("connection to {host} lost (ssh was killed){detail}")),
+                }
+            }
+        }
+    }
+
+    /// Closes the request stream and waits for the endpoint to end.
+    ///
+    /// # Errors
+    /// The endpoint's failure, if it failed.
+    pub fn close(mut self) -> Result<(), SyncError> {
+        self.requests = None;
+        match &mut self.kind {
+            Kind::Local(handle) => match handle.take().map(JoinHandle::join) {
+                Some(Ok(r)) => r,
+                Some(Err(_)) => Err(SyncError::Protocol("endpoint thread panicked".into())),
+                None => Ok(()),
+            },
+            Kind::Remote { child, .. } => {
+                let _ = child.wait();
+                Ok(())
+            }
+        }
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.requests = None;
+        if let Kind::Remote { child, .. } = &mut self.kind {
+            if matches!(child.try_wait(), Ok(None)) {
+                // Give the remote side a moment to finish after stdin closed.
+                for _ in 0..50 {
+                    if !matches!(child.try_wait(), Ok(None)) {
+                        return;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+fn spawn_writer(stdin: ChildStdin, requests: Receiver<Message>, counter: Arc<AtomicU64>) {
+    let _ = std::thread::Builder::new()
+        .name("ssh write".into())
+        .spawn(move || {
+            let mut out = BufWriter::with_capacity(1 << 20, stdin);
+            for m in &requests {
+                let f = m.encode();
+                if write_frame(&mut out, f.kind, &f.body).is_err() {
+                    return;
+                }
+                counter.fetch_add(8 + f.body.len() as u64, Ordering::Relaxed);
+                if requests.is_empty() && out.flush().is_err() {
+                    return;
+                }
+            }
+            let _ = out.flush();
+        });
+}
+
+fn spawn_reader(stdout: ChildStdout, replies: Sender<Message>, counter: Arc<AtomicU64>) {
+    let _ = std::thread::Builder::new()
+        .name("ssh read".into())
+        .spawn(move || {
+            let mut frames = FrameReader::new(BufReader::with_capacity(1 << 20, stdout));
+            loop {
+                match frames.read_frame() {
+                    Ok(Some(f)) => {
+                        counter.fetch_add(8 + f.body.len() as u64, Ordering::Relaxed);
+                        let m = match Message::decode(&f) {
+                            Ok(m) => m,
+                            Err(e) => Message::Error {
+                                code: super::message::ErrorCode::Protocol as u32,
+                                message: e.to_string(),
+                            },
+                        };
+                        if replies.send(m).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(None) => return,
+                    Err(e) => {
+                        let _ = replies.send(Message::Error {
+                            code: super::message::ErrorCode::Protocol as u32,
+                            message: format!("{e}"),
+                        });
+                        return;
+                    }
+                }
+            }
+        });
+}
+
+fn spawn_stderr(
+    stderr: std::process::ChildStderr,
+    host: String,
+    held: Arc<Mutex<Vec<String>>>,
+    live: Arc<AtomicBool>,
+) {
+    let _ = std::thread::Builder::new()
+        .name("ssh stderr".into())
+        .spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { return };
+                if live.load(Ordering::Relaxed) {
+                    eprintln!("{host}: {line}");
+                }
+                let mut h = held
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                h.push(line);
+                if h.len() > 20 {
+                    h.remove(0);
+                }
+            }
+        });
+}
+
+/// Runs `diskdelta serve`: the endpoint loop over stdin and stdout.
+///
+/// # Errors
+/// Whatever ended the session.
+pub fn serve_stdio() -> Result<(), SyncError> {
+    let (req_tx, req_rx) = bounded(REQUEST_QUEUE);
+    let (rep_tx, rep_rx) = unbounded::<Message>();
+    let stdin = std::io::stdin();
+    let _ = std::thread::Builder::new()
+        .name("stdin".into())
+        .spawn(move || {
+            let mut frames = FrameReader::new(BufReader::with_capacity(1 << 20, stdin.lock()));
+            while let Ok(Some(f)) = frames.read_frame() {
+                match Message::decode(&f) {
+                    Ok(m) => {
+                        if req_tx.send(m).is_err() {
+                            return;
+                        }
+                    }
+                    Err(_) => return,
+                }
+            }
+        });
+    let writer = std::thread::Builder::new()
+        .name("stdout".into())
+        .spawn(move || -> std::io::Result<()> {
+            let stdout = std::io::stdout();
+            let mut out = BufWriter::with_capacity(1 << 20, stdout.lock());
+            for m in &rep_rx {
+                let f = m.encode();
+                write_frame(&mut out, f.kind, &f.body).map_err(std::io::Error::other)?;
+                if rep_rx.is_empty() {
+                    out.flush()?;
+                }
+            }
+            out.flush()
+        })
+        .map_err(|e| SyncError::Protocol(format!("cannot start writer: {e}")))?;
+    let result = serve(req_rx, rep_tx);
+    let _ = writer.join();
+    result
+}

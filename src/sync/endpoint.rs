@@ -1,0 +1,726 @@
+//! One end of a sync: the source it reads or the target it writes. Runs the
+//! same code in `diskdelta serve` on a remote host and in a thread for a
+//! local path.
+//!
+//! ```text
+//!  requests ──> serve loop ──┬─ Scan: scanner thread ──(Region roots)──> replies
+//!                            ├─ GetNodes / Read / Write / Release / Finish
+//!                            └─ replies
+//! ```
+//! The scanner reads the object region by region, builds each region's hash
+//! tree, and keeps at most [`WINDOW`] trees that the driver has not released,
+//! so memory is bounded whatever the object's size.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex};
+
+use crossbeam_channel::{Receiver, Sender};
+
+use super::message::{
+    wire_hash, Encoding, Message, ObjectKind, WireHash, OPEN_CREATE, OPEN_DRY_RUN, VERSION,
+};
+use super::state::ResumeState;
+use super::SyncError;
+use crate::change::merkle::{zero_leaf, NodeHash, RegionTree, REGION_SIZE};
+use crate::digest::is_zero;
+use crate::io::reader::ReaderOptions;
+use crate::io::{ChunkReader, Input, InputKind, InputOptions, Output, OutputKind};
+
+/// Region trees a scanner may hold before the driver releases them.
+pub const WINDOW: usize = 32;
+
+/// Chain value before the first region.
+pub const CHAIN_START: [u8; 32] = [0; 32];
+
+/// Advances the chain over one region root: `BLAKE3(chain ‖ offset ‖ len ‖ root)`.
+pub fn chain_next(chain: &[u8; 32], offset: u64, len: u64, root: &NodeHash) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(chain);
+    h.update(&offset.to_le_bytes());
+    h.update(&len.to_le_bytes());
+    h.update(root.as_bytes());
+    *h.finalize().as_bytes()
+}
+
+#[derive(Debug, Default)]
+struct Window {
+    trees: BTreeMap<u64, RegionTree>,
+    stop: bool,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    window: Mutex<Window>,
+    changed: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Window> {
+        self.window
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+enum Role {
+    Source {
+        file: File,
+        path: PathBuf,
+        size: u64,
+        block: u32,
+    },
+    Target {
+        output: Option<Box<Output>>,
+        path: PathBuf,
+        size: u64,
+        block: u32,
+        dry_run: bool,
+        state: Option<ResumeState>,
+        written: u64,
+    },
+}
+
+/// Serves one sync session: reads requests until `Finish` or the end of
+/// the request stream, sending replies. Errors are also sent to the peer
+/// as an `Error` message.
+///
+/// # Errors
+/// Whatever ended the session.
+pub fn serve(requests: Receiver<Message>, replies: Sender<Message>) -> Result<(), SyncError> {
+    let result = serve_inner(&requests, &replies);
+    if let Err(e) = &result {
+        let _ = replies.send(Message::Error {
+            code: e.code() as u32,
+            message: format!("{e:#}"),
+        });
+    }
+    result
+}
+
+fn recv(requests: &Receiver<Message>) -> Result<Option<Message>, SyncError> {
+    Ok(requests.recv().ok())
+}
+
+fn send(replies: &Sender<Message>, m: Message) -> Result<(), SyncError> {
+    replies.send(m).map_err(|_| SyncError::Disconnected {
+        peer: "driver".into(),
+    })
+}
+
+fn serve_inner(requests: &Receiver<Message>, replies: &Sender<Message>) -> Result<(), SyncError> {
+    match recv(requests)? {
+        Some(Message::Hello { version }) => {
+            send(replies, Message::Hello { version: VERSION })?;
+            if version != VERSION {
+                return Err(SyncError::Version {
+                    ours: VERSION,
+                    theirs: version,
+                });
+            }
+        }
+        Some(other) => return Err(SyncError::unexpected(other.name(), "Hello")),
+        None => return Ok(()),
+    }
+    let mut role = match recv(requests)? {
+        Some(Message::OpenSource { block, path }) => open_source(block, &path, replies)?,
+        Some(Message::OpenTarget {
+            block,
+            flags,
+            source_size,
+            source_id,
+            path,
+        }) => open_target(block, flags, source_size, source_id, &path, replies)?,
+        Some(other) => {
+            return Err(SyncError::unexpected(
+                other.name(),
+                "OpenSource or OpenTarget",
+            ))
+        }
+        None => return Ok(()),
+    };
+    let shared = Arc::new(Shared::default());
+    let mut chain = CHAIN_START;
+    let mut scanner: Option<std::thread::JoinHandle<Result<(), SyncError>>> = None;
+    let result = (|| {
+        while let Some(msg) = recv(requests)? {
+            match msg {
+                Message::Scan {
+                    start,
+                    end,
+                    chain: from,
+                } => {
+                    if scanner.is_some() || !start.is_multiple_of(REGION_SIZE) || start > end {
+                        return Err(SyncError::Protocol("bad or repeated Scan".into()));
+                    }
+                    chain = from;
+                    scanner = Some(start_scanner(
+                        &role,
+                        start,
+                        end,
+                        shared.clone(),
+                        replies.clone(),
+                    )?);
+                }
+                Message::GetNodes {
+                    region,
+                    level,
+                    first,
+                    count,
+                } => {
+                    let w = shared.lock();
+                    let tree = w.trees.get(&region).ok_or_else(|| {
+                        SyncError::Protocol(format!("GetNodes for unknown region {region}"))
+                    })?;
+                    let nodes = tree.level(usize::from(level));
+                    let first_i = (first as usize).min(nodes.len());
+                    let end_i = first_i.saturating_add(count as usize).min(nodes.len());
+                    let hashes: Vec<WireHash> =
+                        nodes[first_i..end_i].iter().map(wire_hash).collect();
+                    drop(w);
+                    send(
+                        replies,
+                        Message::Nodes {
+                            region,
+                            level,
+                            first,
+                            hashes,
+                        },
+                    )?;
+                }
+                Message::Release { region } => {
+                    let tree = {
+                        let mut w = shared.lock();
+                        let t = w.trees.remove(&region);
+                        shared.changed.notify_all();
+                        t
+                    };
+                    let tree = tree.ok_or_else(|| {
+                        SyncError::Protocol(format!("Release of unknown region {region}"))
+                    })?;
+                    chain = chain_next(&chain, tree.offset(), tree.len(), &tree.root());
+                    if let Role::Target {
+                        output: Some(out),
+                        state: Some(state),
+                        ..
+                    } = &mut role
+                    {
+                        state.advance(tree.offset() + tree.len(), chain, out)?;
+                    }
+                }
+                Message::Read { offset, len } => {
+                    let reply = read_source(&role, &shared, offset, len)?;
+                    send(replies, reply)?;
+                }
+                Message::Write {
+                    offset,
+                    len,
+                    encoding,
+                    payload,
+                } => write_target(&mut role, &shared, offset, len, encoding, &payload)?,
+                Message::Finish { size } => {
+                    if let Some(handle) = scanner.take() {
+                        stop_scanner(&shared);
+                        join_scanner(handle)?;
+                    }
+                    let bytes = finish(&mut role, size)?;
+                    send(replies, Message::Done { chain, bytes })?;
+                    return Ok(());
+                }
+                other => return Err(SyncError::unexpected(other.name(), "a request")),
+            }
+        }
+        Ok(())
+    })();
+    stop_scanner(&shared);
+    let scanned = scanner.map_or(Ok(()), join_scanner);
+    result.and(scanned)
+}
+
+fn stop_scanner(shared: &Shared) {
+    shared.lock().stop = true;
+    shared.changed.notify_all();
+}
+
+fn join_scanner(handle: std::thread::JoinHandle<Result<(), SyncError>>) -> Result<(), SyncError> {
+    handle
+        .join()
+        .map_err(|_| SyncError::Protocol("scanner thread panicked".into()))?
+}
+
+fn path_from(bytes: &[u8]) -> PathBuf {
+    use std::os::unix::ffi::OsStrExt;
+    PathBuf::from(std::ffi::OsStr::from_bytes(bytes))
+}
+
+fn check_block(block: u32) -> Result<(), SyncError> {
+    if block.is_power_of_two() && (512..=(REGION_SIZE as u32)).contains(&block) {
+        Ok(())
+    } else {
+        Err(SyncError::Protocol(format!("invalid block size {block}")))
+    }
+}
+
+/// Identity of a source for resuming: device, inode, size and mtime of a
+/// file; device number and size of a block device.
+fn source_identity(file: &File, size: u64) -> [u8; 32] {
+    let mut h = blake3::Hasher::new_derive_key("diskdelta sync source identity v1");
+    if let Ok(m) = file.metadata() {
+        h.update(&m.dev().to_le_bytes());
+        h.update(&m.ino().to_le_bytes());
+        h.update(&m.rdev().to_le_bytes());
+        if m.is_file() {
+            h.update(&m.mtime().to_le_bytes());
+            h.update(&m.mtime_nsec().to_le_bytes());
+        }
+    }
+    h.update(&size.to_le_bytes());
+    *h.finalize().as_bytes()
+}
+
+fn open_source(block: u32, path: &[u8], replies: &Sender<Message>) -> Result<Role, SyncError> {
+    check_block(block)?;
+    let path = path_from(path);
+    let input = Input::open(&path, &InputOptions::default())?;
+    if input.kind() == InputKind::Stream {
+        return Err(SyncError::NotSeekable { path });
+    }
+    let size = input.size().unwrap_or(0);
+    let kind = if input.kind() == InputKind::BlockDevice {
+        ObjectKind::BlockDevice
+    } else {
+        ObjectKind::File
+    };
+    let file = input.into_file();
+    let id = source_identity(&file, size);
+    send(
+        replies,
+        Message::Opened {
+            kind,
+            size,
+            id,
+            resume_from: 0,
+            resume_chain: CHAIN_START,
+        },
+    )?;
+    Ok(Role::Source {
+        file,
+        path,
+        size,
+        block,
+    })
+}
+
+fn open_target(
+    block: u32,
+    flags: u32,
+    source_size: u64,
+    source_id: [u8; 32],
+    path: &[u8],
+    replies: &Sender<Message>,
+) -> Result<Role, SyncError> {
+    check_block(block)?;
+    let path = path_from(path);
+    let dry_run = flags & OPEN_DRY_RUN != 0;
+    let exists = std::fs::metadata(&path).is_ok();
+    if !exists && flags & OPEN_CREATE == 0 {
+        return Err(SyncError::Io(crate::io::IoError::Open {
+            path,
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        }));
+    }
+    let output = if dry_run {
+        None
+    } else {
+        Some(Box::new(Output::open_or_create_in_place(&path)?))
+    };
+    let (kind, size) = match &output {
+        Some(o) if o.kind() == OutputKind::BlockDevice => {
+            (ObjectKind::BlockDevice, o.size().unwrap_or(0))
+        }
+        Some(o) => (ObjectKind::File, o.size().unwrap_or(0)),
+        None if exists => {
+            let input = Input::open(&path, &InputOptions::default())?;
+            let k = if input.kind() == InputKind::BlockDevice {
+                ObjectKind::BlockDevice
+            } else {
+                ObjectKind::File
+            };
+            (k, input.size().unwrap_or(0))
+        }
+        None => (ObjectKind::Missing, 0),
+    };
+    if kind == ObjectKind::BlockDevice && size < source_size {
+        return Err(SyncError::TooSmall {
+            path,
+            size,
+            needed: source_size,
+        });
+    }
+    let state = match (&output, kind) {
+        (Some(_), ObjectKind::File) => Some(ResumeState::load_or_new(
+            &path,
+            source_id,
+            source_size,
+            block,
+        )?),
+        _ => None,
+    };
+    let (resume_from, resume_chain) = state
+        .as_ref()
+        .map_or((0, CHAIN_START), |s| (s.offset(), s.chain()));
+    send(
+        replies,
+        Message::Opened {
+            kind,
+            size,
+            id: [0; 32],
+            resume_from,
+            resume_chain,
+        },
+    )?;
+    Ok(Role::Target {
+        output,
+        path,
+        size,
+        block,
+        dry_run,
+        state,
+        written: 0,
+    })
+}
+
+fn start_scanner(
+    role: &Role,
+    start: u64,
+    end: u64,
+    shared: Arc<Shared>,
+    replies: Sender<Message>,
+) -> Result<std::thread::JoinHandle<Result<(), SyncError>>, SyncError> {
+    let (path, size, block) = match role {
+        Role::Source {
+            path, size, block, ..
+        } => (path.clone(), *size, *block),
+        Role::Target {
+            path, size, block, ..
+        } => (path.clone(), *size, *block),
+    };
+    let input = if size > start {
+        Some(Input::open(&path, &InputOptions::default())?)
+    } else {
+        None
+    };
+    std::thread::Builder::new()
+        .name("scan".into())
+        .spawn(move || scan(input, start, end, size, block, &shared, &replies))
+        .map_err(|e| SyncError::Protocol(format!("cannot start scanner: {e}")))
+}
+
+/// Hashes `[start, end)` region by region. Past the object's own size
+/// (a target shorter than the source) the content counts as zeros, which
+/// is what the target holds once it is extended.
+fn scan(
+    input: Option<Input>,
+    start: u64,
+    end: u64,
+    size: u64,
+    block: u32,
+    shared: &Shared,
+    replies: &Sender<Message>,
+) -> Result<(), SyncError> {
+    let mut reader = input.map(|i| {
+        ChunkReader::spawn(
+            i,
+            ReaderOptions {
+                digest: false,
+                start,
+                limit: Some(end.min(size)),
+                ..ReaderOptions::default()
+            },
+        )
+    });
+    let b = block as usize;
+    let zero_tree = RegionTree::build(0, None, REGION_SIZE as usize, block);
+    let mut region = start;
+    let mut leaves: Vec<NodeHash> = Vec::with_capacity(REGION_SIZE as usize / b);
+    let mut pending: Option<crate::io::Chunk> = None;
+    while region < end {
+        let region_len = (end - region).min(REGION_SIZE);
+        leaves.clear();
+        let mut at = region;
+        let region_end = region + region_len;
+        let mut all_zero = true;
+        while at < region_end {
+            let chunk = match pending.take() {
+                Some(c) => Some(c),
+                None if at < size => match reader.as_mut().and_then(ChunkReader::next_chunk) {
+                    Some(c) => Some(c?),
+                    None => None,
+                },
+                None => None,
+            };
+            match chunk {
+                Some(c) => {
+                    let take_end = c.end().min(region_end);
+                    let from = (at - c.offset) as usize;
+                    let to = (take_end - c.offset) as usize;
+                    if c.hole {
+                        push_zero_leaves(&mut leaves, to - from, b);
+                    } else {
+                        let data = &c.data()[from..to];
+                        for piece in data.chunks(b) {
+                            if is_zero(piece) {
+                                leaves.push(zero_leaf(piece.len()));
+                            } else {
+                                all_zero = false;
+                                leaves.push(blake3::hash(piece));
+                            }
+                        }
+                    }
+                    at = take_end;
+                    if c.end() > region_end {
+                        pending = Some(c);
+                    } else if let Some(r) = reader.as_ref() {
+                        r.recycle(c);
+                    }
+                }
+                None => {
+                    push_zero_leaves(&mut leaves, (region_end - at) as usize, b);
+                    at = region_end;
+                }
+            }
+        }
+        let tree = if all_zero && region_len == REGION_SIZE {
+            zero_tree.relocated(region)
+        } else {
+            RegionTree::from_leaves(region, region_len, block, std::mem::take(&mut leaves))
+        };
+        let root = wire_hash(&tree.root());
+        {
+            let mut w = shared.lock();
+            while w.trees.len() >= WINDOW && !w.stop {
+                w = shared
+                    .changed
+                    .wait(w)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+            }
+            if w.stop {
+                break;
+            }
+            w.trees.insert(region, tree);
+        }
+        if replies
+            .send(Message::Region {
+                offset: region,
+                len: region_len,
+                root,
+            })
+            .is_err()
+        {
+            break;
+        }
+        region += region_len;
+    }
+    if let Some(r) = reader {
+        r.abandon();
+    }
+    Ok(())
+}
+
+fn push_zero_leaves(leaves: &mut Vec<NodeHash>, len: usize, block: usize) {
+    let full = zero_leaf(block);
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(block);
+        leaves.push(if n == block { full } else { zero_leaf(n) });
+        left -= n;
+    }
+}
+
+fn region_of(offset: u64) -> u64 {
+    offset - offset % REGION_SIZE
+}
+
+fn read_source(role: &Role, shared: &Shared, offset: u64, len: u32) -> Result<Message, SyncError> {
+    let Role::Source {
+        file,
+        path,
+        size,
+        block,
+        ..
+    } = role
+    else {
+        return Err(SyncError::Protocol("Read sent to a target".into()));
+    };
+    let end = offset.saturating_add(u64::from(len));
+    if end > *size || len as usize > super::MAX_DATA || !offset.is_multiple_of(u64::from(*block)) {
+        return Err(SyncError::Protocol(format!(
+            "bad Read of {len} bytes at {offset}"
+        )));
+    }
+    let mut buf = vec![0u8; len as usize];
+    file.read_exact_at(&mut buf, offset)
+        .map_err(|source| crate::io::IoError::Read {
+            path: path.clone(),
+            offset,
+            source,
+        })?;
+    // The blocks must still hash as they did when scanned: a source that
+    // changes under a sync is reported, never copied half-old, half-new.
+    {
+        let w = shared.lock();
+        let region = region_of(offset);
+        let tree = w.trees.get(&region).ok_or_else(|| {
+            SyncError::Protocol(format!("Read outside the scan window at {offset}"))
+        })?;
+        let first_leaf = ((offset - region) / u64::from(*block)) as usize;
+        for (i, piece) in buf.chunks(*block as usize).enumerate() {
+            let expected = tree.level(0).get(first_leaf + i);
+            if expected != Some(&blake3::hash(piece)) {
+                return Err(SyncError::SourceChanged {
+                    path: path.clone(),
+                    offset: offset + (i * *block as usize) as u64,
+                });
+            }
+        }
+    }
+    if is_zero(&buf) {
+        return Ok(Message::Data {
+            offset,
+            len,
+            encoding: Encoding::Zero,
+            payload: Vec::new(),
+        });
+    }
+    let compressed = zstd::bulk::compress(&buf, 1)
+        .ok()
+        .filter(|c| c.len() < buf.len());
+    Ok(match compressed {
+        Some(c) => Message::Data {
+            offset,
+            len,
+            encoding: Encoding::Zstd,
+            payload: c,
+        },
+        None => Message::Data {
+            offset,
+            len,
+            encoding: Encoding::Raw,
+            payload: buf,
+        },
+    })
+}
+
+/// Decodes a `Data`/`Write` payload.
+///
+/// # Errors
+/// [`SyncError::Protocol`] when the payload does not decode to `len` bytes.
+pub fn decode_payload(
+    len: u32,
+    encoding: Encoding,
+    payload: &[u8],
+) -> Result<Option<Vec<u8>>, SyncError> {
+    match encoding {
+        Encoding::Zero => Ok(None),
+        Encoding::Raw => Ok(Some(payload.to_vec())),
+        Encoding::Zstd => {
+            let out = zstd::bulk::decompress(payload, len as usize)
+                .map_err(|e| SyncError::Protocol(format!("bad zstd payload: {e}")))?;
+            if out.len() != len as usize {
+                return Err(SyncError::Protocol(
+                    "zstd payload has the wrong length".into(),
+                ));
+            }
+            Ok(Some(out))
+        }
+    }
+}
+
+fn write_target(
+    role: &mut Role,
+    shared: &Shared,
+    offset: u64,
+    len: u32,
+    encoding: Encoding,
+    payload: &[u8],
+) -> Result<(), SyncError> {
+    let Role::Target {
+        output,
+        block,
+        written,
+        dry_run,
+        ..
+    } = role
+    else {
+        return Err(SyncError::Protocol("Write sent to a source".into()));
+    };
+    if *dry_run {
+        return Err(SyncError::Protocol("Write in a dry run".into()));
+    }
+    let Some(out) = output.as_ref() else {
+        return Err(SyncError::Protocol("Write without a target".into()));
+    };
+    let b = u64::from(*block);
+    if !offset.is_multiple_of(b) || len as usize > super::MAX_DATA {
+        return Err(SyncError::Protocol(format!(
+            "bad Write of {len} bytes at {offset}"
+        )));
+    }
+    let data = decode_payload(len, encoding, payload)?;
+    match &data {
+        Some(d) => out.write_at(offset, d)?,
+        None => {
+            if out.kind() == OutputKind::BlockDevice {
+                out.zero_range(offset, u64::from(len))?;
+            } else {
+                out.discard_range(offset, u64::from(len))?;
+            }
+        }
+    }
+    *written += u64::from(len);
+    let mut w = shared.lock();
+    let region = region_of(offset);
+    let tree = w
+        .trees
+        .get_mut(&region)
+        .ok_or_else(|| SyncError::Protocol(format!("Write outside the scan window at {offset}")))?;
+    let first_leaf = ((offset - region) / b) as usize;
+    let mut at = 0usize;
+    let mut leaf = first_leaf;
+    while at < len as usize {
+        let n = (len as usize - at).min(*block as usize);
+        let hash = match &data {
+            Some(d) => blake3::hash(&d[at..at + n]),
+            None => zero_leaf(n),
+        };
+        tree.set_leaf(leaf, hash);
+        at += n;
+        leaf += 1;
+    }
+    Ok(())
+}
+
+fn finish(role: &mut Role, size: u64) -> Result<u64, SyncError> {
+    match role {
+        Role::Source { size: s, .. } => Ok(*s),
+        Role::Target {
+            output,
+            state,
+            written,
+            ..
+        } => {
+            if let Some(out) = output.as_ref() {
+                if out.kind() == OutputKind::File {
+                    out.set_len(size)?;
+                }
+                out.sync()?;
+            }
+            if let Some(s) = state.take() {
+                s.remove()?;
+            }
+            Ok(*written)
+        }
+    }
+}

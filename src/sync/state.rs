@@ -1,0 +1,166 @@
+//! The resume state of an interrupted sync into a regular file: a small
+//! JSON file beside the target, `.NAME.diskdelta-sync`, recording how far
+//! the target is known to match the source (spec: `docs/formats/wire.md`).
+//!
+//! It is written only after the target's data up to that offset was
+//! fsynced, atomically (temporary name, fsync, rename), at most every few
+//! seconds. A rerun against the same source (same identity, size and block
+//! size) starts there; anything else starts from the beginning.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::SyncError;
+use crate::digest::Digest;
+use crate::io::{IoError, Output};
+
+/// How often progress is made durable.
+const SAVE_EVERY: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Serialize, Deserialize)]
+struct StateFile {
+    version: u32,
+    source_id: String,
+    source_size: u64,
+    block: u32,
+    offset: u64,
+    chain: String,
+}
+
+/// Resume bookkeeping of one target.
+#[derive(Debug)]
+pub struct ResumeState {
+    path: PathBuf,
+    source_id: [u8; 32],
+    source_size: u64,
+    block: u32,
+    offset: u64,
+    chain: [u8; 32],
+    saved: Instant,
+}
+
+/// Where the state of `target` is kept.
+pub fn state_path(target: &Path) -> PathBuf {
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "target".into());
+    target.with_file_name(format!(".{name}.diskdelta-sync"))
+}
+
+impl ResumeState {
+    /// Loads the state of `target` if it belongs to this source, else starts
+    /// from offset 0.
+    ///
+    /// # Errors
+    /// Never for a missing or foreign state file; I/O errors are ignored
+    /// too (a sync then starts from the beginning, which is always safe).
+    pub fn load_or_new(
+        target: &Path,
+        source_id: [u8; 32],
+        source_size: u64,
+        block: u32,
+    ) -> Result<Self, SyncError> {
+        let path = state_path(target);
+        let mut state = ResumeState {
+            path,
+            source_id,
+            source_size,
+            block,
+            offset: 0,
+            chain: super::endpoint::CHAIN_START,
+            saved: Instant::now(),
+        };
+        let Ok(text) = std::fs::read_to_string(&state.path) else {
+            return Ok(state);
+        };
+        let Ok(file) = serde_json::from_str::<StateFile>(&text) else {
+            return Ok(state);
+        };
+        let id = Digest::from_hex(&file.source_id);
+        let chain = Digest::from_hex(&file.chain);
+        if file.version == 1
+            && id.map(|d| *d.as_bytes()) == Some(source_id)
+            && file.source_size == source_size
+            && file.block == block
+            && file.offset <= source_size
+        {
+            if let Some(c) = chain {
+                state.offset = file.offset;
+                state.chain = *c.as_bytes();
+            }
+        }
+        Ok(state)
+    }
+
+    /// Offset up to which the target matches the source.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Chain value at [`ResumeState::offset`].
+    pub fn chain(&self) -> [u8; 32] {
+        self.chain
+    }
+
+    /// Records progress; every few seconds syncs the target and saves.
+    ///
+    /// # Errors
+    /// I/O errors of the fsync or of writing the state file.
+    pub fn advance(
+        &mut self,
+        offset: u64,
+        chain: [u8; 32],
+        target: &Output,
+    ) -> Result<(), SyncError> {
+        self.offset = offset;
+        self.chain = chain;
+        if self.saved.elapsed() >= SAVE_EVERY {
+            target.sync()?;
+            self.save()?;
+            self.saved = Instant::now();
+        }
+        Ok(())
+    }
+
+    fn save(&self) -> Result<(), SyncError> {
+        let file = StateFile {
+            version: 1,
+            source_id: Digest::from_bytes(self.source_id).to_hex(),
+            source_size: self.source_size,
+            block: self.block,
+            offset: self.offset,
+            chain: Digest::from_bytes(self.chain).to_hex(),
+        };
+        let text = serde_json::to_string(&file).map_err(|e| SyncError::Protocol(e.to_string()))?;
+        let tmp = self.path.with_extension("diskdelta-sync.tmp");
+        let io = |op: &'static str| {
+            let path = self.path.clone();
+            move |source| IoError::Op { op, path, source }
+        };
+        std::fs::write(&tmp, text).map_err(io("write resume state"))?;
+        std::fs::File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(io("fsync resume state"))?;
+        std::fs::rename(&tmp, &self.path).map_err(io("rename resume state"))?;
+        Ok(())
+    }
+
+    /// Removes the state file after a completed sync.
+    ///
+    /// # Errors
+    /// I/O errors other than "not found".
+    pub fn remove(self) -> Result<(), SyncError> {
+        match std::fs::remove_file(&self.path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(SyncError::Io(IoError::Op {
+                op: "remove resume state",
+                path: self.path,
+                source,
+            })),
+        }
+    }
+}
