@@ -345,6 +345,38 @@ impl Output {
             })
     }
 
+    /// Writes `data` at `offset` of a regular file, punching holes for its
+    /// all-zero 4 KiB blocks instead of writing them (a block that was data
+    /// and became zeros frees its space). Other targets get plain writes.
+    ///
+    /// # Errors
+    /// [`IoError::Write`].
+    pub fn write_punching_zeros(&self, offset: u64, data: &[u8]) -> Result<(), IoError> {
+        if self.kind != OutputKind::File || !offset.is_multiple_of(SPARSE_BLOCK as u64) {
+            return self.write_at(offset, data);
+        }
+        let mut at = 0;
+        while at < data.len() {
+            let end = (at + SPARSE_BLOCK).min(data.len());
+            let zero = is_zero(&data[at..end]);
+            let mut run_end = end;
+            while run_end < data.len() {
+                let next = (run_end + SPARSE_BLOCK).min(data.len());
+                if is_zero(&data[run_end..next]) != zero {
+                    break;
+                }
+                run_end = next;
+            }
+            if zero {
+                self.zero_range(offset + at as u64, (run_end - at) as u64)?;
+            } else {
+                self.write_at(offset + at as u64, &data[at..run_end])?;
+            }
+            at = run_end;
+        }
+        Ok(())
+    }
+
     fn write_sparse_at(&self, offset: u64, data: &[u8]) -> Result<(), IoError> {
         let mut run_start: Option<usize> = None;
         let mut at = 0;

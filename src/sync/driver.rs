@@ -43,6 +43,8 @@ pub struct SyncOptions {
     pub compared: Option<Arc<AtomicU64>>,
     /// Bytes of changed blocks moved so far (for progress).
     pub moved: Option<Arc<AtomicU64>>,
+    /// Set to the source size once known (for progress).
+    pub total: Option<Arc<AtomicU64>>,
 }
 
 /// What a sync did.
@@ -170,7 +172,14 @@ pub fn run(
         source_size: source.size,
         source_id: source.id,
         path: dst_path.as_os_str().as_bytes().to_vec(),
+        name: src_path
+            .file_name()
+            .map(|n| n.as_bytes().to_vec())
+            .unwrap_or_default(),
     })?;
+    if let Some(total) = &options.total {
+        total.store(source.size, Ordering::Relaxed);
+    }
     let target = expect_opened(dst)?;
     let _ = source.kind;
     let (start, chain) = if target.resume_from > 0

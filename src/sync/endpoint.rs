@@ -132,7 +132,8 @@ fn serve_inner(requests: &Receiver<Message>, replies: &Sender<Message>) -> Resul
             source_size,
             source_id,
             path,
-        }) => open_target(block, flags, source_size, source_id, &path, replies)?,
+            name,
+        }) => open_target(block, flags, source_size, source_id, &path, &name, replies)?,
         Some(other) => {
             return Err(SyncError::unexpected(
                 other.name(),
@@ -313,16 +314,27 @@ fn open_source(block: u32, path: &[u8], replies: &Sender<Message>) -> Result<Rol
     })
 }
 
+#[allow(clippy::too_many_arguments)]
 fn open_target(
     block: u32,
     flags: u32,
     source_size: u64,
     source_id: [u8; 32],
     path: &[u8],
+    name: &[u8],
     replies: &Sender<Message>,
 ) -> Result<Role, SyncError> {
     check_block(block)?;
-    let path = path_from(path);
+    let mut path = path_from(path);
+    if path.is_dir() {
+        if name.is_empty() {
+            return Err(SyncError::Protocol(format!(
+                "target {} is a directory and the source has no file name",
+                path.display()
+            )));
+        }
+        path = path.join(path_from(name));
+    }
     let dry_run = flags & OPEN_DRY_RUN != 0;
     let exists = std::fs::metadata(&path).is_ok();
     if !exists && flags & OPEN_CREATE == 0 {
@@ -670,6 +682,7 @@ fn write_target(
     }
     let data = decode_payload(len, encoding, payload)?;
     match &data {
+        Some(d) if out.kind() == OutputKind::File => out.write_punching_zeros(offset, d)?,
         Some(d) => out.write_at(offset, d)?,
         None => {
             if out.kind() == OutputKind::BlockDevice {

@@ -83,6 +83,8 @@ pub enum Message {
         source_id: [u8; 32],
         /// Path bytes as given by the user.
         path: Vec<u8>,
+        /// The source's file name, appended when `path` is a directory.
+        name: Vec<u8>,
     },
     /// Reply to `OpenSource` / `OpenTarget`.
     Opened {
@@ -318,12 +320,15 @@ impl Message {
                 source_size,
                 source_id,
                 path,
+                name,
             } => {
                 put_u32(&mut b, *block);
                 put_u32(&mut b, *flags);
                 put_u64(&mut b, *source_size);
                 b.extend_from_slice(source_id);
+                put_u32(&mut b, path.len() as u32);
                 b.extend_from_slice(path);
+                b.extend_from_slice(name);
                 kind::OPEN_TARGET
             }
             Message::Opened {
@@ -460,13 +465,16 @@ impl Message {
                 let flags = r.u32().map_err(body)?;
                 let source_size = r.u64().map_err(body)?;
                 let source_id = r.hash().map_err(body)?;
-                let path = r.rest().to_vec();
+                let path_len = r.u32().map_err(body)? as usize;
+                let path = r.bytes(path_len).map_err(body)?.to_vec();
+                let name = r.rest().to_vec();
                 Message::OpenTarget {
                     block,
                     flags,
                     source_size,
                     source_id,
                     path,
+                    name,
                 }
             }
             kind::OPENED => {
@@ -627,6 +635,7 @@ mod tests {
                 source_size: 1 << 40,
                 source_id: [7; 32],
                 path: b"./a:b".to_vec(),
+                name: b"disk.img".to_vec(),
             },
             Message::Opened {
                 kind: ObjectKind::Missing,

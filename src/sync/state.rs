@@ -16,8 +16,15 @@ use super::SyncError;
 use crate::digest::Digest;
 use crate::io::{IoError, Output};
 
-/// How often progress is made durable.
-const SAVE_EVERY: Duration = Duration::from_secs(2);
+/// How often progress is made durable, unless the environment variable
+/// `DISKDELTA_SYNC_CHECKPOINT_MS` says otherwise (each checkpoint costs an
+/// fsync of the target).
+fn save_every() -> Duration {
+    std::env::var("DISKDELTA_SYNC_CHECKPOINT_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(Duration::from_secs(2), Duration::from_millis)
+}
 
 #[derive(Debug, Serialize, Deserialize)]
 struct StateFile {
@@ -117,7 +124,7 @@ impl ResumeState {
     ) -> Result<(), SyncError> {
         self.offset = offset;
         self.chain = chain;
-        if self.saved.elapsed() >= SAVE_EVERY {
+        if self.saved.elapsed() >= save_every() {
             target.sync()?;
             self.save()?;
             self.saved = Instant::now();

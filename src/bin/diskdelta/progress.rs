@@ -11,6 +11,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 /// A running progress bar; finished on drop.
 pub struct Progress {
     counter: Arc<AtomicU64>,
+    total: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -20,6 +21,7 @@ impl Progress {
     /// only the counter exists.
     pub fn start(message: &str, total: Option<u64>, quiet: bool) -> Progress {
         let counter = Arc::new(AtomicU64::new(0));
+        let total_cell = Arc::new(AtomicU64::new(total.unwrap_or(0)));
         let stop = Arc::new(AtomicBool::new(false));
         let thread = (!quiet && std::io::stderr().is_terminal()).then(|| {
             let bar = match total {
@@ -37,9 +39,22 @@ impl Progress {
             };
             bar.set_draw_target(ProgressDrawTarget::stderr_with_hz(10));
             bar.set_message(message.to_string());
-            let (counter, stop) = (counter.clone(), stop.clone());
+            let (counter, stop, total_cell) = (counter.clone(), stop.clone(), total_cell.clone());
             std::thread::spawn(move || {
+                let mut known = total.is_some();
                 while !stop.load(Ordering::Relaxed) {
+                    let t = total_cell.load(Ordering::Relaxed);
+                    if !known && t > 0 {
+                        known = true;
+                        bar.set_length(t);
+                        bar.set_style(
+                            ProgressStyle::with_template(
+                                "{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
+                            )
+                            .unwrap_or_else(|_| ProgressStyle::default_bar())
+                            .progress_chars("=> "),
+                        );
+                    }
                     bar.set_position(counter.load(Ordering::Relaxed));
                     std::thread::sleep(Duration::from_millis(100));
                 }
@@ -48,9 +63,15 @@ impl Progress {
         });
         Progress {
             counter,
+            total: total_cell,
             stop,
             thread,
         }
+    }
+
+    /// A cell the library may set to the total once it is known.
+    pub fn total(&self) -> Arc<AtomicU64> {
+        self.total.clone()
     }
 
     /// The counter to hand to the library.

@@ -60,6 +60,7 @@ pub fn run(args: SyncArgs) -> anyhow::Result<()> {
         dry_run: args.dry_run,
         compared: Some(progress.counter()),
         moved: None,
+        total: Some(progress.total()),
     };
     let mut source = connect(&src, &args, "source")?;
     let mut target = connect(&dst, &args, "target")?;
