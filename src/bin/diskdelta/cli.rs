@@ -147,8 +147,9 @@ pub struct SyncArgs {
     /// The diskdelta binary on remote hosts.
     #[arg(long, value_name = "PATH", default_value = "diskdelta")]
     pub remote_path: String,
-    /// Comparison block size (power of two, 512 to 16M).
-    #[arg(short, long, value_name = "SIZE", default_value = "64K")]
+    /// Comparison block size (power of two, 512 to 16M); see docs/formats/wire.md
+    /// for how the default was chosen.
+    #[arg(short, long, value_name = "SIZE", default_value = "16K")]
     pub block_size: String,
     /// Report what would change; write nothing.
     #[arg(short = 'n', long)]
