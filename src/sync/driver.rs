@@ -262,6 +262,12 @@ fn expect_done(c: &mut Connection) -> Result<[u8; 32], SyncError> {
     }
 }
 
+#[derive(Debug, Clone, Copy)]
+enum Side {
+    Source,
+    Target,
+}
+
 struct Session {
     block: u32,
     end: u64,
@@ -282,21 +288,6 @@ impl Session {
         dst: &mut Connection,
     ) -> Result<(), SyncError> {
         match m {
-            Message::Region { offset, len, root } => {
-                let r = self.regions.entry(offset).or_default();
-                r.len = len;
-                r.src_root = Some(root);
-                self.try_compare(offset, src, dst)
-            }
-            Message::Nodes {
-                region,
-                level,
-                first,
-                hashes,
-            } => {
-                self.pairs.entry((region, level, first)).or_default().src = Some(hashes);
-                self.on_pair(region, level, first, src, dst)
-            }
             Message::Data {
                 offset,
                 len,
@@ -323,10 +314,7 @@ impl Session {
                 self.pump_reads(src)?;
                 self.release_ready(src, dst)
             }
-            other => Err(SyncError::unexpected(
-                other.name(),
-                "Region, Nodes or Data from the source",
-            )),
+            other => self.on_tree(Side::Source, other, src, dst),
         }
     }
 
@@ -336,13 +324,25 @@ impl Session {
         src: &mut Connection,
         dst: &mut Connection,
     ) -> Result<(), SyncError> {
+        self.on_tree(Side::Target, m, src, dst)
+    }
+
+    /// Region roots and node replies, which both ends send.
+    fn on_tree(
+        &mut self,
+        side: Side,
+        m: Message,
+        src: &mut Connection,
+        dst: &mut Connection,
+    ) -> Result<(), SyncError> {
         match m {
             Message::Region { offset, len, root } => {
                 let r = self.regions.entry(offset).or_default();
-                if r.len == 0 {
-                    r.len = len;
+                r.len = len;
+                match side {
+                    Side::Source => r.src_root = Some(root),
+                    Side::Target => r.dst_root = Some(root),
                 }
-                r.dst_root = Some(root);
                 self.try_compare(offset, src, dst)
             }
             Message::Nodes {
@@ -351,12 +351,19 @@ impl Session {
                 first,
                 hashes,
             } => {
-                self.pairs.entry((region, level, first)).or_default().dst = Some(hashes);
+                let pair = self.pairs.entry((region, level, first)).or_default();
+                match side {
+                    Side::Source => pair.src = Some(hashes),
+                    Side::Target => pair.dst = Some(hashes),
+                }
                 self.on_pair(region, level, first, src, dst)
             }
             other => Err(SyncError::unexpected(
                 other.name(),
-                "Region or Nodes from the target",
+                match side {
+                    Side::Source => "Region, Nodes or Data from the source",
+                    Side::Target => "Region or Nodes from the target",
+                },
             )),
         }
     }
