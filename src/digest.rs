@@ -2,9 +2,9 @@
 //!
 //! The **image digest** identifies the whole content of an image. It is a
 //! two-level BLAKE3 tree: the image is cut into 1 MiB segments, each segment
-//! is hashed with plain BLAKE3, and the image digest is the BLAKE3 `derive_key`
-//! hash (context [`IMAGE_DIGEST_CONTEXT`]) of the little-endian `u64` image size
-//! followed by the segment hashes in order. A segment of zeros always has the
+//! is hashed with plain BLAKE3 (`h_i`), and the image digest is
+//! `DK(LE64(size) ‖ DK(h_0 ‖ h_1 ‖ …))`, where `DK` is BLAKE3 `derive_key` with
+//! context [`IMAGE_DIGEST_CONTEXT`] (spec: `docs/formats/image-digest.md`). A segment of zeros always has the
 //! same hash, so holes in sparse images are digested without reading or
 //! hashing them: a 1 TiB sparse image costs a million 32-byte updates, not a
 //! terabyte of hashing. It differs from `b3sum` of the image on purpose; the

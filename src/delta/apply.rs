@@ -586,14 +586,26 @@ pub fn apply_in_place(
                 reason: format!("{} deltas carry no base hashes", kind.name()),
             })
         }
+        (Some(t), CheckBase::Sample) if !t.samples.is_empty() => {
+            check_samples(&output, t, source.header().map_or(4096, |h| h.block_size))?;
+        }
         (Some(t), CheckBase::Sample) => {
-            if t.old_digest.is_none() && t.samples.is_empty() {
+            // No block was left unchanged to sample: check the whole base
+            // rather than nothing.
+            let Some(expected) = t.old_digest else {
                 return Err(DeltaError::CheckUnsupported {
                     mode: "sample",
-                    reason: "the delta was made from change tracking without base samples".into(),
+                    reason: "the delta has no base samples and no OLD digest".into(),
+                });
+            };
+            notes.push("the delta has no base samples: checked the whole base instead".into());
+            let actual = digest_of(target, old_size, None)?;
+            if actual != expected {
+                return Err(DeltaError::BaseMismatch {
+                    path: target.into(),
+                    detail: format!("OLD digest is {expected}, target has {actual}"),
                 });
             }
-            check_samples(&output, t, source.header().map_or(4096, |h| h.block_size))?;
         }
         (Some(t), CheckBase::Full) => {
             let Some(expected) = t.old_digest else {

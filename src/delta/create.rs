@@ -86,43 +86,57 @@ pub struct DiffSummary {
     pub delta_bytes: u64,
 }
 
-/// Target number of sampled OLD blocks (between this and twice this).
+/// Number of sampled OLD blocks (fewer only when fewer blocks qualify).
 const SAMPLE_TARGET: usize = 64;
 /// Records encoded or waiting to be written at once.
 const RECORDS_IN_FLIGHT: usize = 16;
 
-/// Picks OLD blocks to sample, evenly over the image, in one pass and
-/// bounded memory: keep blocks whose index is a multiple of `stride`, and
-/// double the stride whenever twice the target is reached. Only blocks the
-/// delta leaves unchanged are candidates, so an interrupted in-place apply
-/// still passes the sample check when rerun.
-#[derive(Debug)]
+/// Picks OLD blocks to sample, in one pass and bounded memory: of all
+/// candidate blocks, keep the [`SAMPLE_TARGET`] whose mixed index
+/// ([`sample_key`]) is smallest (a bottom-k sketch). The choice is spread
+/// over the image, depends on no pattern of block indices, and always
+/// yields `min(SAMPLE_TARGET, candidates)` samples. Only blocks the delta
+/// leaves unchanged are candidates, so an interrupted in-place apply still
+/// passes the sample check when rerun.
+#[derive(Debug, Default)]
 struct Sampler {
-    stride: u64,
-    samples: Vec<Sample>,
+    /// Max-heap on the key: the root is the first to go.
+    heap: std::collections::BinaryHeap<(u64, u64, Digest)>,
+}
+
+/// The splitmix64 finalizer of a block index: a fixed, well-mixed
+/// permutation, so the smallest keys fall anywhere in the image.
+pub fn sample_key(block: u64) -> u64 {
+    let mut z = block.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 impl Sampler {
     fn new() -> Self {
-        Sampler {
-            stride: 1,
-            samples: Vec::with_capacity(2 * SAMPLE_TARGET),
-        }
+        Sampler::default()
     }
 
     fn offer(&mut self, block: u64, data: &[u8]) {
-        if !block.is_multiple_of(self.stride) {
+        let key = sample_key(block);
+        if self.heap.len() >= SAMPLE_TARGET && self.heap.peek().is_some_and(|top| key >= top.0) {
             return;
         }
-        self.samples.push(Sample {
-            block,
-            digest: Digest::of(data),
-        });
-        if self.samples.len() >= 2 * SAMPLE_TARGET {
-            self.stride *= 2;
-            let stride = self.stride;
-            self.samples.retain(|s| s.block.is_multiple_of(stride));
+        self.heap.push((key, block, Digest::of(data)));
+        if self.heap.len() > SAMPLE_TARGET {
+            self.heap.pop();
         }
+    }
+
+    fn into_samples(self) -> Vec<Sample> {
+        let mut samples: Vec<Sample> = self
+            .heap
+            .into_iter()
+            .map(|(_, block, digest)| Sample { block, digest })
+            .collect();
+        samples.sort_by_key(|s| s.block);
+        samples
     }
 }
 
@@ -297,7 +311,7 @@ fn compare_all(
         new_size: new_summary.bytes,
         old_digest: old_summary.digest.unwrap_or_default(),
         new_digest: new_summary.digest.unwrap_or_default(),
-        samples: sampler.samples,
+        samples: sampler.into_samples(),
     }))
 }
 
@@ -501,4 +515,46 @@ pub fn create_delta<W: Write + Send>(
             .map_err(|e| DeltaError::Write(e.into_error()))?;
         Ok((inner, summary))
     })
+}
+
+#[cfg(test)]
+mod sampler_tests {
+    use super::*;
+
+    #[test]
+    fn any_pattern_of_candidates_gives_full_samples() {
+        for pattern in [
+            |b: u64| b % 2 == 1,
+            |b: u64| b % 2 == 0,
+            |b: u64| b % 7 == 3,
+            |b: u64| b < 100,
+            |_b: u64| true,
+        ] {
+            let mut s = Sampler::new();
+            let mut candidates = 0;
+            for b in 0..100_000u64 {
+                if pattern(b) {
+                    candidates += 1;
+                    s.offer(b, &b.to_le_bytes());
+                }
+            }
+            let samples = s.into_samples();
+            assert_eq!(samples.len(), SAMPLE_TARGET.min(candidates));
+            assert!(samples.windows(2).all(|w| w[0].block < w[1].block));
+            assert!(samples.iter().all(|x| pattern(x.block)));
+        }
+    }
+
+    #[test]
+    fn samples_spread_over_the_image() {
+        let mut s = Sampler::new();
+        for b in 0..1_000_000u64 {
+            s.offer(b, &[]);
+        }
+        let samples = s.into_samples();
+        let quarters = (0..4)
+            .map(|q| samples.iter().filter(|x| x.block / 250_000 == q).count())
+            .collect::<Vec<_>>();
+        assert!(quarters.iter().all(|&n| n >= 5), "{quarters:?}");
+    }
 }

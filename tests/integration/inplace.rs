@@ -709,3 +709,40 @@ fn diff_reads_block_devices() {
     assert_same(&old_dev.read_all(), &old, "OLD device");
     assert_same(&new_dev.read_all(), &new, "NEW device");
 }
+
+/// Every even-numbered 512-byte block changed: the sampler must still find
+/// samples among the odd ones, and the default check must refuse a wrong base.
+#[test]
+fn alternating_changes_still_leave_base_samples() {
+    let dir = common::tempdir();
+    let old = common::pseudo_random(128 * 1024, 21);
+    let mut new = old.clone();
+    for block in (0..256).step_by(2) {
+        new[block * 512] ^= 0xFF;
+    }
+    let old_path = common::write_file(dir.path(), "old", &old);
+    let new_path = common::write_file(dir.path(), "new", &new);
+    let delta = dir.path().join("d");
+    common::run_ok(
+        common::diskdelta()
+            .args(["diff", "-q", "-b", "512"])
+            .arg(&old_path)
+            .arg(&new_path)
+            .arg("-o")
+            .arg(&delta),
+    );
+    let info = common::run_ok(common::diskdelta().args(["info", "--json"]).arg(&delta));
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).expect("json");
+    assert_eq!(info["base_samples"], 64);
+    let wrong = common::pseudo_random(128 * 1024, 22);
+    let target = common::write_file(dir.path(), "target", &wrong);
+    let out = common::run_fail(
+        common::diskdelta()
+            .arg("apply")
+            .arg(&delta)
+            .arg("--in-place")
+            .arg(&target),
+    );
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(std::fs::read(&target).expect("target"), wrong);
+}
