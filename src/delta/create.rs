@@ -525,7 +525,7 @@ mod sampler_tests {
     fn any_pattern_of_candidates_gives_full_samples() {
         for pattern in [
             |b: u64| b % 2 == 1,
-            |b: u64| b % 2 == 0,
+            |b: u64| b.is_multiple_of(2),
             |b: u64| b % 7 == 3,
             |b: u64| b < 100,
             |_b: u64| true,
