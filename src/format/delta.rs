@@ -532,6 +532,14 @@ impl<W: Write> DeltaWriter<W> {
     /// # Errors
     /// [`DeltaFormatError::OutOfOrder`] or [`DeltaFormatError::Io`].
     pub fn write_record(&mut self, record: &EncodedRecord) -> Result<()> {
+        let data = record.bytes[0] != KIND_ZERO;
+        if record.length == 0 || (data && record.length > MAX_RECORD_LEN) {
+            return Err(DeltaFormatError::CorruptRecord {
+                index: self.count,
+                offset: self.written,
+                reason: format!("record length {} is out of range", record.length),
+            });
+        }
         if record.offset < self.last_end {
             return Err(DeltaFormatError::OutOfOrder {
                 offset: record.offset,
@@ -581,6 +589,14 @@ impl<W: Write> DeltaWriter<W> {
         }
         if self.last_end > input.new_size {
             return Err(bad("records extend past NEW size"));
+        }
+        if input.samples.len() > MAX_SAMPLES as usize {
+            return Err(bad("too many samples"));
+        }
+        if !self.header.change_tracked && input.old_digest.is_none() {
+            return Err(bad(
+                "an OLD digest is required unless the delta is change-tracked",
+            ));
         }
         let trailer = Trailer {
             old_size: input.old_size,

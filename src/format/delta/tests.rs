@@ -1340,3 +1340,45 @@ fn image_digest_vectors() {
         "6437b3ac38465133ffb63b75273a8db548c558465d79db03fd359c6cd5bd9d85"
     );
 }
+
+#[test]
+fn writer_refuses_what_readers_would_reject() {
+    let header = Header {
+        block_size: 4096,
+        old_size: Some(8192),
+        new_size: Some(8192),
+        change_tracked: false,
+    };
+    let mut w = DeltaWriter::new(Vec::new(), header).expect("header");
+    let empty = encode_record(
+        &Extent {
+            offset: 0,
+            data: ExtentData::Bytes(Vec::new()),
+        },
+        None,
+    );
+    assert!(w.write_record(&empty).is_err());
+    let no_old_digest = TrailerInput {
+        old_size: 8192,
+        new_size: 8192,
+        old_digest: None,
+        new_digest: Digest::NONE,
+        samples: Vec::new(),
+    };
+    assert!(w.finish(no_old_digest).is_err());
+    let w = DeltaWriter::new(Vec::new(), header).expect("header");
+    let too_many = TrailerInput {
+        old_size: 8192,
+        new_size: 8192,
+        old_digest: Some(Digest::NONE),
+        new_digest: Digest::NONE,
+        samples: vec![
+            Sample {
+                block: 0,
+                digest: Digest::NONE
+            };
+            MAX_SAMPLES as usize + 1
+        ],
+    };
+    assert!(w.finish(too_many).is_err());
+}
