@@ -453,17 +453,14 @@ fn scan(
             },
         )
     });
-    let b = block as usize;
     let zero_tree = RegionTree::build(0, None, REGION_SIZE as usize, block);
     let mut region = start;
-    let mut leaves: Vec<NodeHash> = Vec::with_capacity(REGION_SIZE as usize / b);
+    let mut leaves = LeafBuilder::new(block);
     let mut pending: Option<crate::io::Chunk> = None;
     while region < end {
         let region_len = (end - region).min(REGION_SIZE);
-        leaves.clear();
         let mut at = region;
         let region_end = region + region_len;
-        let mut all_zero = true;
         while at < region_end {
             let chunk = match pending.take() {
                 Some(c) => Some(c),
@@ -479,17 +476,9 @@ fn scan(
                     let from = (at - c.offset) as usize;
                     let to = (take_end - c.offset) as usize;
                     if c.hole {
-                        push_zero_leaves(&mut leaves, to - from, b);
+                        leaves.feed(None, to - from);
                     } else {
-                        let data = &c.data()[from..to];
-                        for piece in data.chunks(b) {
-                            if is_zero(piece) {
-                                leaves.push(zero_leaf(piece.len()));
-                            } else {
-                                all_zero = false;
-                                leaves.push(blake3::hash(piece));
-                            }
-                        }
+                        leaves.feed(Some(&c.data()[from..to]), to - from);
                     }
                     at = take_end;
                     if c.end() > region_end {
@@ -499,15 +488,17 @@ fn scan(
                     }
                 }
                 None => {
-                    push_zero_leaves(&mut leaves, (region_end - at) as usize, b);
+                    // Past the object's end: zeros, on the same block grid.
+                    leaves.feed(None, (region_end - at) as usize);
                     at = region_end;
                 }
             }
         }
+        let (hashes, all_zero) = leaves.finish_region();
         let tree = if all_zero && region_len == REGION_SIZE {
             zero_tree.relocated(region)
         } else {
-            RegionTree::from_leaves(region, region_len, block, std::mem::take(&mut leaves))
+            RegionTree::from_leaves(region, region_len, block, hashes)
         };
         let root = wire_hash(&tree.root());
         {
@@ -541,13 +532,81 @@ fn scan(
     Ok(())
 }
 
-fn push_zero_leaves(leaves: &mut Vec<NodeHash>, len: usize, block: usize) {
-    let full = zero_leaf(block);
-    let mut left = len;
-    while left > 0 {
-        let n = left.min(block);
-        leaves.push(if n == block { full } else { zero_leaf(n) });
-        left -= n;
+/// Leaf hashes of one region, fed in pieces of any size that need not
+/// line up with blocks (chunks end where the object ends; blocks may be
+/// larger than chunks).
+struct LeafBuilder {
+    block: usize,
+    zero_block: NodeHash,
+    hasher: blake3::Hasher,
+    filled: usize,
+    leaves: Vec<NodeHash>,
+    all_zero: bool,
+}
+
+impl LeafBuilder {
+    fn new(block: u32) -> Self {
+        LeafBuilder {
+            block: block as usize,
+            zero_block: zero_leaf(block as usize),
+            hasher: blake3::Hasher::new(),
+            filled: 0,
+            leaves: Vec::new(),
+            all_zero: true,
+        }
+    }
+
+    /// Feeds `len` bytes: `data`, or zeros when `None`.
+    fn feed(&mut self, data: Option<&[u8]>, len: usize) {
+        static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+        let mut at = 0;
+        while at < len {
+            let take = (self.block - self.filled).min(len - at);
+            let piece = data.map(|d| &d[at..at + take]);
+            let zero = piece.is_none_or(is_zero);
+            if self.filled == 0 && take == self.block {
+                self.leaves.push(match piece {
+                    Some(p) if !zero => blake3::hash(p),
+                    _ => self.zero_block,
+                });
+            } else {
+                match piece {
+                    Some(p) => {
+                        self.hasher.update(p);
+                    }
+                    None => {
+                        let mut left = take;
+                        while left > 0 {
+                            let n = left.min(ZEROS.len());
+                            self.hasher.update(&ZEROS[..n]);
+                            left -= n;
+                        }
+                    }
+                }
+                self.filled += take;
+                if self.filled == self.block {
+                    self.close_leaf();
+                }
+            }
+            self.all_zero &= zero;
+            at += take;
+        }
+    }
+
+    fn close_leaf(&mut self) {
+        self.leaves.push(self.hasher.finalize());
+        self.hasher.reset();
+        self.filled = 0;
+    }
+
+    /// The region's leaves (a short last leaf closes at the region's end)
+    /// and whether the region held only zeros.
+    fn finish_region(&mut self) -> (Vec<NodeHash>, bool) {
+        if self.filled > 0 {
+            self.close_leaf();
+        }
+        let all_zero = std::mem::replace(&mut self.all_zero, true);
+        (std::mem::take(&mut self.leaves), all_zero)
     }
 }
 
