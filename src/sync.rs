@@ -26,6 +26,21 @@ use message::ErrorCode;
 /// Largest `Read`/`Write` in bytes.
 pub const MAX_DATA: usize = 1 << 20;
 
+/// An error and its sources on one line, `a: b: c`, as sent to the peer.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let part = s.to_string();
+        if !text.ends_with(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = s.source();
+    }
+    text
+}
+
 /// Errors of a sync session.
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -122,3 +137,6 @@ impl SyncError {
         SyncError::Protocol(format!("unexpected {got} message, expected {expected}"))
     }
 }
+
+#[cfg(test)]
+mod tests;

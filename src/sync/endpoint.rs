@@ -94,7 +94,7 @@ pub fn serve(requests: Receiver<Message>, replies: Sender<Message>) -> Result<()
     if let Err(e) = &result {
         let _ = replies.send(Message::Error {
             code: e.code() as u32,
-            message: format!("{e:#}"),
+            message: super::error_chain(e),
         });
     }
     result
@@ -257,7 +257,9 @@ fn path_from(bytes: &[u8]) -> PathBuf {
 }
 
 fn check_block(block: u32) -> Result<(), SyncError> {
-    if block.is_power_of_two() && (512..=(REGION_SIZE as u32)).contains(&block) {
+    // A block must fit in one Read/Write, which the source checks against
+    // the block's hash as a whole.
+    if block.is_power_of_two() && (512..=super::MAX_DATA as u32).contains(&block) {
         Ok(())
     } else {
         Err(SyncError::Protocol(format!("invalid block size {block}")))
@@ -372,8 +374,9 @@ fn open_target(
         });
     }
     let state = match (&output, kind) {
-        (Some(_), ObjectKind::File) => Some(ResumeState::load_or_new(
+        (Some(o), ObjectKind::File) => Some(ResumeState::load_or_new(
             &path,
+            o.file(),
             source_id,
             source_size,
             block,

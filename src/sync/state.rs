@@ -34,6 +34,12 @@ struct StateFile {
     block: u32,
     offset: u64,
     chain: String,
+    /// The target file the offset is about: a target deleted, replaced or
+    /// truncated below the offset since is not resumed into.
+    #[serde(default)]
+    target_dev: u64,
+    #[serde(default)]
+    target_ino: u64,
 }
 
 /// Resume bookkeeping of one target.
@@ -46,6 +52,8 @@ pub struct ResumeState {
     offset: u64,
     chain: [u8; 32],
     saved: Instant,
+    target_dev: u64,
+    target_ino: u64,
 }
 
 /// Where the state of `target` is kept.
@@ -66,12 +74,19 @@ impl ResumeState {
     /// too (a sync then starts from the beginning, which is always safe).
     pub fn load_or_new(
         target: &Path,
+        target_file: &std::fs::File,
         source_id: [u8; 32],
         source_size: u64,
         block: u32,
     ) -> Result<Self, SyncError> {
+        use std::os::unix::fs::MetadataExt;
         let path = state_path(target);
+        let meta = target_file.metadata().ok();
+        let (target_dev, target_ino, target_size) =
+            meta.map_or((0, 0, 0), |m| (m.dev(), m.ino(), m.len()));
         let mut state = ResumeState {
+            target_dev,
+            target_ino,
             path,
             source_id,
             source_size,
@@ -93,6 +108,9 @@ impl ResumeState {
             && file.source_size == source_size
             && file.block == block
             && file.offset <= source_size
+            && file.target_dev == target_dev
+            && file.target_ino == target_ino
+            && file.offset <= target_size
         {
             if let Some(c) = chain {
                 state.offset = file.offset;
@@ -140,6 +158,8 @@ impl ResumeState {
             block: self.block,
             offset: self.offset,
             chain: Digest::from_bytes(self.chain).to_hex(),
+            target_dev: self.target_dev,
+            target_ino: self.target_ino,
         };
         let text = serde_json::to_string(&file).map_err(|e| SyncError::Protocol(e.to_string()))?;
         let tmp = self.path.with_extension("diskdelta-sync.tmp");

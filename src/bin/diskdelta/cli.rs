@@ -147,7 +147,7 @@ pub struct SyncArgs {
     /// The diskdelta binary on remote hosts.
     #[arg(long, value_name = "PATH", default_value = "diskdelta")]
     pub remote_path: String,
-    /// Comparison block size (power of two, 512 to 16M); see docs/formats/wire.md
+    /// Comparison block size (power of two, 512 to 1M); see docs/formats/wire.md
     /// for how the default was chosen.
     #[arg(short, long, value_name = "SIZE", default_value = "16K")]
     pub block_size: String,

@@ -41,8 +41,8 @@ fn connect(loc: &Location, args: &SyncArgs, role: &str) -> anyhow::Result<Connec
 
 pub fn run(args: SyncArgs) -> anyhow::Result<()> {
     let block = parse_size(&args.block_size).context("invalid --block-size")?;
-    if !block.is_power_of_two() || !(512..=16 << 20).contains(&block) {
-        bail!("block size {block} must be a power of two from 512 to 16M");
+    if !block.is_power_of_two() || !(512..=1 << 20).contains(&block) {
+        bail!("block size {block} must be a power of two from 512 to 1M");
     }
     let src = Location::parse(&args.src);
     let mut dst = Location::parse(&args.dst);
