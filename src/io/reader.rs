@@ -498,7 +498,12 @@ fn read_loop(
         }
     };
     result.map(|()| ReadSummary {
-        bytes: offset - if kind == InputKind::Stream { 0 } else { options.start },
+        bytes: offset
+            - if kind == InputKind::Stream {
+                0
+            } else {
+                options.start
+            },
         digest: hasher.map(ImageHasher::finalize),
     })
 }
