@@ -8,8 +8,9 @@ import argparse
 import sys
 
 import diff
+import sync
 
-SUBCOMMANDS = [diff]  # sync and repo will join here
+SUBCOMMANDS = [diff, sync]  # repo will join here
 
 
 def main(argv):
