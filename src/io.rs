@@ -9,6 +9,7 @@
 //! - [`device`], [`sparse`]: the Linux calls underneath (block-device
 //!   ioctls, `SEEK_DATA`/`SEEK_HOLE`, hole punching, `posix_fadvise`).
 
+pub mod cleanup;
 pub mod device;
 pub mod input;
 pub mod output;

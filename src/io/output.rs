@@ -219,6 +219,7 @@ impl Output {
                 ),
             })?;
         let (file, temp_path) = temp.into_parts();
+        super::cleanup::register(&temp_path);
         let mode = permissions.unwrap_or_else(|| Permissions::from_mode(0o644));
         file.set_permissions(mode).map_err(op_err("chmod", path))?;
         Ok(Output {
@@ -470,6 +471,7 @@ impl Output {
         }
         self.sync()?;
         if let Some(temp) = self.temp.take() {
+            super::cleanup::unregister(&temp);
             temp.persist(&self.path).map_err(|e| IoError::Op {
                 op: "rename",
                 path: self.path.clone(),
@@ -492,6 +494,14 @@ impl Output {
     /// [`IoError::Op`].
     pub fn flush(&mut self) -> Result<(), IoError> {
         self.file.flush().map_err(op_err("flush", &self.path))
+    }
+}
+
+impl Drop for Output {
+    fn drop(&mut self) {
+        if let Some(temp) = &self.temp {
+            super::cleanup::unregister(temp);
+        }
     }
 }
 

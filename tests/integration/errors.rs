@@ -597,3 +597,70 @@ fn diff_refuses_to_overwrite_its_input() {
         common::pseudo_random(50_000, 2)
     );
 }
+
+/// SIGINT or SIGTERM in the middle of writing leaves neither the output nor
+/// its temporary file behind, and exits 130. OLD comes from a FIFO that is
+/// fed halfway and then held open, so the apply is certainly mid-stream.
+#[test]
+fn interrupted_apply_leaves_nothing_behind() {
+    use std::io::Write;
+    for signal in ["-INT", "-TERM"] {
+        let dir = common::tempdir();
+        let old = common::pseudo_random(8 << 20, 5);
+        let mut new = old.clone();
+        new[100..5000].fill(7);
+        let old_path = common::write_file(dir.path(), "old", &old);
+        let new_path = common::write_file(dir.path(), "new", &new);
+        let delta = dir.path().join("d");
+        common::run_ok(
+            common::diskdelta()
+                .args(["diff", "-q"])
+                .arg(&old_path)
+                .arg(&new_path)
+                .arg("-o")
+                .arg(&delta),
+        );
+        let fifo = dir.path().join("base.fifo");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .expect("mkfifo");
+        assert!(made.success());
+        let out_dir = dir.path().join("out");
+        std::fs::create_dir(&out_dir).expect("mkdir");
+        let child = common::diskdelta()
+            .args(["apply", "-q"])
+            .arg(&delta)
+            .arg("--base")
+            .arg(&fifo)
+            .arg("-o")
+            .arg(out_dir.join("new"))
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn apply");
+        let mut feed = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&fifo)
+            .expect("open fifo");
+        feed.write_all(&old[..4 << 20]).expect("feed half of OLD");
+        let started = std::time::Instant::now();
+        while std::fs::read_dir(&out_dir).expect("list").next().is_none() {
+            assert!(
+                started.elapsed().as_secs() < 20,
+                "no temporary output appeared"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let status = std::process::Command::new("kill")
+            .arg(signal)
+            .arg(child.id().to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success());
+        let out = child.wait_with_output().expect("wait");
+        drop(feed);
+        assert_eq!(out.status.code(), Some(130), "{signal}");
+        let left: Vec<_> = std::fs::read_dir(&out_dir).expect("list").collect();
+        assert!(left.is_empty(), "{signal}: left behind {left:?}");
+    }
+}

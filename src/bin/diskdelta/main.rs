@@ -6,6 +6,7 @@
 //! - 2: usage error (unknown flag, missing argument)
 //! - 3: integrity failure: a corrupt delta, a base that does not match, or a
 //!   result whose digest differs from the recorded one
+//! - 130: interrupted (SIGINT, SIGTERM, SIGHUP); unfinished outputs removed
 
 mod cli;
 mod cmd;
@@ -19,8 +20,12 @@ use clap::Parser;
 /// Exit code for integrity failures.
 const EXIT_INTEGRITY: u8 = 3;
 
+/// Exit code after SIGINT, SIGTERM or SIGHUP (128 + SIGINT, as shells do).
+const EXIT_INTERRUPTED: i32 = 130;
+
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
+    handle_interrupts();
     match cmd::run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
@@ -33,6 +38,40 @@ fn main() -> ExitCode {
             ExitCode::from(if integrity { EXIT_INTEGRITY } else { 1 })
         }
     }
+}
+
+/// Blocks SIGINT, SIGTERM and SIGHUP in every thread (threads inherit the
+/// mask, so this runs before any is started) and waits for them on a
+/// thread of its own, which removes unfinished temporary outputs and exits.
+/// Nothing runs inside a signal handler, so no async-signal-safety rules
+/// are at stake.
+fn handle_interrupts() {
+    // SAFETY: sigset_t is plain data that sigemptyset initializes before use.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid, exclusively borrowed sigset_t; these calls
+    // only write into it and set this thread's signal mask.
+    let blocked = unsafe {
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGHUP);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) == 0
+    };
+    if !blocked {
+        return;
+    }
+    let _ = std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let mut signal: libc::c_int = 0;
+            // SAFETY: `set` was initialized above and lives in this closure;
+            // sigwait writes the received signal number into `signal`.
+            if unsafe { libc::sigwait(&set, &mut signal) } == 0 {
+                diskdelta::io::cleanup::remove_registered();
+                eprintln!("diskdelta: interrupted");
+                std::process::exit(EXIT_INTERRUPTED);
+            }
+        });
 }
 
 fn is_broken_pipe(err: &anyhow::Error) -> bool {
