@@ -366,6 +366,32 @@ fn fill_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
     Ok(filled)
 }
 
+/// Reads `buf.len()` bytes at `offset` of a regular file whose size covers
+/// them, reading only its data ranges and zero-filling its holes in memory.
+/// Reading a hole through the kernel costs a page allocation, a zeroing and
+/// a copy per page; that was half of the reader's time on VM-like images.
+fn fill_sparse_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+    let end = offset + buf.len() as u64;
+    let mut pos = offset;
+    while pos < end {
+        let data = sparse::next_data(file, pos)?.unwrap_or(end).min(end);
+        if data > pos {
+            buf[(pos - offset) as usize..(data - offset) as usize].fill(0);
+            pos = data;
+            continue;
+        }
+        let hole = sparse::next_hole(file, pos)?.clamp(pos + 1, end);
+        let range = (pos - offset) as usize..(hole - offset) as usize;
+        let want = range.len();
+        let got = fill_at(file, &mut buf[range], pos)?;
+        if got < want {
+            return Ok((pos - offset) as usize + got);
+        }
+        pos = hole;
+    }
+    Ok(buf.len())
+}
+
 fn read_loop(
     input: Input,
     options: ReaderOptions,
@@ -436,6 +462,9 @@ fn read_loop(
             let read_len = want.next_multiple_of(direct_align).min(buf.capacity());
             let filled = match kind {
                 InputKind::Stream => fill_stream(&mut file, &mut buf.as_mut_slice()[..want]),
+                InputKind::File if direct_align == 1 => {
+                    fill_sparse_at(&file, &mut buf.as_mut_slice()[..want], offset)
+                }
                 _ => {
                     fill_at(&file, &mut buf.as_mut_slice()[..read_len], offset).map(|n| n.min(want))
                 }

@@ -27,6 +27,29 @@ pub fn next_data(file: &File, offset: u64) -> io::Result<Option<u64>> {
     Ok(Some(rc as u64))
 }
 
+/// Where the hole at or after `offset` starts (every file ends with one, at
+/// its size). Filesystems without `SEEK_HOLE` report `u64::MAX`: all data.
+///
+/// # Errors
+/// OS errors other than "unsupported" and `ENXIO` (past the end, reported
+/// as `offset`).
+pub fn next_hole(file: &File, offset: u64) -> io::Result<u64> {
+    let Ok(off) = libc::off_t::try_from(offset) else {
+        return Ok(offset);
+    };
+    // SAFETY: lseek on an fd we own; no memory is passed.
+    let rc = unsafe { libc::lseek(file.as_raw_fd(), off, libc::SEEK_HOLE) };
+    if rc < 0 {
+        let err = io::Error::last_os_error();
+        return match err.raw_os_error() {
+            Some(libc::ENXIO) => Ok(offset),
+            Some(libc::EINVAL) | Some(libc::EOPNOTSUPP) => Ok(u64::MAX),
+            _ => Err(err),
+        };
+    }
+    Ok(rc as u64)
+}
+
 /// Deallocates `len` bytes at `offset` of a regular file, keeping its size;
 /// the range then reads as zeros. Returns `Ok(false)` when the filesystem
 /// cannot punch holes, so the caller writes zeros instead.
