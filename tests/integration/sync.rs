@@ -1058,6 +1058,45 @@ fn big_image(dir: &Path, seed: u64) -> (PathBuf, Vec<u8>) {
     (path, data)
 }
 
+/// Starts `command`, kills the ssh connections after the first checkpoint,
+/// checks the one-line failure and the saved offset, then reruns the same
+/// command and checks that it resumed there and finished verified, with the
+/// target identical and the state file gone. Returns the rerun's report and
+/// the offset it resumed from.
+fn kill_then_resume(
+    sshd: &Sshd,
+    command: &dyn Fn() -> Command,
+    target: &Path,
+    data: &[u8],
+) -> (Value, u64) {
+    let mut run = Running::spawn(&mut command());
+    wait_for_checkpoint(&mut run, target);
+    sshd.kill_connections();
+    let out = run.finish(Duration::from_secs(30));
+    assert_disconnect(&out);
+    let offset = state_offset(target).expect("resume state after the failure");
+    assert!(
+        offset > 0 && offset < data.len() as u64,
+        "state offset {offset}"
+    );
+
+    let out = command().output().expect("spawn");
+    assert!(
+        out.status.success(),
+        "rerun failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = json(&out);
+    assert_eq!(num(&report, "resumed_from"), offset, "{report}");
+    assert_eq!(report["verified"], true, "{report}");
+    assert_file(target, data, "resumed target");
+    assert!(
+        !state_path(target).exists(),
+        "resume state left after success"
+    );
+    (report, offset)
+}
+
 #[test]
 fn killed_connection_fails_then_the_rerun_resumes_local_target() {
     let Some(sshd) = Sshd::start("killed_connection_fails_then_the_rerun_resumes_local_target")
@@ -1075,35 +1114,11 @@ fn killed_connection_fails_then_the_rerun_resumes_local_target() {
             .arg(&target);
         c
     };
-    let mut run = Running::spawn(&mut command());
-    wait_for_checkpoint(&mut run, &target);
-    sshd.kill_connections();
-    let out = run.finish(Duration::from_secs(30));
-    assert_disconnect(&out);
-    let offset = state_offset(&target).expect("resume state after the failure");
-    assert!(
-        offset > 0 && offset < data.len() as u64,
-        "state offset {offset}"
-    );
-
-    let out = command().output().expect("spawn");
-    assert!(
-        out.status.success(),
-        "rerun failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report = json(&out);
-    assert_eq!(num(&report, "resumed_from"), offset, "{report}");
+    let (report, offset) = kill_then_resume(&sshd, &command, &target, &data);
     assert_eq!(
         num(&report, "bytes_compared"),
         data.len() as u64 - offset,
         "{report}"
-    );
-    assert_eq!(report["verified"], true, "{report}");
-    assert_file(&target, &data, "resumed target");
-    assert!(
-        !state_path(&target).exists(),
-        "resume state left after success"
     );
 }
 
@@ -1122,31 +1137,7 @@ fn killed_connection_fails_then_the_rerun_resumes_remote_target() {
         c.arg("--json").arg(&source).arg(remote(&sshd, &target));
         c
     };
-    let mut run = Running::spawn(&mut command());
-    wait_for_checkpoint(&mut run, &target);
-    sshd.kill_connections();
-    let out = run.finish(Duration::from_secs(30));
-    assert_disconnect(&out);
-    let offset = state_offset(&target).expect("resume state after the failure");
-    assert!(
-        offset > 0 && offset < data.len() as u64,
-        "state offset {offset}"
-    );
-
-    let out = command().output().expect("spawn");
-    assert!(
-        out.status.success(),
-        "rerun failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report = json(&out);
-    assert_eq!(num(&report, "resumed_from"), offset, "{report}");
-    assert_eq!(report["verified"], true, "{report}");
-    assert_file(&target, &data, "resumed target");
-    assert!(
-        !state_path(&target).exists(),
-        "resume state left after success"
-    );
+    kill_then_resume(&sshd, &command, &target, &data);
 }
 
 #[test]
