@@ -1287,6 +1287,29 @@ fn a_different_block_size_does_not_resume() {
 // ---------------------------------------------------------------------------
 // 9. Dry run
 
+/// `path` as a sync end: local, or on the harness's host.
+fn local_or_remote(sshd: &Sshd, remote_end: bool, path: &Path) -> String {
+    if remote_end {
+        remote(sshd, path)
+    } else {
+        path.display().to_string()
+    }
+}
+
+/// Runs a dry-run sync (`flag` is `--dry-run` or `-n`) and returns its report.
+fn dry_run(sshd: &Sshd, flag: &str, src: &Path, dst: &str) -> Value {
+    let out = common::run_ok(
+        sync_cmd(Some(sshd))
+            .arg(flag)
+            .arg("--json")
+            .arg("-b")
+            .arg(BLOCK_ARG)
+            .arg(src)
+            .arg(dst),
+    );
+    json(&out)
+}
+
 #[test]
 fn dry_run_writes_nothing() {
     let Some(sshd) = Sshd::start("dry_run_writes_nothing") else {
@@ -1300,21 +1323,12 @@ fn dry_run_writes_nothing() {
         let target = dir.path().join(format!("{what}-existing.img"));
         std::fs::copy(&old, &target).expect("old copy");
         let stamp = set_old_mtime(&target);
-        let dst = if remote_target {
-            remote(&sshd, &target)
-        } else {
-            target.display().to_string()
-        };
-        let out = common::run_ok(
-            sync_cmd(Some(&sshd))
-                .arg("--dry-run")
-                .arg("--json")
-                .arg("-b")
-                .arg(BLOCK_ARG)
-                .arg(&new)
-                .arg(&dst),
+        let report = dry_run(
+            &sshd,
+            "--dry-run",
+            &new,
+            &local_or_remote(&sshd, remote_target, &target),
         );
-        let report = json(&out);
         let (blocks, bytes) = expected_changes(&new_bytes, &old_bytes, BLOCK);
         assert!(bytes > 0);
         assert_eq!(num(&report, "changed_blocks"), blocks, "{what}: {report}");
@@ -1333,21 +1347,12 @@ fn dry_run_writes_nothing() {
 
         // A missing target is not created; every non-zero block counts.
         let missing = dir.path().join(format!("{what}-missing.img"));
-        let dst = if remote_target {
-            remote(&sshd, &missing)
-        } else {
-            missing.display().to_string()
-        };
-        let out = common::run_ok(
-            sync_cmd(Some(&sshd))
-                .arg("-n")
-                .arg("--json")
-                .arg("-b")
-                .arg(BLOCK_ARG)
-                .arg(&new)
-                .arg(&dst),
+        let report = dry_run(
+            &sshd,
+            "-n",
+            &new,
+            &local_or_remote(&sshd, remote_target, &missing),
         );
-        let report = json(&out);
         let (blocks, bytes) = expected_changes(&new_bytes, &[], BLOCK);
         assert_eq!(num(&report, "changed_blocks"), blocks, "{what}: {report}");
         assert_eq!(num(&report, "changed_bytes"), bytes, "{what}: {report}");
