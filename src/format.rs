@@ -8,6 +8,10 @@
 pub mod delta;
 pub mod diffdd;
 pub mod diffdd_py;
+pub mod diskdump;
+pub mod pack;
+pub mod pack_index;
+pub mod snapshot;
 
 /// Bytes of NEW at one position, as carried by a delta record.
 #[derive(Debug, Clone, PartialEq, Eq)]

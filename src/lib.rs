@@ -23,7 +23,9 @@ pub mod change;
 pub mod delta;
 pub mod digest;
 pub mod format;
+pub mod id;
 pub mod io;
+pub mod repo;
 pub mod sync;
 pub mod units;
 

@@ -200,6 +200,17 @@ pub struct ReadSummary {
     pub digest: Option<Digest>,
 }
 
+/// Returns buffers to a [`ChunkReader`] from any thread.
+#[derive(Debug, Clone)]
+pub struct Recycler(Sender<AlignedBuf>);
+
+impl Recycler {
+    /// Hands a chunk's buffer back.
+    pub fn recycle(&self, chunk: Chunk) {
+        let _ = self.0.send(chunk.into_buf());
+    }
+}
+
 /// A source being read ahead on its own thread.
 #[derive(Debug)]
 pub struct ChunkReader {
@@ -260,6 +271,11 @@ impl ChunkReader {
     /// Returns a bare buffer to the reader.
     pub fn recycle_buf(&self, buf: AlignedBuf) {
         let _ = self.recycle.send(buf);
+    }
+
+    /// A handle other threads use to return buffers to the reader.
+    pub fn recycler(&self) -> Recycler {
+        Recycler(self.recycle.clone())
     }
 
     /// The source path.

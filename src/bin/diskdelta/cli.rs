@@ -26,6 +26,29 @@ pub enum Command {
     /// Make DST byte-identical to SRC, moving only differing blocks
     /// (each is a local path or [user@]host:path reached over ssh).
     Sync(SyncArgs),
+    /// Create a repository (backup creates the default one on first use).
+    Init(InitArgs),
+    /// Back up images into the repository (local paths, `-`, or
+    /// [user@]host:/path read over ssh).
+    Backup(BackupArgs),
+    /// Back up an existing local image under a name.
+    Import(ImportArgs),
+    /// Write a snapshot to a file, a block device or stdout.
+    Restore(RestoreArgs),
+    /// List snapshots.
+    Snapshots(SnapshotsArgs),
+    /// Show repository size, chunk and pack counts, dedup ratio.
+    Status(StatusArgs),
+    /// Check the repository's structure, or with --read-data every chunk.
+    Verify(VerifyArgs),
+    /// Remove data no snapshot refers to.
+    Gc(GcArgs),
+    /// Remove snapshots, by id or by a keep policy.
+    Forget(ForgetArgs),
+    /// Remove stale locks (or all locks with --all).
+    Unlock(UnlockArgs),
+    /// Turn a diskdump 0.1.5 store into snapshots.
+    ImportDiskdump(ImportDiskdumpArgs),
     /// Serve one end of a sync on stdin/stdout (started by `sync` over ssh).
     #[command(hide = true)]
     Serve,
@@ -154,6 +177,199 @@ pub struct SyncArgs {
     /// Report what would change; write nothing.
     #[arg(short = 'n', long)]
     pub dry_run: bool,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+/// Where the repository is.
+#[derive(Debug, Args, Clone)]
+pub struct RepoArg {
+    /// Repository directory (default: $XDG_DATA_HOME/diskdelta/repo).
+    #[arg(
+        short = 'r',
+        long = "repo",
+        value_name = "PATH",
+        env = "DISKDELTA_REPO"
+    )]
+    pub repo: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    #[command(flatten)]
+    pub repo: RepoArg,
+    /// Chunk size, a power of two from 16K to 4M (default 1M).
+    #[arg(long, value_name = "SIZE")]
+    pub chunk_size: Option<String>,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// Images to back up: local files, block devices, `-`, or
+    /// [user@]host:/path. `--name` and `--sudo` after a SOURCE apply to it.
+    #[arg(required = true, value_name = "SOURCE")]
+    pub sources: Vec<String>,
+    #[command(flatten)]
+    pub repo: RepoArg,
+    /// Snapshot name (default: derived from host and path).
+    #[arg(long, value_name = "NAME")]
+    pub name: Vec<String>,
+    /// Run the remote side of the preceding SOURCE under sudo.
+    #[arg(long, action = clap::ArgAction::Count)]
+    pub sudo: u8,
+    /// Tag the snapshots (repeatable).
+    #[arg(long = "tag", value_name = "TAG")]
+    pub tags: Vec<String>,
+    /// Record this time instead of now (RFC 3339 or YYYY-MM-DD).
+    #[arg(long, value_name = "TIME")]
+    pub time: Option<String>,
+    /// ssh command and flags for remote sources.
+    #[arg(
+        short = 'e',
+        long = "rsh",
+        value_name = "CMD",
+        env = "DISKDELTA_RSH",
+        default_value = "ssh"
+    )]
+    pub rsh: String,
+    /// The diskdelta binary on remote hosts.
+    #[arg(long, value_name = "PATH", default_value = "diskdelta")]
+    pub remote_path: String,
+    /// Worker threads per source (default: one per core).
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// The image: a file, block device or `-`.
+    pub image: PathBuf,
+    /// Snapshot name.
+    #[arg(long, value_name = "NAME", required = true)]
+    pub name: String,
+    #[command(flatten)]
+    pub repo: RepoArg,
+    /// Tag the snapshot (repeatable).
+    #[arg(long = "tag", value_name = "TAG")]
+    pub tags: Vec<String>,
+    /// Record this time instead of now (RFC 3339 or YYYY-MM-DD).
+    #[arg(long, value_name = "TIME")]
+    pub time: Option<String>,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// Snapshot id, unique id prefix, or name (its latest snapshot).
+    pub snapshot: String,
+    #[command(flatten)]
+    pub repo: RepoArg,
+    /// Where to write the image (default: stdout).
+    #[arg(short, long, value_name = "OUT", conflicts_with = "in_place")]
+    pub output: Option<PathBuf>,
+    /// Update TARGET (holding an older version) writing only differing chunks.
+    #[arg(long, value_name = "TARGET")]
+    pub in_place: Option<PathBuf>,
+    /// Worker threads (default: one per core).
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+#[derive(Debug, Args)]
+pub struct SnapshotsArgs {
+    /// Only snapshots of this name.
+    pub name: Option<String>,
+    #[command(flatten)]
+    pub repo: RepoArg,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub repo: RepoArg,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub repo: RepoArg,
+    /// Read, decompress and re-hash every chunk.
+    #[arg(long)]
+    pub read_data: bool,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    #[command(flatten)]
+    pub repo: RepoArg,
+    /// Report what would be removed; change nothing.
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+#[derive(Debug, Args)]
+pub struct ForgetArgs {
+    /// Snapshots to forget (ids, prefixes or names); or use --keep-*.
+    pub snapshots: Vec<String>,
+    #[command(flatten)]
+    pub repo: RepoArg,
+    /// Keep the newest N snapshots of each name.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_last: usize,
+    /// Keep the newest snapshot of each of the last N days.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_daily: usize,
+    /// Keep the newest snapshot of each of the last N weeks.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_weekly: usize,
+    /// Keep the newest snapshot of each of the last N months.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_monthly: usize,
+    /// Apply the policy to this name only.
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// Run gc afterwards (exclusive lock).
+    #[arg(long)]
+    pub prune: bool,
+    /// Report what would be removed; change nothing.
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+#[derive(Debug, Args)]
+pub struct UnlockArgs {
+    #[command(flatten)]
+    pub repo: RepoArg,
+    /// Remove every lock, also live ones (only when no diskdelta is running).
+    #[arg(long)]
+    pub all: bool,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportDiskdumpArgs {
+    /// The diskdump directory (the one holding `.blockstore/`).
+    pub dir: PathBuf,
+    #[command(flatten)]
+    pub repo: RepoArg,
     #[command(flatten)]
     pub common: Common,
 }

@@ -2,10 +2,20 @@
 //! options, runs the library, and reports.
 
 mod apply;
+mod backup;
+mod backup_remote;
 mod diff;
+mod forget;
+mod gc;
 mod hash;
 mod info;
+mod init;
+mod restore;
+mod snapshots;
+mod status;
 mod sync;
+mod unlock;
+mod verify;
 
 use std::io::IsTerminal;
 use std::path::Path;
@@ -24,7 +34,48 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Info(a) => info::run(a),
         Command::Hash(a) => hash::run(a),
         Command::Sync(a) => sync::run(a),
+        Command::Init(a) => init::run(a),
+        Command::Backup(a) => backup::run(a),
+        Command::Import(a) => backup::import(a),
+        Command::Restore(a) => restore::run(a),
+        Command::Snapshots(a) => snapshots::run(a),
+        Command::Status(a) => status::run(a),
+        Command::Verify(a) => verify::run(a),
+        Command::Gc(a) => gc::run(a),
+        Command::Forget(a) => forget::run(a),
+        Command::Unlock(a) => unlock::run(a),
+        Command::ImportDiskdump(a) => backup::import_diskdump(a),
         Command::Serve => Ok(diskdelta::sync::connection::serve_stdio()?),
+    }
+}
+
+/// The repository directory: `-r`, `DISKDELTA_REPO`, or the default.
+pub fn repo_path(arg: &crate::cli::RepoArg) -> anyhow::Result<std::path::PathBuf> {
+    match &arg.repo {
+        Some(p) => Ok(p.clone()),
+        None => diskdelta::repo::default_location()
+            .context("no repository given and neither XDG_DATA_HOME nor HOME is set: pass -r PATH"),
+    }
+}
+
+/// Opens the repository (`create`: make the default one on first use).
+pub fn open_repo(
+    arg: &crate::cli::RepoArg,
+    create: bool,
+) -> anyhow::Result<diskdelta::repo::Repository> {
+    let path = repo_path(arg)?;
+    // Only the embedded default is created implicitly; a path the user
+    // typed must exist (a typo must not start a new empty repository).
+    let create = create && arg.repo.is_none();
+    Ok(diskdelta::repo::Repository::open_local(&path, create)?)
+}
+
+/// Prints warnings about stale locks.
+pub fn warn_stale_locks(lines: &[String], quiet: bool) {
+    if !quiet {
+        for l in lines {
+            eprintln!("diskdelta: warning: {l}");
+        }
     }
 }
 

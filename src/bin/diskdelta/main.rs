@@ -34,6 +34,8 @@ fn main() -> ExitCode {
             let integrity = err.chain().any(|e| {
                 e.downcast_ref::<diskdelta::DeltaError>()
                     .is_some_and(|d| d.is_integrity())
+                    || e.downcast_ref::<diskdelta::repo::RepoError>()
+                        .is_some_and(|r| r.is_integrity())
             });
             ExitCode::from(if integrity { EXIT_INTEGRITY } else { 1 })
         }

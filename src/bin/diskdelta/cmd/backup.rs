@@ -1,0 +1,346 @@
+//! `diskdelta backup SOURCE...` and `diskdelta import IMAGE --name NAME`.
+
+use std::path::Path;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use diskdelta::io::{Input, InputOptions};
+use diskdelta::repo::backup::{BackupOptions, BackupSession, BackupSummary};
+use diskdelta::repo::{lock, time, Repository};
+use diskdelta::sync::location::Location;
+use diskdelta::units::human_bytes;
+
+use crate::cli::{BackupArgs, ImportArgs, ImportDiskdumpArgs};
+use crate::progress::Progress;
+use crate::report;
+
+/// One SOURCE with the options that follow it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SourceSpec {
+    text: String,
+    name: Option<String>,
+    sudo: bool,
+}
+
+/// Options of `backup` that take a value (to skip it when scanning).
+const VALUE_OPTIONS: &[&str] = &[
+    "-r",
+    "--repo",
+    "--name",
+    "--tag",
+    "--time",
+    "-e",
+    "--rsh",
+    "--remote-path",
+    "--threads",
+];
+
+/// Attaches `--name` and `--sudo` to the SOURCE they follow, from the raw
+/// arguments after `backup` (clap has already validated them).
+fn associate(raw: &[String], sources: &[String]) -> anyhow::Result<Vec<SourceSpec>> {
+    let mut specs: Vec<SourceSpec> = Vec::new();
+    let mut loose_names = Vec::new();
+    let mut loose_sudo = false;
+    let mut i = 0;
+    let mut positional_only = false;
+    while i < raw.len() {
+        let arg = &raw[i];
+        i += 1;
+        if positional_only || !arg.starts_with('-') || arg == "-" {
+            specs.push(SourceSpec {
+                text: arg.clone(),
+                name: None,
+                sudo: false,
+            });
+            continue;
+        }
+        if arg == "--" {
+            positional_only = true;
+            continue;
+        }
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f, Some(v.to_string())),
+            _ => (arg.as_str(), None),
+        };
+        let value = if VALUE_OPTIONS.contains(&flag) && inline.is_none() {
+            i += 1;
+            raw.get(i - 1).cloned()
+        } else {
+            inline
+        };
+        match flag {
+            "--name" => {
+                let v = value.unwrap_or_default();
+                match specs.last_mut() {
+                    Some(s) if s.name.is_none() => s.name = Some(v),
+                    Some(_) => bail!("--name given twice for one SOURCE"),
+                    None => loose_names.push(v),
+                }
+            }
+            "--sudo" => match specs.last_mut() {
+                Some(s) => s.sudo = true,
+                None => loose_sudo = true,
+            },
+            _ => {}
+        }
+    }
+    if specs.iter().map(|s| &s.text).ne(sources.iter()) {
+        bail!("could not match SOURCE arguments; put options before `--` and sources after it");
+    }
+    if specs.len() == 1 {
+        if let Some(n) = loose_names.pop() {
+            if specs[0].name.is_some() || !loose_names.is_empty() {
+                bail!("--name given twice for one SOURCE");
+            }
+            specs[0].name = Some(n);
+        }
+        specs[0].sudo |= loose_sudo;
+    } else if !loose_names.is_empty() || loose_sudo {
+        bail!("with several SOURCEs, --name and --sudo go right after the SOURCE they belong to");
+    }
+    Ok(specs)
+}
+
+/// The default snapshot name, as diskdump derives it: `host-file` with the
+/// path's last component (`server01:/dev/sda` -> `server01-sda`).
+fn default_name(host: &str, path: &Path) -> String {
+    let base = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "stdin".into());
+    let base = if base == "-" {
+        "stdin".to_string()
+    } else {
+        base
+    };
+    format!("{host}-{base}")
+}
+
+fn parse_time(text: Option<&str>) -> anyhow::Result<Option<i64>> {
+    text.map(|t| {
+        time::parse_rfc3339(t)
+            .with_context(|| format!("invalid --time {t:?} (expected RFC 3339 or YYYY-MM-DD)"))
+    })
+    .transpose()
+}
+
+fn summary_line(source: &str, s: &BackupSummary) -> String {
+    format!(
+        "backup {source} -> {} {}: {} read, {} sent, {} new chunks ({}), {} reused, {} added, dedup {:.1}x ({:.2} s, {})",
+        &s.snapshot[..8],
+        s.name,
+        human_bytes(s.bytes_read),
+        human_bytes(s.bytes_sent),
+        s.new_chunks,
+        human_bytes(s.new_bytes),
+        s.reused_chunks,
+        human_bytes(s.bytes_added),
+        s.dedup_ratio,
+        s.seconds,
+        report::rate(s.size, s.seconds)
+    )
+}
+
+fn backup_local(
+    repo: &Repository,
+    path: &Path,
+    mut options: BackupOptions,
+    quiet: bool,
+) -> anyhow::Result<BackupSummary> {
+    let input = if path == Path::new("-") {
+        Input::stdin()?
+    } else {
+        Input::open(path, &InputOptions::default())?
+    };
+    let progress = Progress::start(&format!("backup {}", path.display()), input.size(), quiet);
+    options.progress = Some(progress.counter());
+    let session = BackupSession::start(repo, options)?;
+    super::warn_stale_locks(&session.stale_locks, quiet);
+    let summary = session.run_local(input)?;
+    drop(progress);
+    Ok(summary)
+}
+
+pub fn run(args: BackupArgs) -> anyhow::Result<()> {
+    let raw: Vec<String> = std::env::args()
+        .skip_while(|a| a != "backup")
+        .skip(1)
+        .collect();
+    let specs = associate(&raw, &args.sources)?;
+    let time = parse_time(args.time.as_deref())?;
+    let repo = super::open_repo(&args.repo, true)?;
+    let local_host = lock::hostname();
+    let mut jobs = Vec::new();
+    for spec in &specs {
+        let loc = if spec.text == "-" {
+            Location {
+                host: None,
+                path: "-".into(),
+            }
+        } else {
+            Location::parse(&spec.text)
+        };
+        let host = loc.host.clone().unwrap_or_else(|| local_host.clone());
+        let host_only = host.rsplit('@').next().unwrap_or(&host).to_string();
+        let name = spec
+            .name
+            .clone()
+            .unwrap_or_else(|| default_name(&host_only, &loc.path));
+        if spec.sudo && loc.host.is_none() {
+            bail!("--sudo applies to remote sources only ({})", spec.text);
+        }
+        jobs.push((spec.clone(), loc, host_only, name));
+    }
+    let mut names: Vec<&String> = jobs.iter().map(|j| &j.3).collect();
+    names.sort();
+    if names.windows(2).any(|w| w[0] == w[1]) {
+        bail!("two SOURCEs would get the same snapshot name; give --name after each");
+    }
+    let results: Vec<anyhow::Result<BackupSummary>> = std::thread::scope(|s| {
+        let handles: Vec<_> = jobs
+            .iter()
+            .map(|(spec, loc, host, name)| {
+                let repo = &repo;
+                let args = &args;
+                s.spawn(move || -> anyhow::Result<BackupSummary> {
+                    let options = BackupOptions {
+                        name: name.clone(),
+                        source: spec.text.clone(),
+                        host: host.clone(),
+                        tags: args.tags.clone(),
+                        time,
+                        progress: None,
+                        threads: args.threads.unwrap_or(0),
+                    };
+                    match &loc.host {
+                        None => backup_local(repo, &loc.path, options, args.common.quiet),
+                        Some(_) => super::backup_remote::run(
+                            repo,
+                            loc,
+                            spec.sudo,
+                            &args.rsh,
+                            &args.remote_path,
+                            options,
+                            args.common.quiet,
+                        ),
+                    }
+                    .with_context(|| format!("backup of {} failed", spec.text))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("backup thread panicked")))
+            })
+            .collect()
+    });
+    let mut ok = Vec::new();
+    let mut failures = Vec::new();
+    for ((spec, ..), r) in jobs.iter().zip(results) {
+        match r {
+            Ok(s) => {
+                if !args.common.json && !args.common.quiet {
+                    eprintln!("{}", summary_line(&spec.text, &s));
+                }
+                ok.push(serde_json::json!({ "source": spec.text, "summary": s }));
+            }
+            Err(e) => {
+                ok.push(serde_json::json!({ "source": spec.text, "error": format!("{e:#}") }));
+                failures.push(e);
+            }
+        }
+    }
+    if args.common.json {
+        println!("{}", serde_json::to_string_pretty(&ok)?);
+    }
+    match failures.len() {
+        0 => Ok(()),
+        1 => Err(failures.remove(0)),
+        n => {
+            for e in &failures[1..] {
+                eprintln!("diskdelta: error: {e:#}");
+            }
+            Err(failures.remove(0).context(format!("{n} backups failed")))
+        }
+    }
+}
+
+pub fn import(args: ImportArgs) -> anyhow::Result<()> {
+    let repo = super::open_repo(&args.repo, true)?;
+    let options = BackupOptions {
+        name: args.name.clone(),
+        source: args.image.display().to_string(),
+        host: lock::hostname(),
+        tags: args.tags.clone(),
+        time: parse_time(args.time.as_deref())?,
+        progress: None,
+        threads: 0,
+    };
+    let summary = backup_local(&repo, &args.image, options, args.common.quiet)
+        .with_context(|| format!("import of {} failed", args.image.display()))?;
+    report::summary(
+        &args.common,
+        false,
+        &summary_line(&args.image.display().to_string(), &summary),
+        &summary,
+    )
+}
+
+pub fn import_diskdump(args: ImportDiskdumpArgs) -> anyhow::Result<()> {
+    let _ = (&args.dir, &args.repo, &args.common);
+    let _ = Arc::new(AtomicU64::new(0));
+    bail!("import-diskdump is not available yet")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn names_and_sudo_follow_their_source() {
+        let raw = s(&[
+            "a:/dev/sda",
+            "--sudo",
+            "--name",
+            "a.sda",
+            "-r",
+            "/repo",
+            "b:/x",
+            "--name=bx",
+        ]);
+        let specs = associate(&raw, &s(&["a:/dev/sda", "b:/x"])).expect("ok");
+        assert_eq!(specs[0].name.as_deref(), Some("a.sda"));
+        assert!(specs[0].sudo);
+        assert_eq!(specs[1].name.as_deref(), Some("bx"));
+        assert!(!specs[1].sudo);
+    }
+
+    #[test]
+    fn one_source_takes_name_anywhere() {
+        let raw = s(&["--name", "n", "--tag", "t", "img"]);
+        let specs = associate(&raw, &s(&["img"])).expect("ok");
+        assert_eq!(specs[0].name.as_deref(), Some("n"));
+    }
+
+    #[test]
+    fn loose_name_with_several_sources_is_refused() {
+        let raw = s(&["--name", "n", "a", "b"]);
+        assert!(associate(&raw, &s(&["a", "b"])).is_err());
+    }
+
+    #[test]
+    fn default_names() {
+        assert_eq!(
+            default_name("server01", Path::new("/dev/sda")),
+            "server01-sda"
+        );
+        assert_eq!(default_name("h", Path::new("-")), "h-stdin");
+    }
+}

@@ -1,0 +1,362 @@
+//! Pack files of the repository, version 1 (spec: `docs/formats/repository.md`).
+//!
+//! A pack holds many chunks ("blobs") back to back and describes itself in
+//! a trailer, so the index can always be rebuilt from the packs alone.
+//! All integers are little-endian.
+//!
+//! ```text
+//! offset          size  field
+//! 0               8     magic "DDLTPACK"
+//! 8               4     version (1)
+//! 12              4     reserved, zero
+//! 16              ...   blobs, each `stored_len` bytes, in entry order
+//! T = 16+Σstored  48*n  entry table, one entry per blob:
+//!                         0  32  chunk id (BLAKE3 of the plaintext)
+//!                        32   4  offset of the blob in the pack
+//!                        36   4  stored length
+//!                        40   4  plaintext length
+//!                        44   1  encoding: 0 raw, 1 zstd
+//!                        45   3  reserved, zero
+//! T+48n           48    footer:
+//!                         0  32  BLAKE3 of the entry table
+//!                        32   4  entry count n
+//!                        36   4  version (1)
+//!                        40   8  magic "DDLTPEND"
+//! ```
+//!
+//! The pack's id is the BLAKE3 of the whole file.
+
+use crate::id::{ChunkId, PackId};
+
+/// Magic at offset 0.
+pub const MAGIC: [u8; 8] = *b"DDLTPACK";
+/// Magic at the end.
+pub const END_MAGIC: [u8; 8] = *b"DDLTPEND";
+/// Format version written and read.
+pub const VERSION: u32 = 1;
+/// Header bytes.
+pub const HEADER_LEN: usize = 16;
+/// Bytes per entry.
+pub const ENTRY_LEN: usize = 48;
+/// Footer bytes.
+pub const FOOTER_LEN: usize = 48;
+/// Packs are capped well below 4 GiB so offsets fit in 32 bits.
+pub const MAX_PACK_LEN: u64 = 1 << 31;
+
+/// How a blob's bytes encode the chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Encoding {
+    /// The plaintext itself (incompressible chunks).
+    Raw = 0,
+    /// A zstd frame.
+    Zstd = 1,
+}
+
+impl Encoding {
+    /// Decodes the encoding byte.
+    pub fn from_byte(b: u8) -> Option<Encoding> {
+        match b {
+            0 => Some(Encoding::Raw),
+            1 => Some(Encoding::Zstd),
+            _ => None,
+        }
+    }
+}
+
+/// One blob of a pack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PackEntry {
+    /// The chunk it holds.
+    pub id: ChunkId,
+    /// Byte offset of the blob in the pack.
+    pub offset: u32,
+    /// Bytes of the blob.
+    pub stored_len: u32,
+    /// Bytes of the plaintext chunk.
+    pub raw_len: u32,
+    /// How the blob encodes the chunk.
+    pub encoding: Encoding,
+}
+
+impl PackEntry {
+    /// Appends the 48-byte table entry.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(self.id.as_bytes());
+        out.extend_from_slice(&self.offset.to_le_bytes());
+        out.extend_from_slice(&self.stored_len.to_le_bytes());
+        out.extend_from_slice(&self.raw_len.to_le_bytes());
+        out.push(self.encoding as u8);
+        out.extend_from_slice(&[0; 3]);
+    }
+
+    /// Parses one 48-byte entry.
+    pub fn decode(b: &[u8]) -> Result<PackEntry, PackError> {
+        if b.len() != ENTRY_LEN {
+            return Err(PackError::Truncated);
+        }
+        let id = ChunkId::from_bytes(arr32(&b[0..32]));
+        let encoding = Encoding::from_byte(b[44]).ok_or(PackError::BadEncoding(b[44]))?;
+        if b[45..48] != [0; 3] {
+            return Err(PackError::Reserved);
+        }
+        Ok(PackEntry {
+            id,
+            offset: le32(&b[32..36]),
+            stored_len: le32(&b[36..40]),
+            raw_len: le32(&b[40..44]),
+            encoding,
+        })
+    }
+
+    /// Offset one past the blob.
+    pub fn end(&self) -> u64 {
+        u64::from(self.offset) + u64::from(self.stored_len)
+    }
+}
+
+/// What is wrong with a pack's bytes.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PackError {
+    /// Shorter than its structure says.
+    #[error("pack is truncated")]
+    Truncated,
+    /// Not a pack file.
+    #[error("not a diskdelta pack (bad magic)")]
+    BadMagic,
+    /// Written by a newer diskdelta.
+    #[error("pack format version {0} is not supported (this build reads version {VERSION})")]
+    Version(u32),
+    /// The entry table does not match its checksum.
+    #[error("pack entry table checksum mismatch")]
+    TableChecksum,
+    /// Unknown blob encoding.
+    #[error("unknown blob encoding {0}")]
+    BadEncoding(u8),
+    /// Reserved bytes are not zero.
+    #[error("reserved bytes are not zero")]
+    Reserved,
+    /// A blob lies outside the blob area or overlaps another.
+    #[error("blob {index} lies outside the pack's blob area")]
+    BadBlobRange {
+        /// Entry number.
+        index: usize,
+    },
+}
+
+fn le32(b: &[u8]) -> u32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&b[..4]);
+    u32::from_le_bytes(a)
+}
+
+fn arr32(b: &[u8]) -> [u8; 32] {
+    let mut a = [0u8; 32];
+    a.copy_from_slice(&b[..32]);
+    a
+}
+
+/// Builds one pack in memory.
+#[derive(Debug)]
+pub struct PackBuilder {
+    bytes: Vec<u8>,
+    entries: Vec<PackEntry>,
+}
+
+impl Default for PackBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PackBuilder {
+    /// An empty pack.
+    pub fn new() -> Self {
+        let mut bytes = Vec::with_capacity(HEADER_LEN);
+        bytes.extend_from_slice(&MAGIC);
+        bytes.extend_from_slice(&VERSION.to_le_bytes());
+        bytes.extend_from_slice(&[0; 4]);
+        PackBuilder {
+            bytes,
+            entries: Vec::new(),
+        }
+    }
+
+    /// Bytes so far (without the trailer).
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// True when no blob was added.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Number of blobs.
+    pub fn count(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Adds a blob; returns its entry.
+    pub fn add(&mut self, id: ChunkId, blob: &[u8], raw_len: u32, encoding: Encoding) -> PackEntry {
+        let entry = PackEntry {
+            id,
+            offset: self.bytes.len() as u32,
+            stored_len: blob.len() as u32,
+            raw_len,
+            encoding,
+        };
+        self.bytes.extend_from_slice(blob);
+        self.entries.push(entry);
+        entry
+    }
+
+    /// Appends the trailer and returns the file bytes, its id and its entries.
+    pub fn finish(mut self) -> (Vec<u8>, PackId, Vec<PackEntry>) {
+        let mut table = Vec::with_capacity(self.entries.len() * ENTRY_LEN);
+        for e in &self.entries {
+            e.encode(&mut table);
+        }
+        let checksum = blake3::hash(&table);
+        self.bytes.extend_from_slice(&table);
+        self.bytes.extend_from_slice(checksum.as_bytes());
+        self.bytes
+            .extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
+        self.bytes.extend_from_slice(&VERSION.to_le_bytes());
+        self.bytes.extend_from_slice(&END_MAGIC);
+        let id = PackId::of(&self.bytes);
+        (self.bytes, id, self.entries)
+    }
+}
+
+/// Parses a footer (the last [`FOOTER_LEN`] bytes); returns the entry count.
+///
+/// # Errors
+/// Bad magic, version or length.
+pub fn parse_footer(footer: &[u8]) -> Result<(u32, [u8; 32]), PackError> {
+    if footer.len() != FOOTER_LEN {
+        return Err(PackError::Truncated);
+    }
+    if footer[40..48] != END_MAGIC {
+        return Err(PackError::BadMagic);
+    }
+    let version = le32(&footer[36..40]);
+    if version != VERSION {
+        return Err(PackError::Version(version));
+    }
+    Ok((le32(&footer[32..36]), arr32(&footer[0..32])))
+}
+
+/// Bytes of the trailer (table and footer) for `count` entries.
+pub fn trailer_len(count: u32) -> u64 {
+    u64::from(count) * ENTRY_LEN as u64 + FOOTER_LEN as u64
+}
+
+/// Parses the entry table against the footer's checksum; `pack_len` is the
+/// whole pack's length, to check that every blob lies in the blob area.
+///
+/// # Errors
+/// Checksum mismatch, malformed entries, blobs outside the blob area.
+pub fn parse_table(
+    table: &[u8],
+    checksum: &[u8; 32],
+    pack_len: u64,
+) -> Result<Vec<PackEntry>, PackError> {
+    if !table.len().is_multiple_of(ENTRY_LEN) {
+        return Err(PackError::Truncated);
+    }
+    if blake3::hash(table).as_bytes() != checksum {
+        return Err(PackError::TableChecksum);
+    }
+    let blob_end = pack_len
+        .checked_sub(table.len() as u64 + FOOTER_LEN as u64)
+        .ok_or(PackError::Truncated)?;
+    let mut entries = Vec::with_capacity(table.len() / ENTRY_LEN);
+    let mut prev_end = HEADER_LEN as u64;
+    for (index, raw) in table.chunks_exact(ENTRY_LEN).enumerate() {
+        let e = PackEntry::decode(raw)?;
+        if u64::from(e.offset) < prev_end || e.end() > blob_end {
+            return Err(PackError::BadBlobRange { index });
+        }
+        prev_end = e.end();
+        entries.push(e);
+    }
+    Ok(entries)
+}
+
+/// Parses a whole pack: header, trailer, entries.
+///
+/// # Errors
+/// Anything [`parse_footer`] and [`parse_table`] report, and a bad header.
+pub fn parse(bytes: &[u8]) -> Result<Vec<PackEntry>, PackError> {
+    if bytes.len() < HEADER_LEN + FOOTER_LEN {
+        return Err(PackError::Truncated);
+    }
+    if bytes[0..8] != MAGIC {
+        return Err(PackError::BadMagic);
+    }
+    let version = le32(&bytes[8..12]);
+    if version != VERSION {
+        return Err(PackError::Version(version));
+    }
+    if bytes[12..16] != [0; 4] {
+        return Err(PackError::Reserved);
+    }
+    let (count, checksum) = parse_footer(&bytes[bytes.len() - FOOTER_LEN..])?;
+    let trailer = trailer_len(count);
+    if trailer + HEADER_LEN as u64 > bytes.len() as u64 {
+        return Err(PackError::Truncated);
+    }
+    let table_start = bytes.len() - trailer as usize;
+    parse_table(
+        &bytes[table_start..bytes.len() - FOOTER_LEN],
+        &checksum,
+        bytes.len() as u64,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> (Vec<u8>, PackId, Vec<PackEntry>) {
+        let mut b = PackBuilder::new();
+        b.add(ChunkId::of(b"one"), b"one", 3, Encoding::Raw);
+        b.add(ChunkId::of(b"two"), b"xx", 3, Encoding::Zstd);
+        b.finish()
+    }
+
+    #[test]
+    fn round_trip() {
+        let (bytes, id, entries) = sample();
+        assert_eq!(id, PackId::of(&bytes));
+        assert_eq!(parse(&bytes), Ok(entries.clone()));
+        assert_eq!(entries[1].offset, 19);
+        assert_eq!(bytes.len(), 16 + 5 + 2 * 48 + 48);
+    }
+
+    #[test]
+    fn every_flipped_byte_outside_blobs_is_caught() {
+        let (bytes, _, _) = sample();
+        for i in (0..16).chain(21..bytes.len()) {
+            let mut bad = bytes.clone();
+            bad[i] ^= 0x40;
+            assert!(parse(&bad).is_err(), "byte {i}");
+        }
+    }
+
+    #[test]
+    fn every_truncation_is_caught() {
+        let (bytes, _, _) = sample();
+        for n in 0..bytes.len() {
+            assert!(parse(&bytes[..n]).is_err(), "length {n}");
+        }
+    }
+
+    #[test]
+    fn empty_pack() {
+        let (bytes, _, entries) = PackBuilder::new().finish();
+        assert!(entries.is_empty());
+        assert_eq!(parse(&bytes), Ok(vec![]));
+    }
+}

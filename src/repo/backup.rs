@@ -1,0 +1,571 @@
+//! Backing an image up into the repository.
+//!
+//! ```text
+//!  feeder (this thread)     workers (one per core)           sink               uploader
+//!  reader chunks of 4 MiB ─> zero check, chunk ids,      ─> in image order: ─> put pack,
+//!  + previous snapshot's     compare with the previous      snapshot list,     collect its
+//!    ids for that range      snapshot and the index,        packs of 32 MiB    index record
+//!                            compress what is new
+//! ```
+//!
+//! A remote source (see [`crate::sync`]'s `serve`) runs the feeder and the
+//! workers on the remote host and sends the same per-chunk outcomes over
+//! ssh; the sink and the uploader are shared.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use crossbeam_channel::{bounded, Receiver, Sender};
+
+use super::index::Index;
+use super::lock::Lock;
+use super::{pack_key, time, RepoError, Repository};
+use crate::digest::{Digest, SEGMENT_SIZE};
+use crate::format::pack::{Encoding, PackBuilder};
+use crate::format::pack_index::PackRecord;
+use crate::format::snapshot::{Snapshot, SnapshotMeta, SnapshotWriter};
+use crate::id::{ChunkId, IdBuildHasher};
+use crate::io::reader::{ChunkReader, ReaderOptions, Recycler};
+use crate::io::Input;
+
+/// Packs are closed once they hold this many bytes.
+pub const PACK_TARGET: usize = 32 << 20;
+/// Bytes per unit of work: one reader buffer, a multiple of every chunk size.
+pub const UNIT_SIZE: usize = 4 << 20;
+
+/// What a backup is about.
+#[derive(Debug, Clone, Default)]
+pub struct BackupOptions {
+    /// Snapshot series name.
+    pub name: String,
+    /// The source as the user wrote it.
+    pub source: String,
+    /// Host the source is on.
+    pub host: String,
+    /// Tags for the snapshot.
+    pub tags: Vec<String>,
+    /// Snapshot time (seconds since the epoch); now when `None`.
+    pub time: Option<i64>,
+    /// Bytes read so far (for progress bars).
+    pub progress: Option<Arc<AtomicU64>>,
+    /// Worker threads; the number of cores when 0.
+    pub threads: usize,
+}
+
+/// What a backup did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct BackupSummary {
+    /// The new snapshot.
+    pub snapshot: String,
+    /// Its name.
+    pub name: String,
+    /// The snapshot it was compared against.
+    pub parent: Option<String>,
+    /// Image size.
+    pub size: u64,
+    /// Image digest.
+    pub digest: String,
+    /// Bytes read from the source (holes are not read).
+    pub bytes_read: u64,
+    /// Bytes that crossed the network (0 for local sources).
+    pub bytes_sent: u64,
+    /// Chunks stored by this backup.
+    pub new_chunks: u64,
+    /// Chunks already in the repository.
+    pub reused_chunks: u64,
+    /// Chunks of zeros (never stored).
+    pub zero_chunks: u64,
+    /// Chunk bytes this backup stored, before compression.
+    pub new_bytes: u64,
+    /// Bytes this backup added to the repository (packs and index).
+    pub bytes_added: u64,
+    /// Image size over bytes added.
+    pub dedup_ratio: f64,
+    /// Packs left by interrupted backups that were adopted.
+    pub adopted_packs: usize,
+    /// Wall time.
+    pub seconds: f64,
+}
+
+/// What happened to one chunk of the image.
+#[derive(Debug)]
+pub enum ChunkOutcome {
+    /// All zeros.
+    Zero,
+    /// Already in the repository (or being stored by this backup).
+    Known(ChunkId),
+    /// New content, encoded.
+    New {
+        /// Its id.
+        id: ChunkId,
+        /// Plaintext length.
+        raw_len: u32,
+        /// How `blob` encodes it.
+        encoding: Encoding,
+        /// The stored bytes.
+        blob: Vec<u8>,
+    },
+}
+
+/// The outcomes of one unit of the image, in order.
+#[derive(Debug)]
+pub struct Unit {
+    /// Position of the unit in the image (0, 1, 2, ...).
+    pub seq: u64,
+    /// One outcome per chunk.
+    pub chunks: Vec<ChunkOutcome>,
+}
+
+/// Compresses a chunk, or keeps it raw when zstd does not gain 1/32.
+pub fn encode_chunk(
+    compressor: &mut zstd::bulk::Compressor<'_>,
+    data: &[u8],
+) -> (Encoding, Vec<u8>) {
+    match compressor.compress(data) {
+        Ok(c) if c.len() < data.len() - data.len() / 32 => (Encoding::Zstd, c),
+        _ => (Encoding::Raw, data.to_vec()),
+    }
+}
+
+/// Decides for each chunk of `data` (chunk-aligned, `chunk_size` each but
+/// the last) whether it is zero, known or new. `segment_ids` supplies
+/// chunk ids already computed (digest segments when chunk size equals the
+/// segment size); `prev` holds the previous snapshot's ids for these
+/// chunks, which count as known.
+pub fn classify_unit(
+    data: &[u8],
+    chunk_size: usize,
+    segment_ids: &dyn Fn(usize) -> Option<ChunkId>,
+    prev: &[ChunkId],
+    dedup: &Dedup<'_>,
+    compressor: &mut zstd::bulk::Compressor<'_>,
+) -> Vec<ChunkOutcome> {
+    let count = data.len().div_ceil(chunk_size);
+    let mut out = Vec::with_capacity(count);
+    for i in 0..count {
+        let piece = &data[i * chunk_size..((i + 1) * chunk_size).min(data.len())];
+        if crate::digest::is_zero(piece) {
+            out.push(ChunkOutcome::Zero);
+            continue;
+        }
+        let id = segment_ids(i).unwrap_or_else(|| ChunkId::of(piece));
+        let same_as_prev = prev.get(i) == Some(&id) && dedup.index.is_none();
+        if same_as_prev || dedup.known(&id) || !dedup.claim(&id) {
+            out.push(ChunkOutcome::Known(id));
+            continue;
+        }
+        let (encoding, blob) = encode_chunk(compressor, piece);
+        out.push(ChunkOutcome::New {
+            id,
+            raw_len: piece.len() as u32,
+            encoding,
+            blob,
+        });
+    }
+    out
+}
+
+/// Shared state of a backup's workers: what is stored already, and which
+/// new chunks a worker has taken on.
+#[derive(Debug)]
+pub struct Dedup<'a> {
+    /// `None` on a remote source, which trusts the previous snapshot's ids
+    /// instead (the repository side checks its index again).
+    index: Option<&'a Index>,
+    claimed: Mutex<HashSet<ChunkId, IdBuildHasher>>,
+}
+
+impl<'a> Dedup<'a> {
+    /// Dedup against `index`, or against the previous snapshot only.
+    pub fn new(index: Option<&'a Index>) -> Self {
+        Dedup {
+            index,
+            claimed: Mutex::new(HashSet::default()),
+        }
+    }
+
+    /// True when the chunk is stored.
+    pub fn known(&self, id: &ChunkId) -> bool {
+        self.index.is_some_and(|i| i.contains(id))
+    }
+
+    /// True for the first caller with this id.
+    pub fn claim(&self, id: &ChunkId) -> bool {
+        match self.claimed.lock() {
+            Ok(mut set) => set.insert(*id),
+            // A panicked worker: compressing twice is harmless.
+            Err(_) => true,
+        }
+    }
+}
+
+/// A backup in progress: the repository side (lock, index, sink).
+#[derive(Debug)]
+pub struct BackupSession {
+    repo: Repository,
+    index: Index,
+    parent: Option<Snapshot>,
+    options: BackupOptions,
+    started: Instant,
+    time: i64,
+    adopted: usize,
+    _lock: Lock,
+    /// Stale locks seen while locking, to report.
+    pub stale_locks: Vec<String>,
+}
+
+/// Counts of the sink.
+#[derive(Debug, Default)]
+struct SinkStats {
+    new_chunks: u64,
+    reused_chunks: u64,
+    zero_chunks: u64,
+    new_bytes: u64,
+}
+
+impl BackupSession {
+    /// Locks the repository (shared), loads the index, adopts orphan packs
+    /// and finds the previous snapshot of `options.name`.
+    ///
+    /// # Errors
+    /// Locked repository, storage failures.
+    pub fn start(repo: &Repository, options: BackupOptions) -> Result<BackupSession, RepoError> {
+        let started = Instant::now();
+        let lock = Lock::acquire(
+            repo.backend().clone(),
+            false,
+            &format!("backup {}", options.source),
+        )?;
+        let mut index = repo.load_index()?;
+        let adopted = repo.adopt_orphan_packs(&mut index)?;
+        let parent = repo
+            .latest(&options.name)?
+            .filter(|p| p.meta.chunk_size == repo.chunk_size());
+        Ok(BackupSession {
+            repo: repo.clone(),
+            index,
+            parent,
+            time: options.time.unwrap_or_else(time::now),
+            options,
+            started,
+            adopted,
+            stale_locks: lock.stale.clone(),
+            _lock: lock,
+        })
+    }
+
+    /// The previous snapshot of the same name.
+    pub fn parent(&self) -> Option<&Snapshot> {
+        self.parent.as_ref()
+    }
+
+    /// The repository's index.
+    pub fn index(&self) -> &Index {
+        &self.index
+    }
+
+    /// The chunk size.
+    pub fn chunk_size(&self) -> usize {
+        self.repo.chunk_size() as usize
+    }
+
+    /// Runs the sink over `units` (any order; they are put in `seq` order),
+    /// then writes the index file and, if the source's `result` is good,
+    /// the snapshot. `result` is called after all units arrived and gives
+    /// the image size, its digest, bytes read and bytes sent.
+    ///
+    /// # Errors
+    /// Storage failures; the source's error.
+    pub fn commit(
+        &self,
+        units: Receiver<Unit>,
+        result: impl FnOnce() -> Result<(u64, Digest, u64, u64), RepoError>,
+    ) -> Result<BackupSummary, RepoError> {
+        let (pack_tx, pack_rx) = bounded::<PackBuilder>(1);
+        let backend = self.repo.backend().clone();
+        let (sink_result, upload_result) = std::thread::scope(|s| {
+            let uploader = s.spawn(move || -> Result<(Vec<PackRecord>, u64), RepoError> {
+                let mut records = Vec::new();
+                let mut bytes = 0u64;
+                for builder in pack_rx {
+                    let (data, id, entries) = builder.finish();
+                    backend.put_if_absent(&pack_key(&id), &data)?;
+                    bytes += data.len() as u64;
+                    records.push(PackRecord { pack: id, entries });
+                }
+                Ok((records, bytes))
+            });
+            let sink = run_sink(&self.index, units, pack_tx);
+            let uploaded = uploader
+                .join()
+                .unwrap_or(Err(RepoError::Internal("uploader thread panicked")));
+            (sink, uploaded)
+        });
+        let (writer, stats) = sink_result?;
+        let (records, pack_bytes) = upload_result?;
+        let (size, digest, bytes_read, bytes_sent) = result()?;
+        if writer.count() != crate::format::snapshot::chunk_count(size, self.repo.chunk_size()) {
+            return Err(RepoError::Internal(
+                "chunk count does not match the image size",
+            ));
+        }
+        let mut index_bytes = 0;
+        if !records.is_empty() {
+            let id = self.repo.write_index(&records)?;
+            index_bytes = self
+                .repo
+                .backend()
+                .size(&super::index_key(&id))
+                .unwrap_or(0);
+        }
+        let meta = SnapshotMeta {
+            name: self.options.name.clone(),
+            source: self.options.source.clone(),
+            host: self.options.host.clone(),
+            time: time::rfc3339(self.time),
+            unix_time: self.time,
+            size,
+            chunk_size: self.repo.chunk_size(),
+            digest: digest.to_hex(),
+            parent: self.parent.as_ref().map(|p| p.id.to_hex()),
+            tags: self.options.tags.clone(),
+            program: format!("diskdelta {}", env!("CARGO_PKG_VERSION")),
+        };
+        let (bytes, snapshot_id) = writer
+            .finish(&meta)
+            .map_err(|e| RepoError::Invalid(format!("encoding snapshot: {e}")))?;
+        self.repo
+            .backend()
+            .put_if_absent(&super::snapshot_key(&snapshot_id), &bytes)?;
+        let bytes_added = pack_bytes + index_bytes + bytes.len() as u64;
+        Ok(BackupSummary {
+            snapshot: snapshot_id.to_hex(),
+            name: meta.name,
+            parent: meta.parent,
+            size,
+            digest: meta.digest,
+            bytes_read,
+            bytes_sent,
+            new_chunks: stats.new_chunks,
+            reused_chunks: stats.reused_chunks,
+            zero_chunks: stats.zero_chunks,
+            new_bytes: stats.new_bytes,
+            bytes_added,
+            dedup_ratio: if bytes_added == 0 {
+                0.0
+            } else {
+                size as f64 / bytes_added as f64
+            },
+            adopted_packs: self.adopted,
+            seconds: self.started.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// Backs up a local source (file, block device, pipe or stdin).
+    ///
+    /// # Errors
+    /// Read failures, storage failures.
+    pub fn run_local(&self, input: Input) -> Result<BackupSummary, RepoError> {
+        let chunk_size = self.chunk_size();
+        let threads = if self.options.threads == 0 {
+            std::thread::available_parallelism().map_or(2, |n| n.get())
+        } else {
+            self.options.threads
+        };
+        let mut reader = ChunkReader::spawn(
+            input,
+            ReaderOptions {
+                chunk_size: UNIT_SIZE,
+                depth: threads + 3,
+                digest: true,
+                progress: self.options.progress.clone(),
+                ..ReaderOptions::default()
+            },
+        );
+        let recycler = reader.recycler();
+        let level = self.repo.config().compression_level;
+        let (unit_tx, unit_rx) = bounded::<Unit>(threads * 2);
+        let (work_tx, work_rx) = bounded::<Work>(threads);
+        let dedup = Dedup::new(Some(&self.index));
+        let parent = self.parent.as_ref();
+        std::thread::scope(|s| {
+            for _ in 0..threads {
+                let work_rx = work_rx.clone();
+                let unit_tx = unit_tx.clone();
+                let recycler = recycler.clone();
+                let dedup = &dedup;
+                s.spawn(move || worker(work_rx, unit_tx, recycler, dedup, chunk_size, level));
+            }
+            drop(unit_tx);
+            drop(work_rx);
+            let feeder = s.spawn(move || -> Result<(u64, Digest, u64), RepoError> {
+                let mut prev_ids = match parent {
+                    Some(p) => Some(p.chunk_ids().map_err(|source| RepoError::Snapshot {
+                        key: super::snapshot_key(&p.id),
+                        source,
+                    })?),
+                    None => None,
+                };
+                let mut bytes_read = 0u64;
+                let mut seq = 0u64;
+                while let Some(chunk) = reader.next_chunk() {
+                    let chunk = match chunk {
+                        Ok(c) => c,
+                        Err(e) => {
+                            reader.abandon();
+                            return Err(e.into());
+                        }
+                    };
+                    let n = chunk.len.div_ceil(chunk_size);
+                    let mut prev = Vec::with_capacity(n);
+                    if let Some(ids) = prev_ids.as_mut() {
+                        for _ in 0..n {
+                            match ids.next() {
+                                Some(Ok(id)) => prev.push(id),
+                                _ => {
+                                    prev_ids = None;
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    if !chunk.hole {
+                        bytes_read += chunk.len as u64;
+                    }
+                    if work_tx.send((seq, chunk, prev)).is_err() {
+                        reader.abandon();
+                        return Err(RepoError::Internal("backup workers stopped"));
+                    }
+                    seq += 1;
+                }
+                drop(work_tx);
+                let summary = reader.finish()?;
+                let digest = summary
+                    .digest
+                    .ok_or(RepoError::Internal("reader computed no digest"))?;
+                Ok((summary.bytes, digest, bytes_read))
+            });
+            self.commit(unit_rx, || {
+                let (size, digest, read) = feeder
+                    .join()
+                    .unwrap_or(Err(RepoError::Internal("feeder thread panicked")))?;
+                Ok((size, digest, read, 0))
+            })
+        })
+    }
+}
+
+type Work = (u64, crate::io::reader::Chunk, Vec<ChunkId>);
+
+fn worker(
+    work: Receiver<Work>,
+    units: Sender<Unit>,
+    recycler: Recycler,
+    dedup: &Dedup<'_>,
+    chunk_size: usize,
+    level: i32,
+) {
+    let Ok(mut compressor) = zstd::bulk::Compressor::new(level) else {
+        return;
+    };
+    for (seq, chunk, prev) in work {
+        if chunk.hole {
+            let n = chunk.len.div_ceil(chunk_size);
+            let chunks = (0..n).map(|_| ChunkOutcome::Zero).collect();
+            recycler.recycle(chunk);
+            if units.send(Unit { seq, chunks }).is_err() {
+                return;
+            }
+            continue;
+        }
+        let per_segment = chunk_size == SEGMENT_SIZE;
+        let segment_ids = |i: usize| -> Option<ChunkId> {
+            if per_segment {
+                chunk.segment_hash(i).map(|h| ChunkId::from(*h))
+            } else {
+                None
+            }
+        };
+        let outcomes = classify_unit(
+            chunk.data(),
+            chunk_size,
+            &segment_ids,
+            &prev,
+            dedup,
+            &mut compressor,
+        );
+        recycler.recycle(chunk);
+        if units
+            .send(Unit {
+                seq,
+                chunks: outcomes,
+            })
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// Puts units in order and turns them into the snapshot list and packs.
+fn run_sink(
+    index: &Index,
+    units: Receiver<Unit>,
+    packs: Sender<PackBuilder>,
+) -> Result<(SnapshotWriter, SinkStats), RepoError> {
+    let io_err = |e: std::io::Error| RepoError::Invalid(format!("encoding snapshot list: {e}"));
+    let mut writer = SnapshotWriter::new().map_err(io_err)?;
+    let mut stats = SinkStats::default();
+    let mut pending: BTreeMap<u64, Unit> = BTreeMap::new();
+    let mut next = 0u64;
+    let mut pack = PackBuilder::new();
+    let mut stored: HashSet<ChunkId, IdBuildHasher> = HashSet::default();
+    for unit in units {
+        pending.insert(unit.seq, unit);
+        while let Some(unit) = pending.remove(&next) {
+            next += 1;
+            for outcome in unit.chunks {
+                match outcome {
+                    ChunkOutcome::Zero => {
+                        stats.zero_chunks += 1;
+                        writer.push(&ChunkId::ZERO).map_err(io_err)?;
+                    }
+                    ChunkOutcome::Known(id) => {
+                        stats.reused_chunks += 1;
+                        writer.push(&id).map_err(io_err)?;
+                    }
+                    ChunkOutcome::New {
+                        id,
+                        raw_len,
+                        encoding,
+                        blob,
+                    } => {
+                        writer.push(&id).map_err(io_err)?;
+                        if index.contains(&id) || !stored.insert(id) {
+                            stats.reused_chunks += 1;
+                            continue;
+                        }
+                        stats.new_chunks += 1;
+                        stats.new_bytes += u64::from(raw_len);
+                        pack.add(id, &blob, raw_len, encoding);
+                        if pack.len() >= PACK_TARGET {
+                            let full = std::mem::take(&mut pack);
+                            if packs.send(full).is_err() {
+                                return Err(RepoError::Internal("uploader stopped"));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if !pending.is_empty() {
+        return Err(RepoError::Internal("a unit of the image is missing"));
+    }
+    if !pack.is_empty() && packs.send(pack).is_err() {
+        return Err(RepoError::Internal("uploader stopped"));
+    }
+    Ok((writer, stats))
+}

@@ -1,0 +1,108 @@
+//! The in-memory index: where each chunk is stored.
+//!
+//! Memory is about 80 bytes per distinct stored chunk (a 1 TiB repository
+//! of unique data at 1 MiB chunks: about 80 MiB).
+
+use std::collections::HashMap;
+
+use crate::format::pack::{Encoding, PackEntry};
+use crate::id::{ChunkId, IdBuildHasher, IndexId, PackId};
+
+/// Where one chunk's blob is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlobLocation {
+    /// Position of the pack in [`Index::packs`].
+    pub pack: u32,
+    /// Offset of the blob in the pack.
+    pub offset: u32,
+    /// Bytes of the blob.
+    pub stored_len: u32,
+    /// Bytes of the chunk.
+    pub raw_len: u32,
+    /// How the blob encodes the chunk.
+    pub encoding: Encoding,
+}
+
+/// Chunk id to blob location, for every listed pack.
+#[derive(Debug, Default)]
+pub struct Index {
+    packs: Vec<PackId>,
+    pack_numbers: HashMap<PackId, u32, IdBuildHasher>,
+    blobs: HashMap<ChunkId, BlobLocation, IdBuildHasher>,
+    files: Vec<IndexId>,
+}
+
+impl Index {
+    /// Records that index file `id` was read.
+    pub fn add_file(&mut self, id: IndexId) {
+        self.files.push(id);
+    }
+
+    /// Index files read.
+    pub fn files(&self) -> &[IndexId] {
+        &self.files
+    }
+
+    /// Adds a pack's blobs; a chunk already known keeps its first location.
+    pub fn add_pack(&mut self, pack: PackId, entries: &[PackEntry]) {
+        let number = match self.pack_numbers.get(&pack) {
+            Some(n) => *n,
+            None => {
+                let n = self.packs.len() as u32;
+                self.packs.push(pack);
+                self.pack_numbers.insert(pack, n);
+                n
+            }
+        };
+        self.blobs.reserve(entries.len());
+        for e in entries {
+            self.blobs.entry(e.id).or_insert(BlobLocation {
+                pack: number,
+                offset: e.offset,
+                stored_len: e.stored_len,
+                raw_len: e.raw_len,
+                encoding: e.encoding,
+            });
+        }
+    }
+
+    /// True when the chunk is stored.
+    pub fn contains(&self, id: &ChunkId) -> bool {
+        self.blobs.contains_key(id)
+    }
+
+    /// Where the chunk is.
+    pub fn get(&self, id: &ChunkId) -> Option<&BlobLocation> {
+        self.blobs.get(id)
+    }
+
+    /// The id of pack number `n`.
+    pub fn pack_id(&self, n: u32) -> &PackId {
+        &self.packs[n as usize]
+    }
+
+    /// True when some index file lists the pack.
+    pub fn has_pack(&self, id: &PackId) -> bool {
+        self.pack_numbers.contains_key(id)
+    }
+
+    /// Listed packs.
+    pub fn packs(&self) -> &[PackId] {
+        &self.packs
+    }
+
+    /// Number of distinct chunks.
+    pub fn len(&self) -> usize {
+        self.blobs.len()
+    }
+
+    /// True when nothing is stored.
+    pub fn is_empty(&self) -> bool {
+        self.blobs.is_empty()
+    }
+
+    /// Every chunk and where it is.
+    pub fn iter(&self) -> impl Iterator<Item = (&ChunkId, &BlobLocation)> {
+        self.blobs.iter()
+    }
+}

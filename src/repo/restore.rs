@@ -1,0 +1,604 @@
+//! Restoring a snapshot: to a new file, a block device or a stream, or in
+//! place onto a target that holds an older version.
+//!
+//! ```text
+//!  feeder ──> workers (one per core)                         ──> writer (this thread)
+//!  unit of     read blobs (one range read per run of blobs       in image order: write,
+//!  4 MiB +     adjacent in a pack), decompress, check each       image digest, then
+//!  its ids     chunk's BLAKE3, segment hashes for the digest     commit after it matches
+//! ```
+//!
+//! In place, workers also read the target's unit, compare chunk ids and
+//! write only the chunks that differ (`pwrite`, so workers write in
+//! parallel); the writer thread only assembles the digest.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crossbeam_channel::{bounded, Receiver, Sender};
+
+use super::backup::UNIT_SIZE;
+use super::index::Index;
+use super::{pack_key, RepoError, Repository};
+use crate::digest::{hash_segment, zero_segment, Digest, ImageHasher, SEGMENT_SIZE};
+use crate::format::pack::Encoding;
+use crate::format::snapshot::Snapshot;
+use crate::id::ChunkId;
+use crate::io::output::{Output, OutputKind};
+use crate::io::reader::{ChunkReader, ReaderOptions};
+use crate::io::{Input, InputOptions};
+
+/// How to restore.
+#[derive(Debug, Clone, Default)]
+pub struct RestoreOptions {
+    /// Worker threads; the number of cores when 0.
+    pub threads: usize,
+    /// Bytes done so far (for progress bars).
+    pub progress: Option<Arc<AtomicU64>>,
+}
+
+/// What a restore did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct RestoreSummary {
+    /// The snapshot restored.
+    pub snapshot: String,
+    /// Image size.
+    pub size: u64,
+    /// Verified image digest.
+    pub digest: String,
+    /// Bytes written to the target (zeros of new files are holes, not writes).
+    pub bytes_written: u64,
+    /// Chunks read from the repository.
+    pub chunks_fetched: u64,
+    /// In place: chunks the target already held.
+    pub chunks_unchanged: u64,
+    /// Wall time.
+    pub seconds: f64,
+}
+
+/// Reads, decodes and verifies the chunks `ids` (non-zero) into `out`,
+/// one range read per run of blobs that lie back to back in one pack.
+///
+/// # Errors
+/// [`RepoError::MissingChunk`], [`RepoError::CorruptChunk`], storage failures.
+pub fn fetch_chunks(
+    repo: &Repository,
+    index: &Index,
+    ids: &[(usize, ChunkId)],
+    chunk_size: usize,
+    out: &mut [u8],
+    decompressor: &mut zstd::bulk::Decompressor<'_>,
+) -> Result<(), RepoError> {
+    let mut i = 0;
+    while i < ids.len() {
+        let (_, first) = ids[i];
+        let loc = index
+            .get(&first)
+            .ok_or(RepoError::MissingChunk { chunk: first })?;
+        // Extend the run while the next blob follows in the same pack.
+        let mut j = i + 1;
+        let mut end = u64::from(loc.offset) + u64::from(loc.stored_len);
+        while j < ids.len() {
+            match index.get(&ids[j].1) {
+                Some(next) if next.pack == loc.pack && u64::from(next.offset) == end => {
+                    end += u64::from(next.stored_len);
+                    j += 1;
+                }
+                _ => break,
+            }
+        }
+        let pack = *index.pack_id(loc.pack);
+        let data = repo.backend().get_range(
+            &pack_key(&pack),
+            u64::from(loc.offset),
+            end - u64::from(loc.offset),
+        )?;
+        let mut pos = 0usize;
+        for &(slot, id) in &ids[i..j] {
+            let l = index
+                .get(&id)
+                .ok_or(RepoError::MissingChunk { chunk: id })?;
+            let corrupt = |reason: String| RepoError::CorruptChunk {
+                chunk: id,
+                pack,
+                reason,
+            };
+            let blob = data
+                .get(pos..pos + l.stored_len as usize)
+                .ok_or_else(|| corrupt("pack is shorter than its index says".into()))?;
+            pos += l.stored_len as usize;
+            let start = slot * chunk_size;
+            let raw_len = l.raw_len as usize;
+            let target = out.get_mut(start..start + raw_len).ok_or_else(|| {
+                corrupt(format!("stored length {raw_len} does not fit the image"))
+            })?;
+            match l.encoding {
+                Encoding::Raw => {
+                    if blob.len() != raw_len {
+                        return Err(corrupt("raw blob has the wrong length".into()));
+                    }
+                    target.copy_from_slice(blob);
+                }
+                Encoding::Zstd => {
+                    let n = decompressor
+                        .decompress_to_buffer(blob, target)
+                        .map_err(|e| corrupt(format!("zstd: {e}")))?;
+                    if n != raw_len {
+                        return Err(corrupt("decompressed length differs".into()));
+                    }
+                }
+            }
+            if ChunkId::of(target) != id {
+                return Err(corrupt("content does not match its id".into()));
+            }
+        }
+        i = j;
+    }
+    Ok(())
+}
+
+/// Checks that every chunk of `snap` is listed in `index` before anything
+/// is written.
+///
+/// # Errors
+/// [`RepoError::MissingChunk`] for the first chunk missing.
+pub fn check_chunks_present(snap: &Snapshot, index: &Index) -> Result<(), RepoError> {
+    for id in snap
+        .chunk_ids()
+        .map_err(|source| snapshot_err(snap, source))?
+    {
+        let id = id.map_err(|source| snapshot_err(snap, source))?;
+        if !id.is_zero_marker() && !index.contains(&id) {
+            return Err(RepoError::MissingChunk { chunk: id });
+        }
+    }
+    Ok(())
+}
+
+fn snapshot_err(
+    snap: &Snapshot,
+    source: crate::format::snapshot::SnapshotFormatError,
+) -> RepoError {
+    RepoError::Snapshot {
+        key: super::snapshot_key(&snap.id),
+        source,
+    }
+}
+
+/// Segment hashes of a unit (for the image digest).
+fn unit_segments(data: &[u8], ids: &[ChunkId], chunk_size: usize) -> Vec<(blake3::Hash, usize)> {
+    if chunk_size == SEGMENT_SIZE {
+        return ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| {
+                let len = chunk_size.min(data.len() - i * chunk_size);
+                if id.is_zero_marker() {
+                    (zero_segment(len), len)
+                } else {
+                    (blake3::Hash::from_bytes(*id.as_bytes()), len)
+                }
+            })
+            .collect();
+    }
+    data.chunks(SEGMENT_SIZE)
+        .map(|seg| (hash_segment(seg), seg.len()))
+        .collect()
+}
+
+struct Job {
+    seq: u64,
+    offset: u64,
+    len: usize,
+    ids: Vec<ChunkId>,
+}
+
+struct Done {
+    seq: u64,
+    offset: u64,
+    data: Vec<u8>,
+    zero: bool,
+    segments: Vec<(blake3::Hash, usize)>,
+    fetched: u64,
+    unchanged: u64,
+    written: u64,
+}
+
+fn feed(snap: &Snapshot, chunk_size: usize, jobs: Sender<Job>) -> Result<(), RepoError> {
+    let per_unit = UNIT_SIZE / chunk_size;
+    let mut ids = snap
+        .chunk_ids()
+        .map_err(|source| snapshot_err(snap, source))?;
+    let size = snap.meta.size;
+    let mut offset = 0u64;
+    let mut seq = 0;
+    while offset < size {
+        let len = (size - offset).min(UNIT_SIZE as u64) as usize;
+        let n = len.div_ceil(chunk_size).min(per_unit);
+        let mut unit = Vec::with_capacity(n);
+        for _ in 0..n {
+            match ids.next() {
+                Some(Ok(id)) => unit.push(id),
+                Some(Err(source)) => return Err(snapshot_err(snap, source)),
+                None => return Err(RepoError::Internal("snapshot list ended early")),
+            }
+        }
+        if jobs
+            .send(Job {
+                seq,
+                offset,
+                len,
+                ids: unit,
+            })
+            .is_err()
+        {
+            return Ok(());
+        }
+        offset += len as u64;
+        seq += 1;
+    }
+    Ok(())
+}
+
+fn worker(
+    repo: &Repository,
+    index: &Index,
+    chunk_size: usize,
+    jobs: Receiver<Job>,
+    done: Sender<Result<Done, RepoError>>,
+) {
+    let Ok(mut decompressor) = zstd::bulk::Decompressor::new() else {
+        let _ = done.send(Err(RepoError::Internal("zstd setup failed")));
+        return;
+    };
+    for job in jobs {
+        let result = (|| {
+            let zero = job.ids.iter().all(ChunkId::is_zero_marker);
+            let mut data = Vec::new();
+            let mut fetched = 0;
+            if !zero {
+                data = vec![0u8; job.len];
+                let wanted: Vec<(usize, ChunkId)> = job
+                    .ids
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, id)| !id.is_zero_marker())
+                    .map(|(i, id)| (i, *id))
+                    .collect();
+                fetched = wanted.len() as u64;
+                fetch_chunks(
+                    repo,
+                    index,
+                    &wanted,
+                    chunk_size,
+                    &mut data,
+                    &mut decompressor,
+                )?;
+            }
+            let segments = if zero {
+                (0..job.len.div_ceil(SEGMENT_SIZE))
+                    .map(|i| {
+                        let l = SEGMENT_SIZE.min(job.len - i * SEGMENT_SIZE);
+                        (zero_segment(l), l)
+                    })
+                    .collect()
+            } else {
+                unit_segments(&data, &job.ids, chunk_size)
+            };
+            Ok(Done {
+                seq: job.seq,
+                offset: job.offset,
+                data,
+                zero,
+                segments,
+                fetched,
+                unchanged: 0,
+                written: 0,
+            })
+        })();
+        let failed = result.is_err();
+        if done.send(result).is_err() || failed {
+            return;
+        }
+    }
+}
+
+fn threads(n: usize) -> usize {
+    if n == 0 {
+        std::thread::available_parallelism().map_or(2, |n| n.get())
+    } else {
+        n
+    }
+}
+
+/// Restores `snap` into `output` (a new file, a device or a stream). A file
+/// output is committed only after the image digest matched.
+///
+/// # Errors
+/// Missing or corrupt chunks, digest mismatch, write failures.
+pub fn restore(
+    repo: &Repository,
+    snap: &Snapshot,
+    mut output: Output,
+    options: &RestoreOptions,
+) -> Result<RestoreSummary, RepoError> {
+    let started = Instant::now();
+    let chunk_size = snap.meta.chunk_size as usize;
+    if chunk_size == 0 || !UNIT_SIZE.is_multiple_of(chunk_size) {
+        return Err(RepoError::Invalid(format!(
+            "snapshot chunk size {chunk_size} is not supported"
+        )));
+    }
+    let index = repo.load_index()?;
+    check_chunks_present(snap, &index)?;
+    output.require_capacity(snap.meta.size)?;
+    output.set_sparse(output.kind() == OutputKind::File);
+    let threads = threads(options.threads);
+    let (job_tx, job_rx) = bounded::<Job>(threads);
+    let (done_tx, done_rx) = bounded::<Result<Done, RepoError>>(threads * 2);
+    let mut hasher = ImageHasher::new();
+    let mut summary = RestoreSummary {
+        snapshot: snap.id.to_hex(),
+        size: snap.meta.size,
+        ..RestoreSummary::default()
+    };
+    let index = &index;
+    let written = std::thread::scope(|s| -> Result<(), RepoError> {
+        let feeder = s.spawn(move || feed(snap, chunk_size, job_tx));
+        for _ in 0..threads {
+            let jobs = job_rx.clone();
+            let done = done_tx.clone();
+            s.spawn(move || worker(repo, index, chunk_size, jobs, done));
+        }
+        drop(job_rx);
+        drop(done_tx);
+        let mut pending = BTreeMap::new();
+        let mut next = 0u64;
+        for done in done_rx.iter() {
+            let done = done?;
+            pending.insert(done.seq, done);
+            while let Some(d) = pending.remove(&next) {
+                next += 1;
+                if d.zero {
+                    let len: usize = d.segments.iter().map(|s| s.1).sum();
+                    output.append_zeros(len as u64)?;
+                } else {
+                    output.append(&d.data)?;
+                    summary.bytes_written += d.data.len() as u64;
+                }
+                summary.chunks_fetched += d.fetched;
+                for (h, l) in &d.segments {
+                    hasher.push_segment(h, *l);
+                }
+                if let Some(p) = &options.progress {
+                    let len: usize = d.segments.iter().map(|s| s.1).sum();
+                    p.fetch_add(len as u64, Ordering::Relaxed);
+                }
+                let _ = d.offset;
+            }
+        }
+        feeder
+            .join()
+            .unwrap_or(Err(RepoError::Internal("feeder thread panicked")))?;
+        if !pending.is_empty() || hasher.len() != snap.meta.size {
+            return Err(RepoError::Internal("restore ended early"));
+        }
+        Ok(())
+    });
+    written?;
+    let digest = hasher.finalize();
+    check_digest(snap, &digest, &output.path().display().to_string())?;
+    output.commit()?;
+    summary.digest = digest.to_hex();
+    summary.seconds = started.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+fn check_digest(snap: &Snapshot, digest: &Digest, what: &str) -> Result<(), RepoError> {
+    if digest.to_hex() != snap.meta.digest {
+        return Err(RepoError::DigestMismatch {
+            what: what.to_string(),
+            expected: snap.meta.digest.clone(),
+            actual: digest.to_hex(),
+        });
+    }
+    Ok(())
+}
+
+fn in_place_worker(
+    repo: &Repository,
+    index: &Index,
+    target: &Output,
+    chunk_size: usize,
+    work: Receiver<(Job, crate::io::reader::Chunk)>,
+    recycler: crate::io::reader::Recycler,
+    done: Sender<Result<Done, RepoError>>,
+) {
+    let Ok(mut decompressor) = zstd::bulk::Decompressor::new() else {
+        let _ = done.send(Err(RepoError::Internal("zstd setup failed")));
+        return;
+    };
+    for (job, mut chunk) in work {
+        let result = (|| {
+            chunk.materialize();
+            let mut fetched = 0;
+            let mut unchanged = 0;
+            let mut written = 0;
+            let mut wanted = Vec::new();
+            let data = chunk.data_mut();
+            for (i, id) in job.ids.iter().enumerate() {
+                let piece = &data[i * chunk_size..((i + 1) * chunk_size).min(data.len())];
+                let same = if id.is_zero_marker() {
+                    crate::digest::is_zero(piece)
+                } else {
+                    ChunkId::of(piece) == *id
+                };
+                if same {
+                    unchanged += 1;
+                } else if id.is_zero_marker() {
+                    let off = job.offset + (i * chunk_size) as u64;
+                    target.zero_range(off, piece.len() as u64)?;
+                    let end = ((i + 1) * chunk_size).min(data.len());
+                    data[i * chunk_size..end].fill(0);
+                    written += (end - i * chunk_size) as u64;
+                } else {
+                    wanted.push((i, *id));
+                }
+            }
+            if !wanted.is_empty() {
+                fetch_chunks(repo, index, &wanted, chunk_size, data, &mut decompressor)?;
+                fetched = wanted.len() as u64;
+                for &(i, _) in &wanted {
+                    let end = ((i + 1) * chunk_size).min(data.len());
+                    target.write_at(
+                        job.offset + (i * chunk_size) as u64,
+                        &data[i * chunk_size..end],
+                    )?;
+                    written += (end - i * chunk_size) as u64;
+                }
+            }
+            let segments = unit_segments(data, &job.ids, chunk_size);
+            Ok(Done {
+                seq: job.seq,
+                offset: job.offset,
+                data: Vec::new(),
+                zero: false,
+                segments,
+                fetched,
+                unchanged,
+                written,
+            })
+        })();
+        recycler.recycle(chunk);
+        let failed = result.is_err();
+        if done.send(result).is_err() || failed {
+            return;
+        }
+    }
+}
+
+/// Restores `snap` onto an existing target, writing only the chunks whose
+/// content differs. Every check (chunks present, target size) passes
+/// before the first write.
+///
+/// # Errors
+/// Missing or corrupt chunks, a target too small, digest mismatch.
+pub fn restore_in_place(
+    repo: &Repository,
+    snap: &Snapshot,
+    target_path: &Path,
+    options: &RestoreOptions,
+) -> Result<RestoreSummary, RepoError> {
+    let started = Instant::now();
+    let chunk_size = snap.meta.chunk_size as usize;
+    let size = snap.meta.size;
+    let index = repo.load_index()?;
+    check_chunks_present(snap, &index)?;
+    let target = Output::open_or_create_in_place(target_path)?;
+    match target.kind() {
+        OutputKind::BlockDevice => target.require_capacity(size)?,
+        OutputKind::File => {}
+        OutputKind::Stream => {
+            return Err(RepoError::Invalid(format!(
+                "{}: an in-place target must be a file or block device",
+                target_path.display()
+            )))
+        }
+    }
+    if target.kind() == OutputKind::File {
+        target.set_len(size)?;
+    }
+    let input = Input::open(target_path, &InputOptions::default())?;
+    let threads = threads(options.threads);
+    let mut reader = ChunkReader::spawn(
+        input,
+        ReaderOptions {
+            chunk_size: UNIT_SIZE,
+            depth: threads + 2,
+            digest: false,
+            limit: Some(size),
+            progress: options.progress.clone(),
+            ..ReaderOptions::default()
+        },
+    );
+    let recycler = reader.recycler();
+    let (job_tx, job_rx) = bounded::<Job>(threads);
+    let (work_tx, work_rx) = bounded::<(Job, crate::io::reader::Chunk)>(threads);
+    let (done_tx, done_rx) = bounded::<Result<Done, RepoError>>(threads * 2);
+    let mut hasher = ImageHasher::new();
+    let mut summary = RestoreSummary {
+        snapshot: snap.id.to_hex(),
+        size,
+        ..RestoreSummary::default()
+    };
+    let index = &index;
+    let target_ref = &target;
+    let result = std::thread::scope(|s| -> Result<(), RepoError> {
+        let feeder = s.spawn(move || feed(snap, chunk_size, job_tx));
+        let pairer = s.spawn(move || -> Result<(), RepoError> {
+            for job in job_rx {
+                let chunk = match reader.next_chunk() {
+                    Some(Ok(c)) => c,
+                    Some(Err(e)) => {
+                        reader.abandon();
+                        return Err(e.into());
+                    }
+                    None => return Err(RepoError::Internal("target ended early")),
+                };
+                if chunk.offset != job.offset || chunk.len != job.len {
+                    return Err(RepoError::Internal("target read out of step"));
+                }
+                if work_tx.send((job, chunk)).is_err() {
+                    break;
+                }
+            }
+            reader.abandon();
+            Ok(())
+        });
+        for _ in 0..threads {
+            let work = work_rx.clone();
+            let done = done_tx.clone();
+            let recycler = recycler.clone();
+            s.spawn(move || {
+                in_place_worker(repo, index, target_ref, chunk_size, work, recycler, done)
+            });
+        }
+        drop(work_rx);
+        drop(done_tx);
+        let mut pending = BTreeMap::new();
+        let mut next = 0u64;
+        for done in done_rx.iter() {
+            let done = done?;
+            pending.insert(done.seq, done);
+            while let Some(d) = pending.remove(&next) {
+                next += 1;
+                summary.chunks_fetched += d.fetched;
+                summary.chunks_unchanged += d.unchanged;
+                summary.bytes_written += d.written;
+                for (h, l) in &d.segments {
+                    hasher.push_segment(h, *l);
+                }
+            }
+        }
+        feeder
+            .join()
+            .unwrap_or(Err(RepoError::Internal("feeder thread panicked")))?;
+        pairer
+            .join()
+            .unwrap_or(Err(RepoError::Internal("target reader panicked")))?;
+        if hasher.len() != size {
+            return Err(RepoError::Internal("restore ended early"));
+        }
+        Ok(())
+    });
+    result?;
+    target.sync()?;
+    let digest = hasher.finalize();
+    check_digest(snap, &digest, &target_path.display().to_string())?;
+    summary.digest = digest.to_hex();
+    summary.seconds = started.elapsed().as_secs_f64();
+    Ok(summary)
+}
