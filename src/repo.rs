@@ -62,6 +62,7 @@ pub mod backup;
 pub mod index;
 pub mod lock;
 pub mod maintenance;
+pub mod remote;
 pub mod restore;
 pub mod time;
 

@@ -8,6 +8,7 @@ DISKDELTA_PACKAGES=(
   zstd xdelta3 rdiff  # peers in bench/
   time                # /usr/bin/time for peak RSS in bench/
   openssh-server openssh-client  # a real sshd on 127.0.0.1 for remote tests
+  sudo                # backup --sudo runs the remote side under sudo
 )
 
 ensure_packages() {

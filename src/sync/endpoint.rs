@@ -134,10 +134,18 @@ fn serve_inner(requests: &Receiver<Message>, replies: &Sender<Message>) -> Resul
             path,
             name,
         }) => open_target(block, flags, source_size, source_id, &path, &name, replies)?,
+        Some(Message::OpenBackup { chunk_size, path }) => {
+            return crate::repo::remote::serve_backup_source(
+                chunk_size,
+                &path_from(&path),
+                requests,
+                replies,
+            );
+        }
         Some(other) => {
             return Err(SyncError::unexpected(
                 other.name(),
-                "OpenSource or OpenTarget",
+                "OpenSource, OpenTarget or OpenBackup",
             ))
         }
         None => return Ok(()),

@@ -20,6 +20,9 @@ pub fn wire_hash(h: &blake3::Hash) -> WireHash {
     w
 }
 
+/// Most chunks in one backup unit (4 MiB at the smallest chunk size, 16 KiB).
+pub const MAX_UNIT_CHUNKS: u32 = 256;
+
 /// `OpenTarget` flag: create the target if it does not exist.
 pub const OPEN_CREATE: u32 = 1;
 /// `OpenTarget` flag: report only, write nothing.
@@ -181,10 +184,53 @@ pub enum Message {
     },
     /// Reply to `Finish`.
     Done {
-        /// Final chain value over all region roots.
+        /// Final chain value over all region roots (sync), or the image
+        /// digest (backup source).
         chain: [u8; 32],
         /// Bytes written (target) or read (source).
         bytes: u64,
+    },
+    /// Open a source to back up into a repository with this chunk size.
+    OpenBackup {
+        /// Repository chunk size (a power of two dividing 4 MiB).
+        chunk_size: u32,
+        /// Path bytes as given by the user.
+        path: Vec<u8>,
+    },
+    /// Ask for backup unit `seq` (4 MiB of the source), with the previous
+    /// snapshot's chunk ids for that unit (empty when there is none).
+    Want {
+        /// Unit number.
+        seq: u64,
+        /// Previous chunk ids.
+        prev: Vec<[u8; 32]>,
+    },
+    /// Reply to `Want`: one entry per chunk of the unit.
+    Chunks {
+        /// Unit number.
+        seq: u64,
+        /// The chunks.
+        entries: Vec<ChunkEntry>,
+    },
+}
+
+/// One chunk of a `Chunks` reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChunkEntry {
+    /// All zeros.
+    Zero,
+    /// Same content as the previous snapshot's chunk.
+    Same([u8; 32]),
+    /// New content.
+    New {
+        /// Chunk id (BLAKE3 of the plaintext).
+        id: [u8; 32],
+        /// Plaintext length.
+        raw_len: u32,
+        /// Pack encoding: 0 raw, 1 zstd.
+        encoding: u8,
+        /// The bytes.
+        payload: Vec<u8>,
     },
 }
 
@@ -226,6 +272,9 @@ mod kind {
     pub const WRITE: u8 = 0x32;
     pub const FINISH: u8 = 0x40;
     pub const DONE: u8 = 0x41;
+    pub const OPEN_BACKUP: u8 = 0x50;
+    pub const WANT: u8 = 0x51;
+    pub const CHUNKS: u8 = 0x52;
 }
 
 /// A frame whose body does not fit its message type.
@@ -290,6 +339,9 @@ impl Message {
             Message::Write { .. } => "Write",
             Message::Finish { .. } => "Finish",
             Message::Done { .. } => "Done",
+            Message::OpenBackup { .. } => "OpenBackup",
+            Message::Want { .. } => "Want",
+            Message::Chunks { .. } => "Chunks",
         }
     }
 
@@ -426,6 +478,46 @@ impl Message {
                 b.extend_from_slice(chain);
                 put_u64(&mut b, *bytes);
                 kind::DONE
+            }
+            Message::OpenBackup { chunk_size, path } => {
+                put_u32(&mut b, *chunk_size);
+                b.extend_from_slice(path);
+                kind::OPEN_BACKUP
+            }
+            Message::Want { seq, prev } => {
+                put_u64(&mut b, *seq);
+                put_u32(&mut b, prev.len() as u32);
+                for id in prev {
+                    b.extend_from_slice(id);
+                }
+                kind::WANT
+            }
+            Message::Chunks { seq, entries } => {
+                put_u64(&mut b, *seq);
+                put_u32(&mut b, entries.len() as u32);
+                for e in entries {
+                    match e {
+                        ChunkEntry::Zero => b.push(0),
+                        ChunkEntry::Same(id) => {
+                            b.push(1);
+                            b.extend_from_slice(id);
+                        }
+                        ChunkEntry::New {
+                            id,
+                            raw_len,
+                            encoding,
+                            payload,
+                        } => {
+                            b.push(2);
+                            b.extend_from_slice(id);
+                            put_u32(&mut b, *raw_len);
+                            b.push(*encoding);
+                            put_u32(&mut b, payload.len() as u32);
+                            b.extend_from_slice(payload);
+                        }
+                    }
+                }
+                kind::CHUNKS
             }
         };
         Frame { kind, body: b }
@@ -585,6 +677,55 @@ impl Message {
                 chain: r.hash().map_err(body)?,
                 bytes: r.u64().map_err(body)?,
             },
+            kind::OPEN_BACKUP => {
+                let chunk_size = r.u32().map_err(body)?;
+                let path = r.rest().to_vec();
+                Message::OpenBackup { chunk_size, path }
+            }
+            kind::WANT => {
+                let seq = r.u64().map_err(body)?;
+                let n = r.u32().map_err(body)?;
+                if n > MAX_UNIT_CHUNKS {
+                    return Err(invalid("too many chunk ids"));
+                }
+                let mut prev = Vec::with_capacity(n as usize);
+                for _ in 0..n {
+                    prev.push(r.hash().map_err(body)?);
+                }
+                Message::Want { seq, prev }
+            }
+            kind::CHUNKS => {
+                let seq = r.u64().map_err(body)?;
+                let n = r.u32().map_err(body)?;
+                if n > MAX_UNIT_CHUNKS {
+                    return Err(invalid("too many chunks"));
+                }
+                let mut entries = Vec::with_capacity(n as usize);
+                for _ in 0..n {
+                    entries.push(match r.u8().map_err(body)? {
+                        0 => ChunkEntry::Zero,
+                        1 => ChunkEntry::Same(r.hash().map_err(body)?),
+                        2 => {
+                            let id = r.hash().map_err(body)?;
+                            let raw_len = r.u32().map_err(body)?;
+                            let encoding = r.u8().map_err(body)?;
+                            if encoding > 1 {
+                                return Err(invalid("unknown chunk encoding"));
+                            }
+                            let len = r.u32().map_err(body)? as usize;
+                            let payload = r.bytes(len).map_err(body)?.to_vec();
+                            ChunkEntry::New {
+                                id,
+                                raw_len,
+                                encoding,
+                                payload,
+                            }
+                        }
+                        _ => return Err(invalid("unknown chunk tag")),
+                    });
+                }
+                Message::Chunks { seq, entries }
+            }
             other => return Err(MessageError::UnknownKind(other)),
         };
         r.finish().map_err(body)?;
@@ -609,6 +750,9 @@ fn kind_name(k: u8) -> Option<&'static str> {
         kind::WRITE => "Write",
         kind::FINISH => "Finish",
         kind::DONE => "Done",
+        kind::OPEN_BACKUP => "OpenBackup",
+        kind::WANT => "Want",
+        kind::CHUNKS => "Chunks",
         _ => return None,
     })
 }
@@ -621,6 +765,27 @@ mod tests {
     fn samples() -> Vec<Message> {
         vec![
             Message::Hello { version: VERSION },
+            Message::OpenBackup {
+                chunk_size: 1 << 20,
+                path: b"/dev/sda".to_vec(),
+            },
+            Message::Want {
+                seq: 3,
+                prev: vec![[1; 32], [0; 32]],
+            },
+            Message::Chunks {
+                seq: 3,
+                entries: vec![
+                    ChunkEntry::Zero,
+                    ChunkEntry::Same([5; 32]),
+                    ChunkEntry::New {
+                        id: [6; 32],
+                        raw_len: 10,
+                        encoding: 1,
+                        payload: vec![1, 2, 3],
+                    },
+                ],
+            },
             Message::Error {
                 code: ErrorCode::Open as u32,
                 message: "cannot open /x: No such file".into(),

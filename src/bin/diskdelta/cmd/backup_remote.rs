@@ -1,19 +1,34 @@
 //! Remote sources of `backup`: the image is read by `diskdelta serve` on
 //! the remote host over ssh.
 
-use anyhow::bail;
-use diskdelta::repo::backup::{BackupOptions, BackupSummary};
-use diskdelta::repo::Repository;
+use diskdelta::repo::backup::{BackupOptions, BackupSession, BackupSummary};
+use diskdelta::repo::{remote, Repository};
+use diskdelta::sync::connection::{Connection, Remote};
 use diskdelta::sync::location::Location;
 
 pub fn run(
-    _repo: &Repository,
+    repo: &Repository,
     loc: &Location,
-    _sudo: bool,
-    _rsh: &str,
-    _remote_path: &str,
-    _options: BackupOptions,
-    _quiet: bool,
+    sudo: bool,
+    rsh: &str,
+    remote_path: &str,
+    options: BackupOptions,
+    quiet: bool,
 ) -> anyhow::Result<BackupSummary> {
-    bail!("remote sources are not supported yet: {}", loc.display())
+    let host = loc.host.clone().unwrap_or_default();
+    let session = BackupSession::start(repo, options)?;
+    super::warn_stale_locks(&session.stale_locks, quiet);
+    let mut conn = Connection::remote(&Remote {
+        host,
+        rsh: rsh.split_whitespace().map(str::to_string).collect(),
+        remote_path: remote_path.to_string(),
+        sudo,
+    })?;
+    let result = remote::run_remote(&session, &mut conn, &loc.path);
+    let (wire_in, wire_out) = conn.wire_bytes();
+    let closed = conn.close();
+    let mut summary = result?;
+    closed?;
+    summary.bytes_sent = wire_in + wire_out;
+    Ok(summary)
 }
