@@ -13,6 +13,8 @@ mod errors;
 mod inplace;
 #[path = "integration/legacy.rs"]
 mod legacy;
+#[path = "integration/repo_remote.rs"]
+mod repo_remote;
 #[path = "integration/sshd_harness.rs"]
 mod sshd_harness;
 #[path = "integration/sync.rs"]

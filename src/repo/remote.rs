@@ -69,7 +69,7 @@ pub fn serve_backup_source(
     replies: &Sender<Message>,
 ) -> Result<(), SyncError> {
     let chunk_size = chunk_size as usize;
-    if !chunk_size.is_power_of_two() || chunk_size < 4096 || UNIT_SIZE % chunk_size != 0 {
+    if !chunk_size.is_power_of_two() || chunk_size < 4096 || !UNIT_SIZE.is_multiple_of(chunk_size) {
         return Err(SyncError::Protocol(format!("bad chunk size {chunk_size}")));
     }
     let input = Input::open(path, &InputOptions::default())?;
