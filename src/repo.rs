@@ -59,6 +59,7 @@
 
 pub mod backend;
 pub mod backup;
+pub mod import;
 pub mod index;
 pub mod lock;
 pub mod maintenance;

@@ -52,6 +52,9 @@ pub struct BackupOptions {
     pub progress: Option<Arc<AtomicU64>>,
     /// Worker threads; the number of cores when 0.
     pub threads: usize,
+    /// Fail instead of committing when the source ends at another size
+    /// (sources fed through a pipe by an importer).
+    pub expected_size: Option<u64>,
 }
 
 /// What a backup did.
@@ -306,6 +309,13 @@ impl BackupSession {
         let (writer, stats) = sink_result?;
         let (records, pack_bytes) = upload_result?;
         let (size, digest, bytes_read, bytes_sent) = result()?;
+        if let Some(expected) = self.options.expected_size {
+            if expected != size {
+                return Err(RepoError::Invalid(format!(
+                    "source ended after {size} bytes, expected {expected}"
+                )));
+            }
+        }
         if writer.count() != crate::format::snapshot::chunk_count(size, self.repo.chunk_size()) {
             return Err(RepoError::Internal(
                 "chunk count does not match the image size",

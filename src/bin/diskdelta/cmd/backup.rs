@@ -1,13 +1,12 @@
 //! `diskdelta backup SOURCE...` and `diskdelta import IMAGE --name NAME`.
 
 use std::path::Path;
-use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
 
 use anyhow::{bail, Context};
+use diskdelta::format::diskdump::DiskdumpStore;
 use diskdelta::io::{Input, InputOptions};
 use diskdelta::repo::backup::{BackupOptions, BackupSession, BackupSummary};
-use diskdelta::repo::{lock, time, Repository};
+use diskdelta::repo::{import, lock, time, Repository};
 use diskdelta::sync::location::Location;
 use diskdelta::units::human_bytes;
 
@@ -212,6 +211,7 @@ pub fn run(args: BackupArgs) -> anyhow::Result<()> {
                         time,
                         progress: None,
                         threads: args.threads.unwrap_or(0),
+                        expected_size: None,
                     };
                     match &loc.host {
                         None => backup_local(repo, &loc.path, options, args.common.quiet),
@@ -278,6 +278,7 @@ pub fn import(args: ImportArgs) -> anyhow::Result<()> {
         time: parse_time(args.time.as_deref())?,
         progress: None,
         threads: 0,
+        expected_size: None,
     };
     let summary = backup_local(&repo, &args.image, options, args.common.quiet)
         .with_context(|| format!("import of {} failed", args.image.display()))?;
@@ -290,9 +291,48 @@ pub fn import(args: ImportArgs) -> anyhow::Result<()> {
 }
 
 pub fn import_diskdump(args: ImportDiskdumpArgs) -> anyhow::Result<()> {
-    let _ = (&args.dir, &args.repo, &args.common);
-    let _ = Arc::new(AtomicU64::new(0));
-    bail!("import-diskdump is not available yet")
+    let store = DiskdumpStore::open(&args.dir)?;
+    let manifests = store.manifests()?;
+    if manifests.is_empty() {
+        bail!(
+            "{}: the diskdump store has no manifests",
+            args.dir.display()
+        );
+    }
+    let repo = super::open_repo(&args.repo, true)?;
+    let mut results = Vec::new();
+    let mut failed = 0;
+    for m in &manifests {
+        let options = BackupOptions {
+            host: lock::hostname(),
+            source: m.display().to_string(),
+            tags: vec!["diskdump".into()],
+            ..BackupOptions::default()
+        };
+        match import::import_manifest(&repo, &store, m, options) {
+            Ok(s) => {
+                if !args.common.json && !args.common.quiet {
+                    eprintln!("{}", summary_line(&m.display().to_string(), &s));
+                }
+                results.push(serde_json::json!({ "manifest": m, "summary": s }));
+            }
+            Err(e) => {
+                failed += 1;
+                eprintln!("diskdelta: error: {}: {e}", m.display());
+                results.push(serde_json::json!({ "manifest": m, "error": e.to_string() }));
+            }
+        }
+    }
+    if args.common.json {
+        println!("{}", serde_json::to_string_pretty(&results)?);
+    }
+    if failed > 0 {
+        bail!(
+            "{failed} of {} manifests could not be imported",
+            manifests.len()
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]
