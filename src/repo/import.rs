@@ -67,7 +67,7 @@ pub fn import_manifest(
             }
             Err(e) => Err(e.into()),
         };
-        let fed = feeder.join().unwrap_or_else(|_| Ok(()));
+        let fed = feeder.join().unwrap_or(Ok(()));
         match (fed, result) {
             (Err(e), _) => Err(RepoError::Invalid(e.to_string())),
             (Ok(()), r) => r,
