@@ -537,17 +537,33 @@ impl Repository {
             .collect())
     }
 
-    /// All snapshots, oldest first.
+    /// All readable snapshots, oldest first; damaged snapshot files are
+    /// skipped (`verify` reports them), so one bad file does not block
+    /// restores, backups and forgets of the others.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn snapshots(&self) -> Result<Vec<Snapshot>, RepoError> {
+        self.load_snapshots(false)
+    }
+
+    /// All snapshots, oldest first, failing on the first damaged one (for
+    /// gc, which must know every reference).
     ///
     /// # Errors
     /// Storage failures, damaged snapshots.
-    pub fn snapshots(&self) -> Result<Vec<Snapshot>, RepoError> {
+    pub fn snapshots_strict(&self) -> Result<Vec<Snapshot>, RepoError> {
+        self.load_snapshots(true)
+    }
+
+    fn load_snapshots(&self, strict: bool) -> Result<Vec<Snapshot>, RepoError> {
         let mut out = Vec::new();
         for id in self.snapshot_ids()? {
             match self.load_snapshot(&id) {
                 Ok(s) => out.push(s),
                 // Forgotten since listing.
                 Err(RepoError::Backend(e)) if e.is_not_found() => {}
+                Err(RepoError::Snapshot { .. }) if !strict => {}
                 Err(e) => return Err(e),
             }
         }
@@ -565,14 +581,22 @@ impl Repository {
         Ok(self.snapshots()?.into_iter().rfind(|s| s.meta.name == name))
     }
 
-    /// Resolves an id, a unique id prefix, or a name (its latest snapshot).
+    /// Resolves a full id, a name (its latest snapshot), or a unique id
+    /// prefix, in that order: a name wins over an id prefix it happens to
+    /// look like.
     ///
     /// # Errors
     /// [`RepoError::NoSnapshot`], [`RepoError::Ambiguous`], storage failures.
     pub fn resolve(&self, spec: &str) -> Result<Snapshot, RepoError> {
         let all = self.snapshots()?;
         let lower = spec.to_ascii_lowercase();
-        if !spec.is_empty() && spec.len() <= 64 && spec.bytes().all(|b| b.is_ascii_hexdigit()) {
+        if let Some(s) = all.iter().find(|s| s.id.to_hex() == lower) {
+            return Ok(s.clone());
+        }
+        if let Some(s) = all.iter().rfind(|s| s.meta.name == spec) {
+            return Ok(s.clone());
+        }
+        if !spec.is_empty() && spec.bytes().all(|b| b.is_ascii_hexdigit()) {
             let matches: Vec<&Snapshot> = all
                 .iter()
                 .filter(|s| s.id.to_hex().starts_with(&lower))
@@ -588,9 +612,7 @@ impl Repository {
                 }
             }
         }
-        all.into_iter()
-            .rfind(|s| s.meta.name == spec)
-            .ok_or_else(|| RepoError::NoSnapshot(spec.into()))
+        Err(RepoError::NoSnapshot(spec.into()))
     }
 
     /// Deletes one snapshot object.

@@ -22,7 +22,7 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 use super::index::Index;
 use super::lock::Lock;
 use super::{pack_key, time, RepoError, Repository};
-use crate::digest::{Digest, SEGMENT_SIZE};
+use crate::digest::{hash_segment, zero_segment, Digest, ImageHasher, SEGMENT_SIZE};
 use crate::format::pack::{Encoding, PackBuilder};
 use crate::format::pack_index::PackRecord;
 use crate::format::snapshot::{Snapshot, SnapshotMeta, SnapshotWriter};
@@ -119,6 +119,9 @@ pub struct Unit {
     pub seq: u64,
     /// One outcome per chunk.
     pub chunks: Vec<ChunkOutcome>,
+    /// Image-digest segment hashes of the unit, when this side read it
+    /// (empty for remote sources, which send their digest at the end).
+    pub segments: Vec<(blake3::Hash, usize)>,
 }
 
 /// Compresses a chunk, or keeps it raw when zstd does not gain 1/32.
@@ -284,7 +287,7 @@ impl BackupSession {
     pub fn commit(
         &self,
         units: Receiver<Unit>,
-        result: impl FnOnce() -> Result<(u64, Digest, u64, u64), RepoError>,
+        result: impl FnOnce() -> Result<(u64, Option<Digest>, u64, u64), RepoError>,
     ) -> Result<BackupSummary, RepoError> {
         let (pack_tx, pack_rx) = bounded::<PackBuilder>(1);
         let backend = self.repo.backend().clone();
@@ -306,9 +309,14 @@ impl BackupSession {
                 .unwrap_or(Err(RepoError::Internal("uploader thread panicked")));
             (sink, uploaded)
         });
-        let (writer, stats) = sink_result?;
+        let (writer, stats, hasher) = sink_result?;
         let (records, pack_bytes) = upload_result?;
         let (size, digest, bytes_read, bytes_sent) = result()?;
+        let digest = match digest {
+            Some(d) => d,
+            None if hasher.len() == size => hasher.finalize(),
+            None => return Err(RepoError::Internal("image digest is incomplete")),
+        };
         if let Some(expected) = self.options.expected_size {
             if expected != size {
                 return Err(RepoError::Invalid(format!(
@@ -389,7 +397,7 @@ impl BackupSession {
             ReaderOptions {
                 chunk_size: UNIT_SIZE,
                 depth: threads + 3,
-                digest: true,
+                digest: false,
                 progress: self.options.progress.clone(),
                 ..ReaderOptions::default()
             },
@@ -410,7 +418,7 @@ impl BackupSession {
             }
             drop(unit_tx);
             drop(work_rx);
-            let feeder = s.spawn(move || -> Result<(u64, Digest, u64), RepoError> {
+            let feeder = s.spawn(move || -> Result<(u64, u64), RepoError> {
                 let mut prev_ids = match parent {
                     Some(p) => Some(p.chunk_ids().map_err(|source| RepoError::Snapshot {
                         key: super::snapshot_key(&p.id),
@@ -452,16 +460,13 @@ impl BackupSession {
                 }
                 drop(work_tx);
                 let summary = reader.finish()?;
-                let digest = summary
-                    .digest
-                    .ok_or(RepoError::Internal("reader computed no digest"))?;
-                Ok((summary.bytes, digest, bytes_read))
+                Ok((summary.bytes, bytes_read))
             });
             self.commit(unit_rx, || {
-                let (size, digest, read) = feeder
+                let (size, read) = feeder
                     .join()
                     .unwrap_or(Err(RepoError::Internal("feeder thread panicked")))?;
-                Ok((size, digest, read, 0))
+                Ok((size, None, read, 0))
             })
         })
     }
@@ -484,16 +489,36 @@ fn worker(
         if chunk.hole {
             let n = chunk.len.div_ceil(chunk_size);
             let chunks = (0..n).map(|_| ChunkOutcome::Zero).collect();
+            let segments = (0..chunk.len.div_ceil(SEGMENT_SIZE))
+                .map(|i| {
+                    let l = SEGMENT_SIZE.min(chunk.len - i * SEGMENT_SIZE);
+                    (zero_segment(l), l)
+                })
+                .collect();
             recycler.recycle(chunk);
-            if units.send(Unit { seq, chunks }).is_err() {
+            if units
+                .send(Unit {
+                    seq,
+                    chunks,
+                    segments,
+                })
+                .is_err()
+            {
                 return;
             }
             continue;
         }
+        // Digest segments are hashed here, in parallel, rather than on the
+        // reader's thread; at a 1 MiB chunk size they are the chunk ids.
+        let segments: Vec<(blake3::Hash, usize)> = chunk
+            .data()
+            .chunks(SEGMENT_SIZE)
+            .map(|s| (hash_segment(s), s.len()))
+            .collect();
         let per_segment = chunk_size == SEGMENT_SIZE;
         let segment_ids = |i: usize| -> Option<ChunkId> {
             if per_segment {
-                chunk.segment_hash(i).map(|h| ChunkId::from(*h))
+                segments.get(i).map(|(h, _)| ChunkId::from(*h))
             } else {
                 None
             }
@@ -511,6 +536,7 @@ fn worker(
             .send(Unit {
                 seq,
                 chunks: outcomes,
+                segments,
             })
             .is_err()
         {
@@ -519,12 +545,14 @@ fn worker(
     }
 }
 
-/// Puts units in order and turns them into the snapshot list and packs.
+/// Puts units in order and turns them into the snapshot list, packs and
+/// (for local sources) the image digest.
 fn run_sink(
     index: &Index,
     units: Receiver<Unit>,
     packs: Sender<PackBuilder>,
-) -> Result<(SnapshotWriter, SinkStats), RepoError> {
+) -> Result<(SnapshotWriter, SinkStats, ImageHasher), RepoError> {
+    let mut hasher = ImageHasher::new();
     let io_err = |e: std::io::Error| RepoError::Invalid(format!("encoding snapshot list: {e}"));
     let mut writer = SnapshotWriter::new().map_err(io_err)?;
     let mut stats = SinkStats::default();
@@ -536,6 +564,9 @@ fn run_sink(
         pending.insert(unit.seq, unit);
         while let Some(unit) = pending.remove(&next) {
             next += 1;
+            for (h, l) in &unit.segments {
+                hasher.push_segment(h, *l);
+            }
             for outcome in unit.chunks {
                 match outcome {
                     ChunkOutcome::Zero => {
@@ -577,5 +608,5 @@ fn run_sink(
     if !pack.is_empty() && packs.send(pack).is_err() {
         return Err(RepoError::Internal("uploader stopped"));
     }
-    Ok((writer, stats))
+    Ok((writer, stats, hasher))
 }

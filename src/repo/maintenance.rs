@@ -368,7 +368,7 @@ fn gc_locked(repo: &Repository, dry_run: bool) -> Result<GcReport, RepoError> {
         dry_run,
         ..GcReport::default()
     };
-    let snaps = repo.snapshots()?;
+    let snaps = repo.snapshots_strict()?;
     let referenced = referenced_chunks(&snaps)?;
     let files = index_records(repo)?;
     // One record per pack; a chunk lives in the first pack that lists it.

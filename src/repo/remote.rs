@@ -317,7 +317,14 @@ pub fn run_remote(
                                 },
                             });
                         }
-                        if unit_tx.send(Unit { seq, chunks }).is_err() {
+                        if unit_tx
+                            .send(Unit {
+                                seq,
+                                chunks,
+                                segments: Vec::new(),
+                            })
+                            .is_err()
+                        {
                             return Err(RepoError::Internal("backup sink stopped"));
                         }
                         received += 1;
@@ -338,7 +345,7 @@ pub fn run_remote(
             let (digest, bytes_read) = driver
                 .join()
                 .unwrap_or(Err(RepoError::Internal("remote driver panicked")))?;
-            Ok((size, digest, bytes_read, 0))
+            Ok((size, Some(digest), bytes_read, 0))
         })
     })
 }

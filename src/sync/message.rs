@@ -876,6 +876,7 @@ mod tests {
                 m,
                 Message::Error { .. }
                     | Message::OpenSource { .. }
+                    | Message::OpenBackup { .. }
                     | Message::OpenTarget { .. }
                     | Message::Nodes { .. }
                     | Message::Data { .. }
