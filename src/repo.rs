@@ -568,7 +568,12 @@ impl Repository {
             }
         }
         out.sort_by(|a, b| {
-            (a.meta.unix_time, &a.meta.name, a.id).cmp(&(b.meta.unix_time, &b.meta.name, b.id))
+            (a.meta.unix_time, a.meta.nanos, &a.meta.name, a.id).cmp(&(
+                b.meta.unix_time,
+                b.meta.nanos,
+                &b.meta.name,
+                b.id,
+            ))
         });
         Ok(out)
     }

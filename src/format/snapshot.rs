@@ -45,6 +45,10 @@ pub struct SnapshotMeta {
     pub time: String,
     /// The same instant as seconds since the Unix epoch.
     pub unix_time: i64,
+    /// Nanoseconds within that second (orders snapshots taken in the same
+    /// second; 0 when the time was given by the user).
+    #[serde(default)]
+    pub nanos: u32,
     /// Image size in bytes.
     pub size: u64,
     /// Chunk size of the repository when it was made.
@@ -304,6 +308,8 @@ impl Iterator for ChunkIds<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
 
     pub(crate) fn meta(size: u64, chunk_size: u32) -> SnapshotMeta {
         SnapshotMeta {
@@ -312,6 +318,7 @@ mod tests {
             host: "host".into(),
             time: "2026-11-22T10:00:00Z".into(),
             unix_time: 1_795_341_600,
+            nanos: 0,
             size,
             chunk_size,
             digest: "00".repeat(32),
@@ -364,5 +371,118 @@ mod tests {
             Snapshot::decode(&bytes),
             Err(SnapshotFormatError::Count { .. })
         ));
+    }
+
+    /// A valid file whose list-length field says `list_len`, checksum resealed.
+    fn with_list_len(list_len: u64) -> Vec<u8> {
+        let (mut bytes, _) = build(&[ChunkId::of(b"a")], 4096);
+        let json_len = le32(&bytes[12..16]) as usize;
+        let at = 16 + json_len + 8;
+        bytes[at..at + 8].copy_from_slice(&list_len.to_le_bytes());
+        let body = bytes.len() - 32;
+        let sum = blake3::hash(&bytes[..body]);
+        bytes[body..].copy_from_slice(sum.as_bytes());
+        bytes
+    }
+
+    #[test]
+    fn list_lengths_that_overflow_are_refused() {
+        for list_len in [u64::MAX, u64::MAX - 20, 1 << 63, 1 << 40] {
+            assert!(
+                matches!(
+                    Snapshot::decode(&with_list_len(list_len)),
+                    Err(SnapshotFormatError::Length)
+                ),
+                "{list_len}"
+            );
+        }
+    }
+
+    fn metas() -> impl Strategy<Value = (SnapshotMeta, u64)> {
+        (
+            ("\\PC{0,20}", "\\PC{0,30}", "[a-z0-9.-]{0,20}"),
+            (any::<i64>(), 1u32..=(4 << 20), 0u64..40, any::<u32>()),
+            (
+                proptest::collection::vec("\\PC{0,10}", 0..4),
+                proptest::option::of(any::<[u8; 32]>()),
+                any::<[u8; 32]>(),
+            ),
+        )
+            .prop_map(
+                |((name, source, host), (unix_time, chunk_size, count, tail), (tags, parent, digest))| {
+                    let cs = u64::from(chunk_size);
+                    let size = if count == 0 {
+                        0
+                    } else {
+                        (count - 1) * cs + 1 + u64::from(tail) % cs
+                    };
+                    let meta = SnapshotMeta {
+                        name,
+                        source,
+                        host,
+                        time: format!("t{unix_time}"),
+                        unix_time,
+                        size,
+                        chunk_size,
+                        digest: ChunkId::from_bytes(digest).to_hex(),
+                        parent: parent.map(|p| SnapshotId::from_bytes(p).to_hex()),
+                        tags,
+                        program: "diskdelta test".into(),
+                    };
+                    (meta, count)
+                },
+            )
+    }
+
+    proptest! {
+        #[test]
+        fn written_snapshots_decode_back(
+            (meta, count) in metas(),
+            seeds in proptest::collection::vec(any::<u8>(), 40),
+        ) {
+            prop_assert_eq!(chunk_count(meta.size, meta.chunk_size), count);
+            // Zero markers and repeated ids mixed in, as in real lists.
+            let ids: Vec<ChunkId> = seeds[..count as usize]
+                .iter()
+                .map(|&b| if b < 40 { ChunkId::ZERO } else { ChunkId::of(&[b % 50]) })
+                .collect();
+            let mut w = SnapshotWriter::new().expect("encoder");
+            for id in &ids {
+                w.push(id).expect("push");
+            }
+            prop_assert_eq!(w.count(), count);
+            let (bytes, id) = w.finish(&meta).expect("finish");
+            prop_assert_eq!(id, SnapshotId::of(&bytes));
+            let snap = Snapshot::decode(&bytes).expect("decode");
+            prop_assert_eq!(snap.id, id);
+            prop_assert_eq!(&snap.meta, &meta);
+            prop_assert_eq!(snap.count, count);
+            let back: Vec<ChunkId> = snap
+                .chunk_ids()
+                .expect("ids")
+                .collect::<Result<_, _>>()
+                .expect("list");
+            prop_assert_eq!(back, ids);
+        }
+
+        #[test]
+        fn damaged_snapshots_are_refused(
+            (meta, count) in metas(),
+            at in any::<usize>(),
+            x in 1u8..,
+            cut in any::<usize>(),
+        ) {
+            let mut w = SnapshotWriter::new().expect("encoder");
+            for i in 0..count {
+                w.push(&ChunkId::of(&i.to_le_bytes())).expect("push");
+            }
+            let (bytes, _) = w.finish(&meta).expect("finish");
+            let mut bad = bytes.clone();
+            let i = at % bad.len();
+            bad[i] ^= x;
+            prop_assert!(Snapshot::decode(&bad).is_err(), "flipped byte {}", i);
+            let cut = cut % bytes.len();
+            prop_assert!(Snapshot::decode(&bytes[..cut]).is_err(), "cut at {}", cut);
+        }
     }
 }

@@ -216,6 +216,7 @@ pub struct BackupSession {
     options: BackupOptions,
     started: Instant,
     time: i64,
+    nanos: u32,
     adopted: usize,
     _lock: Lock,
     /// Stale locks seen while locking, to report.
@@ -239,6 +240,9 @@ impl BackupSession {
     /// Locked repository, storage failures.
     pub fn start(repo: &Repository, options: BackupOptions) -> Result<BackupSession, RepoError> {
         let started = Instant::now();
+        let now = time::now_nanos();
+        let now_secs = (now / 1_000_000_000) as i64;
+        let now_nanos = (now % 1_000_000_000) as u32;
         let lock = Lock::acquire(
             repo.backend().clone(),
             false,
@@ -253,7 +257,8 @@ impl BackupSession {
             repo: repo.clone(),
             index,
             parent,
-            time: options.time.unwrap_or_else(time::now),
+            time: options.time.unwrap_or(now_secs),
+            nanos: if options.time.is_some() { 0 } else { now_nanos },
             options,
             started,
             adopted,
@@ -344,6 +349,7 @@ impl BackupSession {
             host: self.options.host.clone(),
             time: time::rfc3339(self.time),
             unix_time: self.time,
+            nanos: self.nanos,
             size,
             chunk_size: self.repo.chunk_size(),
             digest: digest.to_hex(),

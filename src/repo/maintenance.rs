@@ -100,6 +100,22 @@ pub struct VerifyReport {
     pub damaged_snapshots: Vec<AffectedSnapshot>,
 }
 
+/// An error's message followed by its causes, each once (for reports that
+/// are not printed through an error chain).
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let s = c.to_string();
+        if !text.ends_with(&s) {
+            text.push_str(": ");
+            text.push_str(&s);
+        }
+        cause = c.source();
+    }
+    text
+}
+
 /// Reads all index files with their per-pack records.
 fn index_records(repo: &Repository) -> Result<Vec<(IndexId, Vec<PackRecord>)>, RepoError> {
     let mut out = Vec::new();
@@ -237,7 +253,7 @@ pub fn verify(
                         }
                     }
                 }
-                Err(e) => report.errors.push(e.to_string()),
+                Err(e) => report.errors.push(with_causes(&e)),
             }
         }
     }
@@ -247,7 +263,7 @@ pub fn verify(
         let snap = match repo.load_snapshot(&id) {
             Ok(s) => s,
             Err(e) => {
-                report.errors.push(e.to_string());
+                report.errors.push(with_causes(&e));
                 report.damaged_snapshots.push(AffectedSnapshot {
                     id: id.to_hex(),
                     name: "?".into(),
@@ -559,7 +575,7 @@ pub fn plan_forget(snaps: &[Snapshot], policy: &KeepPolicy) -> Vec<ForgetDecisio
     let mut out = Vec::new();
     for name in names {
         let mut group: Vec<&Snapshot> = snaps.iter().filter(|s| s.meta.name == name).collect();
-        group.sort_by_key(|s| std::cmp::Reverse((s.meta.unix_time, s.id)));
+        group.sort_by_key(|s| std::cmp::Reverse((s.meta.unix_time, s.meta.nanos, s.id)));
         let mut last_day = None;
         let mut last_week = None;
         let mut last_month = None;
@@ -624,6 +640,16 @@ pub enum ForgetSelection {
     },
 }
 
+/// The id of the snapshot object `spec` names in full, when that object
+/// exists but does not decode.
+fn damaged_snapshot(repo: &Repository, spec: &str) -> Option<SnapshotId> {
+    let id = SnapshotId::from_hex(&spec.to_ascii_lowercase())?;
+    match repo.load_snapshot(&id) {
+        Err(RepoError::Snapshot { .. }) => Some(id),
+        _ => None,
+    }
+}
+
 /// Forgets snapshots, then with `prune` runs gc under the same exclusive
 /// lock.
 ///
@@ -649,6 +675,20 @@ pub fn forget(
         ForgetSelection::Snapshots(specs) => {
             let mut ids = Vec::new();
             for spec in specs {
+                // A damaged snapshot file is skipped when resolving, but it
+                // must stay removable by its full id: gc refuses to run
+                // while any snapshot cannot be read.
+                if let Some(id) = damaged_snapshot(repo, spec) {
+                    report.decisions.push(ForgetDecision {
+                        id: id.to_hex(),
+                        name: "?".into(),
+                        time: "?".into(),
+                        keep: false,
+                        reasons: vec![],
+                    });
+                    ids.push(id);
+                    continue;
+                }
                 let s = repo.resolve(spec)?;
                 report.decisions.push(ForgetDecision {
                     id: s.id.to_hex(),
