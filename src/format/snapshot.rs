@@ -220,7 +220,9 @@ impl Snapshot {
             .ok_or(SnapshotFormatError::Length)?;
         let count = le64(&head[0..8]);
         let list_len = le64(&head[8..16]);
-        if json_end as u64 + 16 + list_len != body.len() as u64 {
+        // Checked: a huge length must not overflow (the checksum is no
+        // defence, anyone can compute it).
+        if (json_end as u64 + 16).checked_add(list_len) != Some(body.len() as u64) {
             return Err(SnapshotFormatError::Length);
         }
         if meta.chunk_size == 0 || count != chunk_count(meta.size, meta.chunk_size) {
@@ -309,7 +311,6 @@ impl Iterator for ChunkIds<'_> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
-
 
     pub(crate) fn meta(size: u64, chunk_size: u32) -> SnapshotMeta {
         SnapshotMeta {
@@ -401,7 +402,12 @@ mod tests {
     fn metas() -> impl Strategy<Value = (SnapshotMeta, u64)> {
         (
             ("\\PC{0,20}", "\\PC{0,30}", "[a-z0-9.-]{0,20}"),
-            (any::<i64>(), 1u32..=(4 << 20), 0u64..40, any::<u32>()),
+            (
+                (any::<i64>(), 0u32..1_000_000_000),
+                1u32..=(4 << 20),
+                0u64..40,
+                any::<u32>(),
+            ),
             (
                 proptest::collection::vec("\\PC{0,10}", 0..4),
                 proptest::option::of(any::<[u8; 32]>()),
@@ -409,7 +415,11 @@ mod tests {
             ),
         )
             .prop_map(
-                |((name, source, host), (unix_time, chunk_size, count, tail), (tags, parent, digest))| {
+                |(
+                    (name, source, host),
+                    ((unix_time, nanos), chunk_size, count, tail),
+                    (tags, parent, digest),
+                )| {
                     let cs = u64::from(chunk_size);
                     let size = if count == 0 {
                         0
@@ -422,6 +432,7 @@ mod tests {
                         host,
                         time: format!("t{unix_time}"),
                         unix_time,
+                        nanos,
                         size,
                         chunk_size,
                         digest: ChunkId::from_bytes(digest).to_hex(),

@@ -89,7 +89,10 @@ fn remote_incremental_sends_only_changed_chunks() {
     assert_eq!(second[0]["parent"], first[0]["snapshot"]);
     let out = dir.path().join("out.img");
     restore(&repo, "vm", &out);
-    assert_eq!(std::fs::read(&out).expect("restored"), data);
+    assert!(
+        std::fs::read(&out).expect("restored") == data,
+        "restored image differs"
+    );
 }
 
 #[test]
