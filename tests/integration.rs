@@ -13,6 +13,8 @@ mod errors;
 mod inplace;
 #[path = "integration/legacy.rs"]
 mod legacy;
+#[path = "integration/repo.rs"]
+mod repo;
 #[path = "integration/repo_import.rs"]
 mod repo_import;
 #[path = "integration/repo_remote.rs"]

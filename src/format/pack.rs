@@ -318,6 +318,7 @@ pub fn parse(bytes: &[u8]) -> Result<Vec<PackEntry>, PackError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn sample() -> (Vec<u8>, PackId, Vec<PackEntry>) {
         let mut b = PackBuilder::new();
@@ -358,5 +359,83 @@ mod tests {
         let (bytes, _, entries) = PackBuilder::new().finish();
         assert!(entries.is_empty());
         assert_eq!(parse(&bytes), Ok(vec![]));
+    }
+
+    /// Blobs as (bytes, plaintext length, zstd?).
+    fn blobs() -> impl Strategy<Value = Vec<(Vec<u8>, u32, bool)>> {
+        proptest::collection::vec(
+            (
+                proptest::collection::vec(any::<u8>(), 0..300),
+                any::<u32>(),
+                any::<bool>(),
+            ),
+            0..12,
+        )
+    }
+
+    fn build(blobs: &[(Vec<u8>, u32, bool)]) -> (Vec<u8>, PackId, Vec<PackEntry>, Vec<PackEntry>) {
+        let mut b = PackBuilder::new();
+        let mut added = Vec::new();
+        for (data, raw_len, zstd) in blobs {
+            let encoding = if *zstd { Encoding::Zstd } else { Encoding::Raw };
+            added.push(b.add(ChunkId::of(data), data, *raw_len, encoding));
+        }
+        let (bytes, id, entries) = b.finish();
+        (bytes, id, entries, added)
+    }
+
+    proptest! {
+        #[test]
+        fn built_packs_parse_back_and_rebuild_identically(blobs in blobs()) {
+            let (bytes, id, entries, added) = build(&blobs);
+            prop_assert_eq!(&entries, &added);
+            prop_assert_eq!(id, PackId::of(&bytes));
+            let blob_bytes: usize = blobs.iter().map(|b| b.0.len()).sum();
+            prop_assert_eq!(
+                bytes.len() as u64,
+                (HEADER_LEN + blob_bytes) as u64 + trailer_len(entries.len() as u32)
+            );
+            prop_assert_eq!(parse(&bytes), Ok(entries.clone()));
+            // The trailer alone (as the repository reads it) agrees.
+            let (count, sum) = parse_footer(&bytes[bytes.len() - FOOTER_LEN..]).expect("footer");
+            prop_assert_eq!(count as usize, entries.len());
+            let table = &bytes[bytes.len() - trailer_len(count) as usize..bytes.len() - FOOTER_LEN];
+            prop_assert_eq!(parse_table(table, &sum, bytes.len() as u64), Ok(entries.clone()));
+            // Blobs lie back to back, each holding what was added.
+            for (e, (data, _, _)) in entries.iter().zip(&blobs) {
+                prop_assert_eq!(&bytes[e.offset as usize..e.end() as usize], &data[..]);
+            }
+            // Rebuilt from its own blobs, a pack is the same bytes.
+            let mut again = PackBuilder::new();
+            for e in &entries {
+                again.add(e.id, &bytes[e.offset as usize..e.end() as usize], e.raw_len, e.encoding);
+            }
+            prop_assert_eq!(again.finish().0, bytes);
+        }
+
+        #[test]
+        fn damaged_packs_are_refused_or_stay_in_bounds(
+            blobs in blobs(),
+            flips in proptest::collection::vec((any::<usize>(), 1u8..), 1..4),
+            cut in any::<usize>(),
+        ) {
+            let (bytes, _, _, _) = build(&blobs);
+            let mut bad = bytes.clone();
+            for (at, x) in &flips {
+                let i = at % bad.len();
+                bad[i] ^= x;
+            }
+            let cut = cut % (bad.len() + 1);
+            for candidate in [&bad[..], &bad[..cut], &bytes[..cut]] {
+                if let Ok(entries) = parse(candidate) {
+                    let end = candidate.len() as u64 - trailer_len(entries.len() as u32);
+                    let mut prev = HEADER_LEN as u64;
+                    for e in &entries {
+                        prop_assert!(u64::from(e.offset) >= prev && e.end() <= end);
+                        prev = e.end();
+                    }
+                }
+            }
+        }
     }
 }

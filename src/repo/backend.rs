@@ -27,8 +27,9 @@ pub enum BackendError {
         /// The key.
         key: String,
     },
-    /// The operation failed.
-    #[error("{op} {key}: {source}")]
+    /// The operation failed. (The OS error is the source, not part of the
+    /// message: `{:#}` chains would print it twice.)
+    #[error("{op} {key}")]
     Io {
         /// What was being done.
         op: &'static str,

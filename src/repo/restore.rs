@@ -12,7 +12,7 @@
 //! write only the chunks that differ (`pwrite`, so workers write in
 //! parallel); the writer thread only assembles the digest.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -26,7 +26,7 @@ use super::{pack_key, RepoError, Repository};
 use crate::digest::{hash_segment, zero_segment, Digest, ImageHasher, SEGMENT_SIZE};
 use crate::format::pack::Encoding;
 use crate::format::snapshot::Snapshot;
-use crate::id::ChunkId;
+use crate::id::{ChunkId, IdBuildHasher, PackId};
 use crate::io::output::{Output, OutputKind};
 use crate::io::reader::{ChunkReader, ReaderOptions};
 use crate::io::{Input, InputOptions};
@@ -153,6 +153,43 @@ pub fn check_chunks_present(snap: &Snapshot, index: &Index) -> Result<(), RepoEr
         let id = id.map_err(|source| snapshot_err(snap, source))?;
         if !id.is_zero_marker() && !index.contains(&id) {
             return Err(RepoError::MissingChunk { chunk: id });
+        }
+    }
+    Ok(())
+}
+
+/// Checks that every chunk of `snap` is listed in `index` and that the
+/// pack holding it exists, before anything is written: a pack deleted by
+/// hand or by a gc that raced this restore must not leave a stream or a
+/// device half written.
+///
+/// # Errors
+/// [`RepoError::MissingChunk`] for the first chunk not listed,
+/// [`RepoError::Damaged`] for the first pack missing, storage failures.
+pub fn check_restorable(
+    repo: &Repository,
+    snap: &Snapshot,
+    index: &Index,
+) -> Result<(), RepoError> {
+    let stored: HashSet<PackId, IdBuildHasher> =
+        repo.list_packs()?.into_iter().map(|(id, _)| id).collect();
+    let mut checked: HashSet<u32> = HashSet::new();
+    for id in snap
+        .chunk_ids()
+        .map_err(|source| snapshot_err(snap, source))?
+    {
+        let id = id.map_err(|source| snapshot_err(snap, source))?;
+        if id.is_zero_marker() {
+            continue;
+        }
+        let loc = index
+            .get(&id)
+            .ok_or(RepoError::MissingChunk { chunk: id })?;
+        if checked.insert(loc.pack) && !stored.contains(index.pack_id(loc.pack)) {
+            return Err(RepoError::Damaged(format!(
+                "pack {} holding chunk {id} is missing from the repository",
+                index.pack_id(loc.pack)
+            )));
         }
     }
     Ok(())
@@ -333,7 +370,7 @@ pub fn restore(
         )));
     }
     let index = repo.load_index()?;
-    check_chunks_present(snap, &index)?;
+    check_restorable(repo, snap, &index)?;
     output.require_capacity(snap.meta.size)?;
     output.set_sparse(output.kind() == OutputKind::File);
     let threads = threads(options.threads);
@@ -496,7 +533,7 @@ pub fn restore_in_place(
     let chunk_size = snap.meta.chunk_size as usize;
     let size = snap.meta.size;
     let index = repo.load_index()?;
-    check_chunks_present(snap, &index)?;
+    check_restorable(repo, snap, &index)?;
     let target = Output::open_or_create_in_place(target_path)?;
     match target.kind() {
         OutputKind::BlockDevice => target.require_capacity(size)?,
