@@ -48,6 +48,8 @@ pub struct BackupOptions {
     pub tags: Vec<String>,
     /// Snapshot time (seconds since the epoch); now when `None`.
     pub time: Option<i64>,
+    /// Nanoseconds within `time`'s second.
+    pub time_nanos: u32,
     /// Bytes read so far (for progress bars).
     pub progress: Option<Arc<AtomicU64>>,
     /// Worker threads; the number of cores when 0.
@@ -258,7 +260,11 @@ impl BackupSession {
             index,
             parent,
             time: options.time.unwrap_or(now_secs),
-            nanos: if options.time.is_some() { 0 } else { now_nanos },
+            nanos: if options.time.is_some() {
+                options.time_nanos
+            } else {
+                now_nanos
+            },
             options,
             started,
             adopted,

@@ -39,7 +39,10 @@ pub fn import_manifest(
         }
     }
     if options.time.is_none() {
-        options.time = manifest.date.as_deref().and_then(time::parse_rfc3339);
+        if let Some((secs, nanos)) = manifest.date.as_deref().and_then(time::parse_rfc3339_nanos) {
+            options.time = Some(secs);
+            options.time_nanos = nanos;
+        }
     }
     options.expected_size = Some(manifest.image_size);
     let (reader, mut writer) =

@@ -61,6 +61,12 @@ pub fn rfc3339(unix: i64) -> String {
 /// Parses `YYYY-MM-DD`, `YYYY-MM-DDTHH:MM:SS` with `Z` or `±HH:MM`, or a
 /// space instead of `T`. A time without an offset is UTC.
 pub fn parse_rfc3339(text: &str) -> Option<i64> {
+    parse_rfc3339_nanos(text).map(|(s, _)| s)
+}
+
+/// Like [`parse_rfc3339`], also returning the fractional second in
+/// nanoseconds.
+pub fn parse_rfc3339_nanos(text: &str) -> Option<(i64, u32)> {
     let b = text.trim().as_bytes();
     let num = |r: std::ops::Range<usize>| -> Option<i64> {
         let s = std::str::from_utf8(b.get(r)?).ok()?;
@@ -78,7 +84,7 @@ pub fn parse_rfc3339(text: &str) -> Option<i64> {
     }
     let mut secs = days_from_civil(y, mo as u32, d as u32) * 86_400;
     if b.len() == 10 {
-        return Some(secs);
+        return Some((secs, 0));
     }
     if b.len() < 19 || !(b[10] == b'T' || b[10] == b' ') || b[13] != b':' || b[16] != b':' {
         return None;
@@ -89,17 +95,27 @@ pub fn parse_rfc3339(text: &str) -> Option<i64> {
     }
     secs += h * 3600 + mi * 60 + s;
     let mut rest = &b[19..];
+    let mut nanos = 0u32;
     if rest.first() == Some(&b'.') {
         let digits = rest[1..].iter().take_while(|c| c.is_ascii_digit()).count();
+        for i in 0..9 {
+            let d = if i < digits {
+                u32::from(rest[1 + i] - b'0')
+            } else {
+                0
+            };
+            nanos = nanos * 10 + d;
+        }
         rest = &rest[1 + digits..];
     }
+    let with = |s: i64| Some((s, nanos));
     match rest {
-        [] | [b'Z'] | [b'z'] => Some(secs),
+        [] | [b'Z'] | [b'z'] => with(secs),
         [sign @ (b'+' | b'-'), h1, h2, b':', m1, m2] => {
             let hh = i64::from((*h1 as char).to_digit(10)? * 10 + (*h2 as char).to_digit(10)?);
             let mm = i64::from((*m1 as char).to_digit(10)? * 10 + (*m2 as char).to_digit(10)?);
             let off = hh * 3600 + mm * 60;
-            Some(if *sign == b'+' {
+            with(if *sign == b'+' {
                 secs - off
             } else {
                 secs + off
@@ -135,5 +151,9 @@ mod tests {
         );
         assert_eq!(parse_rfc3339("2026-13-01"), None);
         assert_eq!(parse_rfc3339("yesterday"), None);
+        assert_eq!(
+            parse_rfc3339_nanos("2026-11-22T05:20:32.351739+00:00"),
+            Some((1_795_324_832, 351_739_000))
+        );
     }
 }
