@@ -101,6 +101,17 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// # Errors
     /// An I/O failure.
     fn delete(&self, key: &str) -> Result<(), BackendError>;
+    /// Removes what writers killed in the middle of a put left behind, if
+    /// older than `age`; returns how many. Only called under the exclusive
+    /// lock (by gc). The default, for stores where a put leaves nothing
+    /// behind, does nothing.
+    ///
+    /// # Errors
+    /// An I/O failure.
+    fn remove_stale_temporaries(&self, age: std::time::Duration) -> Result<usize, BackendError> {
+        let _ = age;
+        Ok(0)
+    }
 }
 
 fn check_key(key: &str) -> Result<(), BackendError> {
@@ -318,6 +329,10 @@ impl Backend for LocalBackend {
         }
         out.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(out)
+    }
+
+    fn remove_stale_temporaries(&self, age: std::time::Duration) -> Result<usize, BackendError> {
+        LocalBackend::remove_stale_temporaries(self, age)
     }
 
     fn delete(&self, key: &str) -> Result<(), BackendError> {

@@ -336,9 +336,16 @@ pub struct GcReport {
     pub bytes_freed: u64,
     /// Index files replaced.
     pub index_files_replaced: usize,
+    /// Temporary files of writers killed mid-write, removed.
+    pub temporaries_removed: usize,
     /// Stale locks seen.
     pub stale_locks: Vec<String>,
 }
+
+/// gc removes temporary files of killed writers once they are this old.
+/// Under gc's exclusive lock nobody else writes but processes trying to
+/// lock, whose temporary lock files live for milliseconds.
+pub const STALE_TEMPORARY_AGE: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// A pack is rewritten when less than this share of its blob bytes is live.
 pub const REPACK_LIVE_BELOW: f64 = 0.5;
@@ -504,13 +511,36 @@ fn gc_locked(repo: &Repository, dry_run: bool) -> Result<GcReport, RepoError> {
             repo.backend().delete(&index_key(id))?;
         }
     }
+    // A repacked pack can come out identical to a pack that is already
+    // there: written by a gc killed before its index (an orphan now, or
+    // listed again by a backup that adopted it). It is in the new index,
+    // so it must stay.
+    let listed: HashSet<PackId, IdBuildHasher> = keep.iter().map(|r| r.pack).collect();
+    let spared = |list: &[PackId]| -> (usize, u64) {
+        let kept: Vec<&PackId> = list.iter().filter(|p| listed.contains(*p)).collect();
+        let bytes = kept.iter().filter_map(|p| stored.get(*p)).sum();
+        (kept.len(), bytes)
+    };
+    let (n, bytes) = spared(&delete);
+    report.packs_deleted -= n;
+    report.bytes_freed = report.bytes_freed.saturating_sub(bytes);
+    let (n, bytes) = spared(&orphans);
+    report.orphan_packs_deleted -= n;
+    report.bytes_freed = report.bytes_freed.saturating_sub(bytes);
     for p in delete
         .iter()
         .chain(orphans.iter())
         .chain(repack.iter().map(|(p, _)| p))
     {
-        repo.backend().delete(&pack_key(p))?;
+        if !listed.contains(p) {
+            repo.backend().delete(&pack_key(p))?;
+        }
     }
+    // Half-written objects of killed backups: invisible to list, but they
+    // hold disk space (up to a whole pack each).
+    report.temporaries_removed = repo
+        .backend()
+        .remove_stale_temporaries(STALE_TEMPORARY_AGE)?;
     Ok(report)
 }
 

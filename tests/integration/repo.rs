@@ -300,6 +300,14 @@ impl Repo {
         (data, json(&out.stdout))
     }
 
+    /// `restore SPEC --json` to stdout; returns the bytes and the summary
+    /// (printed on stderr then).
+    fn restore_stdout(&self, spec: &str) -> (Vec<u8>, Value) {
+        let out = common::run_ok(&mut self.cmd(&["restore", spec, "--json"]));
+        let summary = json(&out.stderr);
+        (out.stdout, summary)
+    }
+
     /// Restores `spec` and checks it is `expected`.
     fn assert_restores(&self, spec: &str, expected: &[u8]) {
         let (data, summary) = self.restore(spec);
@@ -802,6 +810,18 @@ fn restore_onto_a_loop_device() {
     assert!(data[..v2.len()] == v2[..], "device holds v2");
     assert!(data[v2.len()..] == garbage[v2.len()..]);
 
+    // The device as a backup source: all 12 MiB of it.
+    let s3 = repo.backup(dev.path(), "loop", &[]);
+    assert_eq!(s3["size"], data.len() as u64);
+    assert_eq!(
+        repo.snapshots()
+            .iter()
+            .find(|s| s["id"] == s3["snapshot"])
+            .expect("listed")["source"],
+        dev.path().display().to_string()
+    );
+    repo.assert_restores(str_of(&s3, "snapshot"), &data);
+
     // A device too small for the image is refused before writing.
     let small_garbage = random(4 * MIB, 82, 0);
     let Some(small) = LoopDevice::attach(
@@ -902,6 +922,52 @@ fn grown_shrunk_empty_and_odd_sized_images() {
             .arg(&target),
     );
     assert_eq!(std::fs::metadata(&target).expect("stat").len(), 0);
+}
+
+#[test]
+fn round_trips_at_the_smallest_default_and_largest_chunk_sizes() {
+    // 1M is the digest's segment size (chunk ids double as segment
+    // hashes); 16K and 4M take the other paths.
+    for (text, chunk) in [("16K", 16 * KIB), ("1M", MIB), ("4M", 4 * MIB)] {
+        let repo = Repo::init(Some(text));
+        let v1 = image(9 * MIB + 123, 12);
+        let mut v2 = v1.clone();
+        let last = v1.len().div_ceil(chunk) - 1;
+        change_chunks(&mut v2, chunk, &[0, last], 13);
+        v2[chunk..2 * chunk].fill(0);
+        let p1 = repo.image("v1", &v1);
+        let p2 = repo.image("v2", &v2);
+        let mut stored = HashSet::new();
+        let s1 = repo.backup(&p1, "c", &[]);
+        assert_eq!(
+            counts_of(&s1),
+            expected_counts(&mut stored, &v1, chunk),
+            "{text}"
+        );
+        let s2 = repo.backup(&p2, "c", &[]);
+        assert_eq!(
+            counts_of(&s2),
+            expected_counts(&mut stored, &v2, chunk),
+            "{text}"
+        );
+        repo.assert_restores(str_of(&s1, "snapshot"), &v1);
+        let (data, _) = repo.restore_stdout(str_of(&s2, "snapshot"));
+        assert!(data == v2, "{text}: restore to stdout");
+        let target = repo.image("target", &v1);
+        let out = common::run_ok(
+            repo.cmd(&["restore", str_of(&s2, "snapshot"), "--json", "--in-place"])
+                .arg(&target),
+        );
+        let r = json(&out.stdout);
+        let (fetched, unchanged) = in_place_expectation(&v1, &v2, chunk);
+        assert_eq!(r["chunks_fetched"], fetched, "{text}: {r}");
+        assert_eq!(r["chunks_unchanged"], unchanged, "{text}: {r}");
+        assert!(
+            std::fs::read(&target).expect("read") == v2,
+            "{text}: in place"
+        );
+        repo.verify_ok(true);
+    }
 }
 
 // --- incremental backups and dedup -------------------------------------------
@@ -1212,9 +1278,59 @@ fn backups_killed_at_random_points_leave_a_valid_repository() {
     assert!(killed >= 1, "no backup was killed while running");
     assert!(adopted_seen, "no kill left orphan packs to adopt");
     repo.verify_ok(true);
-    common::run_ok(&mut repo.cmd(&["gc", "-q"]));
+    // Writers killed in a put leave temporary files; gc removes them once
+    // they are old enough not to belong to anyone alive.
+    let temps = temporaries(&repo.path);
+    for t in &temps {
+        backdate(&repo.path.join(t));
+    }
+    let gc = json(&common::run_ok(&mut repo.cmd(&["gc", "--json"])).stdout);
+    assert_eq!(gc["temporaries_removed"], temps.len() as u64, "{gc}");
+    assert_eq!(temporaries(&repo.path), Vec::<String>::new());
     repo.verify_ok(true);
     repo.assert_restores(&last.0, &last.1);
+}
+
+/// Temporary files (`.tmp-*`) under `dir`.
+fn temporaries(dir: &Path) -> Vec<String> {
+    walk(dir)
+        .into_iter()
+        .filter(|k| k.rsplit('/').next().unwrap_or("").starts_with(".tmp-"))
+        .collect()
+}
+
+/// Sets a file's modification time an hour back.
+fn backdate(path: &Path) {
+    common::run_ok(Command::new("touch").args(["-d", "1 hour ago"]).arg(path));
+}
+
+#[test]
+fn gc_removes_old_temporary_files_of_killed_writers() {
+    let repo = Repo::small_chunks();
+    let img = image(MIB, 105);
+    let path = repo.image("img", &img);
+    repo.backup(&path, "t", &[]);
+    let old_pack = repo.path.join("data/ab/.tmp-1-dead-0");
+    let old_lock = repo.path.join("locks/.tmp-1-dead-1");
+    let fresh = repo.path.join("data/cd/.tmp-2-busy-0");
+    for p in [&old_pack, &old_lock, &fresh] {
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        std::fs::write(p, random(100 * KIB, 106, 0)).expect("write");
+    }
+    backdate(&old_pack);
+    backdate(&old_lock);
+    let before = tree(&repo.path);
+    let dry = json(&common::run_ok(&mut repo.cmd(&["gc", "--dry-run", "--json"])).stdout);
+    assert_eq!(dry["temporaries_removed"], 0);
+    assert_eq!(tree(&repo.path), before, "gc --dry-run removed something");
+    let gc = json(&common::run_ok(&mut repo.cmd(&["gc", "--json"])).stdout);
+    assert_eq!(gc["temporaries_removed"], 2, "{gc}");
+    assert!(!old_pack.exists() && !old_lock.exists());
+    assert!(
+        fresh.exists(),
+        "a recent temporary file may belong to a live writer"
+    );
+    repo.assert_restores("t", &img);
 }
 
 // --- concurrency and locks -------------------------------------------------------
@@ -1562,6 +1678,12 @@ fn a_flipped_byte_in_a_pack_is_found_by_read_data_and_stops_restore() {
     assert!(err.contains(&chunk_hex) && err.contains("corrupt"), "{err}");
     assert!(!out_path.exists());
     assert_eq!(names(repo.dir()), before, "restore left files behind");
+    // An existing output file stays as it was.
+    std::fs::write(&out_path, b"precious").expect("write");
+    let out = common::run_fail(repo.cmd(&["restore", "victim", "-o"]).arg(&out_path));
+    assert_eq!(out.status.code(), Some(EXIT_INTEGRITY));
+    assert_eq!(std::fs::read(&out_path).expect("read"), b"precious");
+    std::fs::remove_file(&out_path).expect("remove");
     // In place, the target keeps everything before the bad chunk's unit at
     // most; the command still fails with 3.
     let target = repo.image("target", &bystander);
@@ -2091,6 +2213,91 @@ fn gc_repacks_packs_that_are_mostly_garbage() {
     assert_eq!(status2["chunks"], 0);
     assert_eq!(status2["snapshots"], 0);
     repo.verify_ok(true);
+}
+
+/// A gc killed after writing a repacked pack but before its index leaves
+/// that pack as an orphan; the next gc makes the very same pack again
+/// (same live blobs, same bytes, same id) and must not then delete it as
+/// an orphan. Here the killed gc is played by a gc on a copy of the
+/// repository whose new pack is copied back.
+#[test]
+fn a_gc_after_a_gc_killed_between_pack_and_index_keeps_the_data() {
+    for adopted in [false, true] {
+        let repo = Repo::small_chunks();
+        let keep = random(4 * MIB, 116, 0);
+        let mixed = [keep.clone(), random(12 * MIB, 117, 0)].concat();
+        let sm = repo.backup(&repo.image("mixed", &mixed), "mixed", &[]);
+        let sk = repo.backup(&repo.image("keep", &keep), "keep", &[]);
+        common::run_ok(&mut repo.cmd(&["forget", "-q", str_of(&sm, "snapshot")]));
+        let before: BTreeSet<String> = walk(&repo.path.join("data")).into_iter().collect();
+        let copy = repo.dir().join("copy");
+        copy_tree(&repo.path, &copy);
+        common::run_ok(common::diskdelta().args(["gc", "-q", "-r"]).arg(&copy));
+        let new: Vec<String> = walk(&copy.join("data"))
+            .into_iter()
+            .filter(|k| !before.contains(k))
+            .collect();
+        assert_eq!(new.len(), 1, "the copy's gc wrote one pack");
+        for k in &new {
+            let dst = repo.path.join("data").join(k);
+            std::fs::create_dir_all(dst.parent().expect("parent")).expect("mkdir");
+            std::fs::copy(copy.join("data").join(k), &dst).expect("copy pack");
+        }
+        assert_eq!(repo.verify_ok(false)["orphan_packs"], 1);
+        if adopted {
+            // A backup in between lists the orphan in an index file.
+            let other = repo.image("other", &image(MIB, 118));
+            let s = repo.backup(&other, "other", &[]);
+            assert_eq!(s["adopted_packs"], 1);
+        }
+        common::run_ok(&mut repo.cmd(&["gc", "-q"]));
+        repo.verify_ok(true);
+        repo.assert_restores(str_of(&sk, "snapshot"), &keep);
+        // The repacked pack (and the other backup's, if any) is left.
+        let left: Vec<String> = walk(&repo.path.join("data"));
+        assert!(new.iter().all(|k| left.contains(k)), "{left:?}");
+        assert_eq!(left.len(), 1 + usize::from(adopted), "{left:?}");
+    }
+}
+
+#[test]
+fn gc_killed_at_random_points_leaves_a_valid_repository() {
+    let repo = Repo::small_chunks();
+    let keep = random(6 * MIB, 114, 0);
+    for round in 0..6u64 {
+        // Each round: a pack three quarters garbage to repack, another all
+        // garbage to delete.
+        let mixed = [keep.clone(), random(18 * MIB, 115 + round, 0)].concat();
+        let junk = random(8 * MIB, 130 + round, 0);
+        let sm = repo.backup(&repo.image("mixed", &mixed), "mixed", &[]);
+        let sj = repo.backup(&repo.image("junk", &junk), "junk", &[]);
+        let sk = repo.backup(&repo.image("keep", &keep), "keep", &[]);
+        common::run_ok(&mut repo.cmd(&[
+            "forget",
+            "-q",
+            str_of(&sm, "snapshot"),
+            str_of(&sj, "snapshot"),
+        ]));
+        let mut child = repo.cmd(&["gc", "-q"]);
+        child.stdout(Stdio::null()).stderr(Stdio::null());
+        let mut child = child.spawn().expect("spawn gc");
+        std::thread::sleep(Duration::from_millis(
+            [0, 5, 15, 40, 80, 150][round as usize] + mix(round) % 5,
+        ));
+        kill_9(&mut child);
+        repo.verify_ok(false);
+        repo.assert_restores(str_of(&sk, "snapshot"), &keep);
+    }
+    // A gc that runs to the end cleans up after all of them.
+    let gc = json(&common::run_ok(&mut repo.cmd(&["gc", "--json"])).stdout);
+    let report = repo.verify_ok(true);
+    assert_eq!(report["orphan_packs"], 0, "{gc}");
+    let status = repo.status();
+    assert_eq!(
+        status["chunks"],
+        chunk_ids(&keep, CHUNK).into_iter().flatten().count() as u64
+    );
+    repo.assert_restores("keep", &keep);
 }
 
 // --- errors ---------------------------------------------------------------------------
