@@ -8,9 +8,10 @@ import argparse
 import sys
 
 import diff
+import repo
 import sync
 
-SUBCOMMANDS = [diff, sync]  # repo will join here
+SUBCOMMANDS = [diff, sync, repo]
 
 
 def main(argv):

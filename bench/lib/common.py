@@ -1,7 +1,7 @@
 """Shared helpers of the benchmark harness: tools, builds, images, timing, tables.
 
-Every subcommand (diff now; sync and repo later) uses these, so that all of
-them measure the same way:
+Every subcommand (diff, sync, repo) uses these, so that all of them
+measure the same way:
 
 * time and peak RSS of one command come from GNU time (`/usr/bin/time -f
   '%e %M'`, written to a file so the command's own stderr stays separate);
@@ -12,10 +12,12 @@ them measure the same way:
 * results are printed as a table and written as JSON.
 """
 
+import datetime
 import hashlib
 import json
 import os
 import platform
+import random
 import shutil
 import subprocess
 import sys
@@ -99,6 +101,38 @@ def allocated(path):
     return os.stat(path).st_blocks * 512
 
 
+def dir_bytes(path):
+    """`du -sb PATH`: apparent bytes of every file and directory below PATH
+    (None if PATH is missing)."""
+    if not os.path.exists(path):
+        return None
+    res = subprocess.run(["du", "-sb", path], capture_output=True, text=True)
+    if res.returncode != 0:
+        die(f"du -sb {path} failed: {res.stderr.strip()}")
+    return int(res.stdout.split()[0])
+
+
+def dir_allocated(path):
+    """`du -s -B1 PATH`: bytes allocated on disk below PATH (None if missing)."""
+    if not os.path.exists(path):
+        return None
+    res = subprocess.run(["du", "-s", "-B1", path], capture_output=True, text=True)
+    if res.returncode != 0:
+        die(f"du -s -B1 {path} failed: {res.stderr.strip()}")
+    return int(res.stdout.split()[0])
+
+
+def settle():
+    """`sync; sleep 1` outside the timed region, so that the writeback of
+    what was written before does not land in the next timed command."""
+    subprocess.run(["sync"], check=True)
+    time.sleep(1)
+
+
+def now_iso():
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
 # ------------------------------------------------------------------ tools
 
 
@@ -156,6 +190,92 @@ def runs_ok(argv):
     except (OSError, subprocess.TimeoutExpired):
         return False
     return res.returncode == 0
+
+
+def parse_list(text, allowed, what):
+    """`--WHAT a,b`: the items of text, in the order of allowed; dies (exit
+    2) on an unknown item or an empty list."""
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    bad = [x for x in items if x not in allowed]
+    if bad or not items:
+        die(f"--{what}: unknown {bad or text!r}; choose from {','.join(allowed)}", 2)
+    return [x for x in allowed if x in items]
+
+
+def prepare(tools, no_build, subcommands, extra=(), required=(), missing_time_note=""):
+    """Installs what is missing and builds; returns {tool name: skip reason}.
+
+    tools: objects with `name` and `program` (and optionally `optional`:
+    only used when already on PATH, never installed). extra: further
+    programs to install (GNU time always). required: programs without which
+    the command cannot run at all (dies). subcommands: diskdelta
+    subcommands whose `--help` must work, else diskdelta is skipped."""
+    wanted = [
+        t.program for t in tools if t.name != "diskdelta" and not getattr(t, "optional", False)
+    ]
+    programs = list(dict.fromkeys(wanted + list(extra) + [GNU_TIME]))
+    missing = ensure_programs(programs)
+    for p in required:
+        if p in missing:
+            die(f"{p}: {missing[p]}")
+    if GNU_TIME in missing:
+        log(
+            f"GNU time: {missing[GNU_TIME]}; measuring peak RSS with wait4() instead"
+            + missing_time_note
+        )
+    skipped = {}
+    for t in tools:
+        if getattr(t, "optional", False) and not which(t.program):
+            skipped[t.name] = "not found on PATH, skipped"
+        elif t.program in missing:
+            skipped[t.name] = missing[t.program]
+    with_diskdelta = any(t.name == "diskdelta" for t in tools)
+    if not no_build:
+        why = cargo_build(["--example", "gen_image"], "the image generator")
+        if why:
+            log(why)
+        if with_diskdelta:
+            why = cargo_build([], "diskdelta")
+            if why:
+                skipped["diskdelta"] = why
+    elif with_diskdelta and not os.access(DISKDELTA, os.X_OK):
+        skipped["diskdelta"] = f"{DISKDELTA} is missing and --no-build was given"
+    if with_diskdelta and "diskdelta" not in skipped:
+        for sub in subcommands:
+            if not runs_ok([DISKDELTA, sub, "--help"]):
+                skipped["diskdelta"] = f"`diskdelta {sub} --help` fails (not built yet?)"
+                break
+    for name, why in skipped.items():
+        log(f"skipping {name}: {why}")
+    return skipped
+
+
+def git_state():
+    """The commit measured, e.g. ` (commit abc1234, src/ modified)`: others
+    may be editing src/ while the benchmark builds it."""
+    head = subprocess.run(
+        ["git", "-C", REPO, "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    )
+    if head.returncode != 0:
+        return ""
+    dirty = subprocess.run(
+        ["git", "-C", REPO, "status", "--porcelain", "--", "src", "Cargo.*"],
+        capture_output=True,
+        text=True,
+    )
+    return f" (commit {head.stdout.strip()}{', src/ modified' if dirty.stdout.strip() else ''})"
+
+
+def tool_versions(tools, skipped):
+    """{name: {version, config, skipped}} for the report; diskdelta's
+    version carries the commit measured."""
+    out = {}
+    for t in tools:
+        v = None if t.name in skipped else tool_version(t.version_argv)
+        if t.name == "diskdelta" and v:
+            v += git_state()
+        out[t.name] = {"version": v, "config": t.config, "skipped": skipped.get(t.name)}
+    return out
 
 
 def cargo_build(args, what):
@@ -246,6 +366,180 @@ def ensure_image(directory, name, args, parent=None):
     return want
 
 
+def size_label(size):
+    """2147483648 -> "2G"; sizes that are no whole K/M/G/T stay in bytes."""
+    for shift, unit in ((40, "T"), (30, "G"), (20, "M"), (10, "K")):
+        if size >= 1 << shift and size % (1 << shift) == 0:
+            return f"{size >> shift}{unit}"
+    return str(size)
+
+
+def image_dir(size):
+    """Where the images of a base size live: the work directory itself at
+    2 GiB (diff's default, shared by diff, sync and repo), else
+    work/images-SIZE/ (shared by sync and repo)."""
+    directory = work_dir()
+    if size != 2 << 30:
+        directory = os.path.join(directory, f"images-{size_label(size)}")
+    os.makedirs(directory, exist_ok=True)
+    return directory
+
+
+def standard_images(size, names=("base.img", "new.img")):
+    """The images every subcommand shares, made in image_dir(size):
+
+      base.img   gen_image base --size SIZE --seed 1
+      new.img    base.img with ~2% of the 4 KiB blocks rewritten in 64 KiB clusters
+      grown.img  new.img plus 64 MiB of new data appended
+      step3.img  new.img with another ~1% rewritten, plus 64 MiB appended
+
+    Returns (directory, {name: stamp}) for names and what they derive from."""
+    directory = image_dir(size)
+    recipes = {
+        "base.img": (None, ["base", "--size", str(size), "--seed", "1"]),
+        "new.img": (
+            "base.img",
+            ["mutate", "--input", "base.img", "--change", "0.02", "--cluster", "64K",
+             "--seed", "2"],
+        ),
+        "grown.img": (
+            "new.img",
+            ["mutate", "--input", "new.img", "--change", "0", "--seed", "3", "--grow", "64M"],
+        ),
+        "step3.img": (
+            "new.img",
+            ["mutate", "--input", "new.img", "--change", "0.01", "--cluster", "64K",
+             "--seed", "4", "--grow", "64M"],
+        ),
+    }
+    stamps = {}
+
+    def make(name):
+        if name not in stamps:
+            parent, args = recipes[name]
+            stamps[name] = ensure_image(
+                directory, name, args, parent=make(parent) if parent else None
+            )
+        return stamps[name]
+
+    for name in names:
+        make(name)
+    return directory, stamps
+
+
+def image_summaries(stamps):
+    """The stamps as the reports keep them (without the digest)."""
+    return {n: {k: v for k, v in s.items() if k != "digest"} for n, s in stamps.items()}
+
+
+def warm_tree(path):
+    """Reads every file below path once (what a tool reads from its
+    repository then comes from the page cache for every tool alike)."""
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                with open(os.path.join(root, name), "rb") as f:
+                    while f.read(1 << 20):
+                        pass
+            except OSError:
+                pass
+
+
+def sparse_source(path, size, count, extent, seed=21):
+    """A SIZE sparse file with COUNT extents of random bytes at scattered,
+    extent-aligned offsets (truncate + dd), reused while the layout stamp
+    matches. Returns the layout: size, extent, offsets, data_bytes."""
+    rng = random.Random(seed)
+    slots = sorted(rng.sample(range(size // extent), count))
+    layout = {"size": size, "extent": extent, "offsets": [s * extent for s in slots]}
+    layout["data_bytes"] = count * extent
+    stamp = path + ".params"
+    try:
+        with open(stamp) as f:
+            if json.load(f) == layout and file_size(path) == size:
+                log(f"reusing {os.path.basename(path)}")
+                return layout
+    except (OSError, ValueError):
+        pass
+    remove(stamp, path)
+    log(f"making {os.path.basename(path)}: truncate -s {size}, {count} x dd of {extent} bytes")
+    subprocess.run(["truncate", "-s", str(size), path], check=True)
+    for off in layout["offsets"]:
+        write_random(path, off, extent)
+    with open(stamp, "w") as f:
+        json.dump(layout, f)
+    return layout
+
+
+def write_random(path, offset, length):
+    """dd LENGTH bytes of /dev/urandom into path at OFFSET (both multiples
+    of 1 MiB), keeping the rest of the file."""
+    assert offset % (1 << 20) == 0 and length % (1 << 20) == 0
+    subprocess.run(
+        [
+            "dd",
+            "if=/dev/urandom",
+            f"of={path}",
+            "bs=1M",
+            f"count={length >> 20}",
+            f"seek={offset >> 20}",
+            "conv=notrunc",
+            "status=none",
+        ],
+        check=True,
+    )
+
+
+def data_ranges(path):
+    """[(start, end)] of the file's data extents (SEEK_DATA/SEEK_HOLE)."""
+    out = []
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        end = os.fstat(fd).st_size
+        pos = 0
+        while pos < end:
+            try:
+                start = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError:  # ENXIO: only a hole is left
+                break
+            stop = os.lseek(fd, start, os.SEEK_HOLE)
+            out.append((start, stop))
+            pos = stop
+    finally:
+        os.close(fd)
+    return out
+
+
+def warm_sparse(path):
+    """Reads the data extents only (cat would read the holes too)."""
+    log(f"warming page cache: data extents of {os.path.basename(path)}")
+    with open(path, "rb") as f:
+        for start, stop in data_ranges(path):
+            f.seek(start)
+            left = stop - start
+            while left > 0:
+                left -= len(f.read(min(left, 1 << 20))) or left
+
+
+def sparse_equal(a, b):
+    """Like cmp, for huge sparse files: outside the union of both files'
+    data extents both read as zeros, so only that union is compared."""
+    if os.stat(a).st_size != os.stat(b).st_size:
+        return False
+    ranges = sorted(data_ranges(a) + data_ranges(b))
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        for start, stop in ranges:
+            fa.seek(start)
+            fb.seek(start)
+            left = stop - start
+            while left > 0:
+                n = min(left, 1 << 20)
+                if fa.read(n) != fb.read(n):
+                    return False
+                left -= n
+    return True
+
+
 def warm_cache(paths):
     """Reads the files once so every tool starts from the same warm page cache."""
     for p in paths:
@@ -292,6 +586,20 @@ def other_load(seconds=2.0):
     return max(0.0, (after - before) / seconds)
 
 
+def load_check():
+    """Samples what other processes use right before measuring; returns
+    (cores busy, warning or None)."""
+    busy = other_load(2.0)
+    if busy is not None and busy > 0.2:
+        msg = (
+            f"other processes kept {busy:.1f} of {os.cpu_count()} cores busy right before "
+            "measuring (a concurrent build?): the numbers are noisy; see the 'others' column"
+        )
+        log("warning: " + msg)
+        return busy, msg
+    return busy, None
+
+
 @dataclass
 class Measurement:
     """One command run: wall seconds, peak RSS in KiB, user + system CPU
@@ -309,17 +617,22 @@ class Measurement:
     log_path: str = ""
 
 
-def run_timed(argv, log_path, cwd=None):
+def run_timed(argv, log_path, cwd=None, env=None):
     """Runs argv under GNU time (`-f '%e %M %U %S'`), stdout and stderr to
-    log_path.
+    log_path; env: variables to set on top of ours (None: ours as they are).
 
     The peak RSS is GNU time's %M of that one process; CPU seconds are its
     user + system time (more than the wall time when it uses several
     cores); the seconds are our own monotonic wall clock around it."""
     fd, time_out = tempfile.mkstemp(prefix="bench-time-", dir=os.path.dirname(log_path))
     os.close(fd)
+    full_env = None if env is None else dict(os.environ, **env)
     try:
         with open(log_path, "w") as logf:
+            if env:
+                logf.write("$ env " + " ".join(f"{k}={v}" for k, v in sorted(env.items())) + "\n")
+            if cwd:
+                logf.write(f"$ cd {cwd}\n")
             logf.write("$ " + " ".join(argv) + "\n")
             logf.flush()
             busy_before = cpu_busy_seconds()
@@ -328,6 +641,7 @@ def run_timed(argv, log_path, cwd=None):
                 res = subprocess.run(
                     [GNU_TIME, "-f", "%e %M %U %S", "-o", time_out, *argv],
                     cwd=cwd,
+                    env=full_env,
                     stdin=subprocess.DEVNULL,
                     stdout=logf,
                     stderr=logf,
@@ -346,7 +660,12 @@ def run_timed(argv, log_path, cwd=None):
                 # rusage of the one child, which is what GNU time reports.
                 start = time.perf_counter()
                 proc = subprocess.Popen(
-                    argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf
+                    argv,
+                    cwd=cwd,
+                    env=full_env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=logf,
+                    stderr=logf,
                 )
                 _, status, usage = os.wait4(proc.pid, 0)
                 seconds = time.perf_counter() - start
@@ -357,7 +676,7 @@ def run_timed(argv, log_path, cwd=None):
     finally:
         remove(time_out)
     with open(log_path, errors="replace") as f:
-        lines = [l.strip() for l in f.read().splitlines()[1:] if l.strip()]
+        lines = [l.strip() for l in f.read().splitlines() if l.strip() and not l.startswith("$ ")]
     return Measurement(
         argv=list(argv),
         seconds=seconds,
@@ -416,11 +735,11 @@ class Phase:
         }
 
 
-def run_phase(steps, log_prefix, cwd=None):
+def run_phase(steps, log_prefix, cwd=None, env=None):
     """Runs the argv lists in order; returns (measurements, failure reason)."""
     done = []
     for i, argv in enumerate(steps):
-        m = run_timed(argv, f"{log_prefix}.{i}.log", cwd=cwd)
+        m = run_timed(argv, f"{log_prefix}.{i}.log", cwd=cwd, env=env)
         done.append(m)
         if m.returncode != 0:
             why = m.stderr_tail or "no output"
@@ -435,6 +754,11 @@ def mb_per_s(nbytes, seconds):
 
 
 # ----------------------------------------------------------------- output
+
+
+def fmt(x, spec):
+    """format(x, spec), or None (printed as "-") when x is None."""
+    return None if x is None else format(x, spec)
 
 
 def print_table(headers, rows, out=sys.stdout):

@@ -12,7 +12,6 @@ How each peer is configured, and why, is in bench/README.md; PEERS below is
 the one place where the command lines are.
 """
 
-import datetime
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -123,14 +122,6 @@ SCENARIOS = {
 }
 
 
-def _parse_list(text, allowed, what):
-    items = [x.strip() for x in text.split(",") if x.strip()]
-    bad = [x for x in items if x not in allowed]
-    if bad or not items:
-        common.die(f"--{what}: unknown {bad or text!r}; choose from {','.join(allowed)}", 2)
-    return [x for x in allowed if x in items]
-
-
 def add_arguments(sub):
     p = sub.add_parser(
         "diff",
@@ -165,44 +156,7 @@ def add_arguments(sub):
 
 def _prepare(tools, no_build):
     """Installs peers and builds; returns {tool name: skip reason}."""
-    skipped = {}
-    programs = [t.program for t in tools if t.name != "diskdelta"] + [common.GNU_TIME]
-    missing = common.ensure_programs(programs)
-    if common.GNU_TIME in missing:
-        log(f"GNU time: {missing[common.GNU_TIME]}; measuring peak RSS with wait4() instead")
-    for t in tools:
-        if t.program in missing:
-            skipped[t.name] = missing[t.program]
-            log(f"skipping {t.name}: {missing[t.program]}")
-    if not no_build:
-        why = common.cargo_build(["--example", "gen_image"], "the image generator")
-        if why:
-            log(why)
-        if any(t.name == "diskdelta" for t in tools):
-            why = common.cargo_build([], "diskdelta")
-            if why:
-                skipped["diskdelta"] = why
-    if any(t.name == "diskdelta" for t in tools) and "diskdelta" not in skipped:
-        for sub in ("diff", "apply"):
-            if not common.runs_ok([common.DISKDELTA, sub, "--help"]):
-                skipped["diskdelta"] = f"`diskdelta {sub} --help` fails (not built yet?)"
-    if "diskdelta" in skipped:
-        log(f"skipping diskdelta: {skipped['diskdelta']}")
-    return skipped
-
-
-def _load_check():
-    """Samples what other processes use right before measuring; returns
-    (cores busy, warning or None)."""
-    busy = common.other_load(2.0)
-    if busy is not None and busy > 0.2:
-        msg = (
-            f"other processes kept {busy:.1f} of {os.cpu_count()} cores busy right before "
-            "measuring (a concurrent build?): the numbers are noisy; see the 'others' column"
-        )
-        log("warning: " + msg)
-        return busy, msg
-    return busy, None
+    return common.prepare(tools, no_build, subcommands=("diff", "apply"))
 
 
 # ------------------------------------------------------------------- diff
@@ -217,34 +171,19 @@ def cmd_diff(args):
         common.die("--size must be at least 1M", 2)
     if args.repeat < 1:
         common.die("--repeat must be at least 1", 2)
-    names = _parse_list(args.tools, TOOL_NAMES, "tools")
-    scenarios = _parse_list(args.scenarios, list(SCENARIOS), "scenarios")
+    names = common.parse_list(args.tools, TOOL_NAMES, "tools")
+    scenarios = common.parse_list(args.scenarios, list(SCENARIOS), "scenarios")
     tools = [t for t in PEERS if t.name in names]
 
     work = common.work_dir()
     machine = common.machine_info()
     skipped = _prepare(tools, args.no_build)
 
-    images = {}
-    images["base.img"] = common.ensure_image(
-        work, "base.img", ["base", "--size", str(size), "--seed", "1"]
-    )
-    images["new.img"] = common.ensure_image(
-        work,
-        "new.img",
-        ["mutate", "--input", "base.img", "--change", "0.02", "--cluster", "64K", "--seed", "2"],
-        parent=images["base.img"],
-    )
-    if "grown" in scenarios:
-        images["grown.img"] = common.ensure_image(
-            work,
-            "grown.img",
-            ["mutate", "--input", "new.img", "--change", "0", "--seed", "3", "--grow", "64M"],
-            parent=images["new.img"],
-        )
-    base = os.path.join(work, "base.img")
-    common.warm_cache([os.path.join(work, n) for n in images])
-    busy_before, load_warning = _load_check()
+    names = ["base.img"] + [SCENARIOS[x][0] for x in scenarios]
+    directory, images = common.standard_images(size, names)
+    base = os.path.join(directory, "base.img")
+    common.warm_cache([os.path.join(directory, n) for n in images])
+    busy_before, load_warning = common.load_check()
 
     scratch_root = os.path.join(work, "diff")
     logs = os.path.join(scratch_root, "logs")
@@ -254,7 +193,7 @@ def cmd_diff(args):
     results = []
     for scenario in scenarios:
         new_name = SCENARIOS[scenario][0]
-        new = os.path.join(work, new_name)
+        new = os.path.join(directory, new_name)
         new_size = os.stat(new).st_size
         for tool in tools:
             r = {"scenario": scenario, "tool": tool.name, "new_bytes": new_size, "notes": []}
@@ -271,22 +210,15 @@ def cmd_diff(args):
 
     report = {
         "command": "diff",
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": common.now_iso(),
         "size": size,
         "repeat": args.repeat,
         "machine": machine,
         "other_cores_before": None if busy_before is None else round(busy_before, 2),
         "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
         "load_warning": load_warning,
-        "images": {n: {k: v for k, v in s.items() if k != "digest"} for n, s in images.items()},
-        "tools": {
-            t.name: {
-                "version": None if t.name in skipped else common.tool_version(t.version_argv),
-                "config": t.config,
-                "skipped": skipped.get(t.name),
-            }
-            for t in tools
-        },
+        "images": common.image_summaries(images),
+        "tools": common.tool_versions(tools, skipped),
         "results": results,
         "ratios": _ratios(results),
         "logs": logs,
@@ -389,10 +321,6 @@ def _ratios(results):
     return ratios
 
 
-def _fmt(x, spec):
-    return None if x is None else format(x, spec)
-
-
 def _mib(kib):
     return None if kib is None else kib / 1024
 
@@ -440,16 +368,16 @@ def _print_report(report, scenarios, tools):
             [
                 r["scenario"],
                 r["tool"],
-                _fmt(d.get("seconds"), ".2f"),
-                _fmt(d.get("mb_per_s"), ".0f"),
-                _fmt(d.get("cpu_seconds"), ".2f"),
-                _fmt(r.get("delta_bytes"), ","),
-                _fmt(_mib(d.get("max_rss_kib")), ".0f"),
-                _fmt(a.get("seconds"), ".2f"),
-                _fmt(a.get("mb_per_s"), ".0f"),
-                _fmt(a.get("cpu_seconds"), ".2f"),
-                _fmt(_mib(a.get("max_rss_kib")), ".0f"),
-                _fmt(max(others), ".1f") if others else None,
+                common.fmt(d.get("seconds"), ".2f"),
+                common.fmt(d.get("mb_per_s"), ".0f"),
+                common.fmt(d.get("cpu_seconds"), ".2f"),
+                common.fmt(r.get("delta_bytes"), ","),
+                common.fmt(_mib(d.get("max_rss_kib")), ".0f"),
+                common.fmt(a.get("seconds"), ".2f"),
+                common.fmt(a.get("mb_per_s"), ".0f"),
+                common.fmt(a.get("cpu_seconds"), ".2f"),
+                common.fmt(_mib(a.get("max_rss_kib")), ".0f"),
+                common.fmt(max(others), ".1f") if others else None,
                 status,
             ]
         )
@@ -536,7 +464,7 @@ def cmd_diff_memory(args):
     )
     base, new = os.path.join(work, "base.img"), os.path.join(work, "new.img")
     common.warm_cache([base, new])
-    _, load_warning = _load_check()
+    _, load_warning = common.load_check()
     scratch_root = os.path.join(work, "run")
     logs = os.path.join(scratch_root, "logs")
     shutil.rmtree(scratch_root, ignore_errors=True)
@@ -546,12 +474,12 @@ def cmd_diff_memory(args):
 
     report = {
         "command": "diff-memory",
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": common.now_iso(),
         "size": size,
         "machine": machine,
         "load_warning": load_warning,
-        "images": {n: {k: v for k, v in s.items() if k != "digest"} for n, s in images.items()},
-        "tool": {"version": common.tool_version(tool.version_argv), "config": tool.config},
+        "images": common.image_summaries(images),
+        "tool": common.tool_versions([tool], {})["diskdelta"],
         "result": r,
         "logs": logs,
     }
@@ -568,20 +496,20 @@ def cmd_diff_memory(args):
         [
             [
                 "diff",
-                _fmt(d["seconds"], ".2f"),
-                _fmt(d["mb_per_s"], ".0f"),
-                _fmt(d["cpu_seconds"], ".2f"),
-                _fmt(_mib(d["max_rss_kib"]), ".1f"),
-                _fmt(d["other_cores"], ".1f"),
+                common.fmt(d["seconds"], ".2f"),
+                common.fmt(d["mb_per_s"], ".0f"),
+                common.fmt(d["cpu_seconds"], ".2f"),
+                common.fmt(_mib(d["max_rss_kib"]), ".1f"),
+                common.fmt(d["other_cores"], ".1f"),
                 None if delta is None else f"delta {delta:,} bytes",
             ],
             [
                 "apply",
-                _fmt(a["seconds"], ".2f"),
-                _fmt(a["mb_per_s"], ".0f"),
-                _fmt(a["cpu_seconds"], ".2f"),
-                _fmt(_mib(a["max_rss_kib"]), ".1f"),
-                _fmt(a["other_cores"], ".1f"),
+                common.fmt(a["seconds"], ".2f"),
+                common.fmt(a["mb_per_s"], ".0f"),
+                common.fmt(a["cpu_seconds"], ".2f"),
+                common.fmt(_mib(a["max_rss_kib"]), ".1f"),
+                common.fmt(a["other_cores"], ".1f"),
                 None if out is None else f"out.img {common.human(out)} allocated",
             ],
         ],

@@ -24,10 +24,8 @@ rsync): `exec /usr/bin/time -a -o FILE -f '%M %U %S' TOOL "$@"`.
 `PEERS` below holds every command line.
 """
 
-import datetime
 import json
 import os
-import random
 import re
 import shlex
 import shutil
@@ -577,34 +575,10 @@ def _ssh_counted(path):
 # ----------------------------------------------------------------- images
 
 
-def _size_label(size):
-    for shift, unit in ((40, "T"), (30, "G"), (20, "M"), (10, "K")):
-        if size >= 1 << shift and size % (1 << shift) == 0:
-            return f"{size >> shift}{unit}"
-    return str(size)
-
-
 def _images(size):
-    """base.img and new.img of that size, made like `bench/run diff` makes
-    them. At 2 GiB (diff's default) they are the ones in the work
-    directory, shared with `bench/run diff`; other sizes live in
-    sync/images-SIZE/."""
-    work = common.work_dir()
-    directory = work
-    if size != 2 << 30:
-        directory = os.path.join(work, "sync", f"images-{_size_label(size)}")
-    os.makedirs(directory, exist_ok=True)
-    stamps = {}
-    stamps["base.img"] = common.ensure_image(
-        directory, "base.img", ["base", "--size", str(size), "--seed", "1"]
-    )
-    stamps["new.img"] = common.ensure_image(
-        directory,
-        "new.img",
-        ["mutate", "--input", "base.img", "--change", "0.02", "--cluster", "64K", "--seed", "2"],
-        parent=stamps["base.img"],
-    )
-    return directory, stamps
+    """base.img and new.img of that size, shared with `bench/run diff` and
+    `bench/run repo` (see common.standard_images)."""
+    return common.standard_images(size, ("base.img", "new.img"))
 
 
 def _reference(base, new, scratch):
@@ -750,73 +724,24 @@ def _summarize(runs):
     }
 
 
-def _load_check():
-    busy = common.other_load(2.0)
-    if busy is not None and busy > 0.2:
-        msg = (
-            f"other processes kept {busy:.1f} of {os.cpu_count()} cores busy right before "
-            "measuring: the numbers are noisy; see the 'others' column"
-        )
-        log("warning: " + msg)
-        return busy, msg
-    return busy, None
-
-
 def _prepare(tools, no_build):
     """Installs what is missing and builds; returns {tool name: skip reason}.
     Dies when ssh, sshd or rsync cannot be had."""
-    missing = common.ensure_programs(REQUIRED)
-    for p in ("ssh", "ssh-keygen", SSHD):
-        if p in missing:
-            common.die(f"{p}: {missing[p]}")
-    if common.GNU_TIME in missing:
-        log(f"GNU time: {missing[common.GNU_TIME]}; local RSS from wait4(), no remote RSS")
-    skipped = {}
-    for t in tools:
-        if t.optional and not common.which(t.program):
-            skipped[t.name] = "not found on PATH, skipped"
-        elif t.program in missing:
-            skipped[t.name] = missing[t.program]
-    if not no_build:
-        why = common.cargo_build(["--example", "gen_image"], "the image generator")
-        if why:
-            log(why)
-        why = common.cargo_build([], "diskdelta")
-        if why:
-            skipped["diskdelta"] = why
-    if "diskdelta" not in skipped and not common.runs_ok([common.DISKDELTA, "sync", "--help"]):
-        skipped["diskdelta"] = "`diskdelta sync --help` fails (not built yet?)"
-    for name, why in skipped.items():
-        log(f"{name}: {why}")
-    return skipped
+    return common.prepare(
+        tools,
+        no_build,
+        subcommands=("sync",),
+        extra=REQUIRED,
+        required=("ssh", "ssh-keygen", SSHD),
+        missing_time_note=" (no remote RSS)",
+    )
 
 
 def _versions(tools, skipped):
-    out = {}
-    for t in tools:
-        v = None if t.name in skipped else common.tool_version(t.version_argv)
-        out[t.name] = {"version": v, "config": t.config, "skipped": skipped.get(t.name)}
-    if "diskdelta" in out and out["diskdelta"]["version"]:
-        out["diskdelta"]["version"] += _git_state()
+    out = common.tool_versions(tools, skipped)
     ssh = subprocess.run(["ssh", "-V"], capture_output=True, text=True)
     out["ssh"] = {"version": (ssh.stderr or ssh.stdout).strip(), "config": "see sshd_config"}
     return out
-
-
-def _git_state():
-    """The commit measured, e.g. ` (commit abc1234, src/ modified)`: others
-    may be editing src/ while the benchmark builds it."""
-    head = subprocess.run(
-        ["git", "-C", common.REPO, "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-    )
-    if head.returncode != 0:
-        return ""
-    dirty = subprocess.run(
-        ["git", "-C", common.REPO, "status", "--porcelain", "--", "src", "Cargo.*"],
-        capture_output=True,
-        text=True,
-    )
-    return f" (commit {head.stdout.strip()}{', src/ modified' if dirty.stdout.strip() else ''})"
 
 
 # ------------------------------------------------------------------- sync
@@ -875,19 +800,11 @@ def _parse_sizes(text):
     return sizes
 
 
-def _parse_list(text, allowed, what):
-    items = [x.strip() for x in text.split(",") if x.strip()]
-    bad = [x for x in items if x not in allowed]
-    if bad or not items:
-        common.die(f"--{what}: unknown {bad or text!r}; choose from {','.join(allowed)}", 2)
-    return [x for x in allowed if x in items]
-
-
 def cmd_sync(args):
     sizes = _parse_sizes(args.size or args.sizes)
     if args.repeat < 1:
         common.die("--repeat must be at least 1", 2)
-    names = _parse_list(args.tools, TOOL_NAMES, "tools")
+    names = common.parse_list(args.tools, TOOL_NAMES, "tools")
     blocks = []
     for b in args.block_sizes.split(","):
         if b.strip() and b.strip() not in blocks:
@@ -918,7 +835,7 @@ def cmd_sync(args):
 def _sync_body(args, sizes, tools, blocks, skipped, machine, sshd, scratch, logs):
     report = {
         "command": "sync",
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": common.now_iso(),
         "sizes": sizes,
         "repeat": args.repeat,
         "machine": machine,
@@ -956,13 +873,13 @@ def _sync_body(args, sizes, tools, blocks, skipped, machine, sshd, scratch, logs
 
 
 def _sync_size(size, tools, skipped, repeat, sshd, scratch, logs):
-    label = _size_label(size)
+    label = common.size_label(size)
     directory, stamps = _images(size)
     base, new = os.path.join(directory, "base.img"), os.path.join(directory, "new.img")
     log(f"{label}: finding the changed 4 KiB blocks and their zstd -1 size")
     common.warm_cache([base, new])
     reference = _reference(base, new, scratch)
-    busy, load_warning = _load_check()
+    busy, load_warning = common.load_check()
     runs = {t.name: [] for t in tools if t.name not in skipped}
     for i in range(repeat):
         # Repeats outside, tools inside: drift over time hits every tool.
@@ -988,7 +905,7 @@ def _sync_size(size, tools, skipped, repeat, sshd, scratch, logs):
             results[t.name] = _summarize(runs[t.name])
     return {
         "size": size,
-        "images": {n: {k: v for k, v in s.items() if k != "digest"} for n, s in stamps.items()},
+        "images": common.image_summaries(stamps),
         "reference": reference,
         "other_cores_before": None if busy is None else round(busy, 2),
         "load_warning": load_warning,
@@ -1050,11 +967,11 @@ def _targets(results, reference):
 
 
 def _sweep(size, blocks, repeat, sshd, scratch, logs):
-    label = _size_label(size)
+    label = common.size_label(size)
     directory, _ = _images(size)
     base, new = os.path.join(directory, "base.img"), os.path.join(directory, "new.img")
     tool = next(t for t in PEERS if t.name == "diskdelta")
-    _load_check()
+    common.load_check()
     runs = {b: [] for b in blocks}
     for i in range(repeat):
         for b in blocks:
@@ -1084,17 +1001,13 @@ def _mib(kib):
     return None if kib is None else f"{kib / 1024:.0f}"
 
 
-def _f(x, spec):
-    return None if x is None else format(x, spec)
-
-
 def _print_size(s, report):
     size, ref, results = s["size"], s["reference"], s["results"]
     m = report["machine"]
     print()
     print(
         f"sync new.img onto a copy of base.img through sshd on {HOST}, "
-        f"{common.human(size)} ({_size_label(size)})"
+        f"{common.human(size)} ({common.size_label(size)})"
     )
     for name, st in s["images"].items():
         print(f"  {name}: {st.get('summary', '')}")
@@ -1135,15 +1048,15 @@ def _print_size(s, report):
         rows.append(
             [
                 name,
-                _f(r["seconds"], ".2f"),
+                common.fmt(r["seconds"], ".2f"),
                 f"[{all_s}]",
                 _mb(r["wire_bytes"]),
                 ratio,
                 _mb(r["self_wire_bytes"]),
                 _mib(r["local_rss_kib"]),
                 _mib(r["remote_rss_kib"]),
-                _f(r["cpu_seconds"], ".2f"),
-                _f(r["other_cores"], ".1f"),
+                common.fmt(r["cpu_seconds"], ".2f"),
+                common.fmt(r["other_cores"], ".1f"),
                 status,
             ]
         )
@@ -1169,10 +1082,10 @@ def _print_size(s, report):
     for t in s["targets"]:
         met = {True: "met", False: "MISSED", None: "unknown"}[t["met"]]
         if t["name"] == "speed vs rsync":
-            value = _f(t["value"], ".2f")
+            value = common.fmt(t["value"], ".2f")
             print(f"  diskdelta speed vs rsync: {value}x faster (target {t['target']}): {met}")
         elif t["name"] == "wire vs rsync":
-            value = _f(t["value"], ".3f")
+            value = common.fmt(t["value"], ".3f")
             print(f"  diskdelta wire vs rsync: {value}x (target {t['target']}): {met}")
         elif t["name"] == "wire vs bound":
             print(
@@ -1202,15 +1115,15 @@ def _print_sweep(sweep):
         rows.append(
             [
                 r["block"],
-                _f(r.get("seconds"), ".2f"),
+                common.fmt(r.get("seconds"), ".2f"),
                 _mb(own.get("changed_bytes")),
                 _mb(own.get("payload_bytes")),
                 _mb(r.get("wire_bytes")),
                 _mb(r.get("self_wire_bytes")),
                 _mib(r.get("local_rss_kib")),
                 _mib(r.get("remote_rss_kib")),
-                _f(r.get("cpu_seconds"), ".2f"),
-                _f(r.get("other_cores"), ".1f"),
+                common.fmt(r.get("cpu_seconds"), ".2f"),
+                common.fmt(r.get("other_cores"), ".1f"),
                 r["status"] + (f" ({r['reason']})" if r.get("reason") else ""),
             ]
         )
@@ -1252,7 +1165,7 @@ def cmd_sync_memory(args):
     work = os.path.join(common.work_dir(), "sync-memory")
     os.makedirs(work, exist_ok=True)
     source = os.path.join(work, "src.img")
-    layout = _sparse_source(source, size, data // extent, extent)
+    layout = common.sparse_source(source, size, data // extent, extent, seed=21)
     scratch = os.path.join(work, "run")
     logs = os.path.join(scratch, "logs")
     shutil.rmtree(scratch, ignore_errors=True)
@@ -1261,13 +1174,13 @@ def cmd_sync_memory(args):
     def body(sshd):
         target = os.path.join(scratch, "target.img")
         common.remove(target, _resume_state(target))
-        _warm_sparse(source)
-        _, load_warning = _load_check()
+        common.warm_sparse(source)
+        _, load_warning = common.load_check()
         phases = []
         for phase in ("missing target", "unchanged"):
             log(f"sync-memory: {phase}")
             r = Run(sshd, source, target, os.path.join(logs, phase.replace(" ", "-")))
-            x = _measure_once(tool, r, lambda: _sparse_equal(source, target))
+            x = _measure_once(tool, r, lambda: common.sparse_equal(source, target))
             x["phase"] = phase
             x["target_allocated"] = common.allocated(target) if os.path.exists(target) else None
             phases.append(x)
@@ -1277,12 +1190,12 @@ def cmd_sync_memory(args):
         common.remove(target, _resume_state(target))
         report = {
             "command": "sync-memory",
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "date": common.now_iso(),
             "size": size,
             "source": layout,
             "machine": machine,
             "load_warning": load_warning,
-            "tool": {"version": common.tool_version(tool.version_argv), "config": tool.config},
+            "tool": common.tool_versions([tool], {})["diskdelta"],
             "rss_target_mib": RSS_TARGET_MIB,
             "phases": phases,
             "logs": logs,
@@ -1292,95 +1205,6 @@ def cmd_sync_memory(args):
         return 0 if all(p["status"] == "ok" for p in phases) and len(phases) == 2 else 1
 
     return _with_sshd(scratch, body)
-
-
-def _sparse_source(path, size, count, extent):
-    """A SIZE sparse file with COUNT extents of random bytes at scattered,
-    extent-aligned offsets (truncate + dd), reused while the layout stamp
-    matches."""
-    rng = random.Random(21)
-    slots = sorted(rng.sample(range(size // extent), count))
-    layout = {"size": size, "extent": extent, "offsets": [s * extent for s in slots]}
-    layout["data_bytes"] = count * extent
-    stamp = path + ".params"
-    try:
-        with open(stamp) as f:
-            if json.load(f) == layout and common.file_size(path) == size:
-                log(f"reusing {os.path.basename(path)}")
-                return layout
-    except (OSError, ValueError):
-        pass
-    common.remove(stamp, path)
-    log(f"making {os.path.basename(path)}: truncate -s {size}, {count} x dd of {extent} bytes")
-    subprocess.run(["truncate", "-s", str(size), path], check=True)
-    mib = extent >> 20
-    for off in layout["offsets"]:
-        subprocess.run(
-            [
-                "dd",
-                "if=/dev/urandom",
-                f"of={path}",
-                "bs=1M",
-                f"count={mib}",
-                f"seek={off >> 20}",
-                "conv=notrunc",
-                "status=none",
-            ],
-            check=True,
-        )
-    with open(stamp, "w") as f:
-        json.dump(layout, f)
-    return layout
-
-
-def _data_ranges(path):
-    """[(start, end)] of the file's data extents (SEEK_DATA/SEEK_HOLE)."""
-    out = []
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        end = os.fstat(fd).st_size
-        pos = 0
-        while pos < end:
-            try:
-                start = os.lseek(fd, pos, os.SEEK_DATA)
-            except OSError:  # ENXIO: only a hole is left
-                break
-            stop = os.lseek(fd, start, os.SEEK_HOLE)
-            out.append((start, stop))
-            pos = stop
-    finally:
-        os.close(fd)
-    return out
-
-
-def _warm_sparse(path):
-    """Reads the data extents only (cat would read the holes too)."""
-    log(f"warming page cache: data extents of {os.path.basename(path)}")
-    with open(path, "rb") as f:
-        for start, stop in _data_ranges(path):
-            f.seek(start)
-            left = stop - start
-            while left > 0:
-                left -= len(f.read(min(left, 1 << 20))) or left
-
-
-def _sparse_equal(a, b):
-    """Like cmp, for huge sparse files: outside the union of both files'
-    data extents both read as zeros, so only that union is compared."""
-    if os.stat(a).st_size != os.stat(b).st_size:
-        return False
-    ranges = sorted(_data_ranges(a) + _data_ranges(b))
-    with open(a, "rb") as fa, open(b, "rb") as fb:
-        for start, stop in ranges:
-            fa.seek(start)
-            fb.seek(start)
-            left = stop - start
-            while left > 0:
-                n = min(left, 1 << 20)
-                if fa.read(n) != fb.read(n):
-                    return False
-                left -= n
-    return True
 
 
 def _print_memory(report):
@@ -1402,13 +1226,13 @@ def _print_memory(report):
         rows.append(
             [
                 p["phase"],
-                _f(p["seconds"], ".2f"),
+                common.fmt(p["seconds"], ".2f"),
                 _mb(own.get("changed_bytes")),
                 _mb(p["wire_bytes"]),
                 _mb(own.get("wire_bytes")),
                 _mib(p["local_rss_kib"]),
                 _mib(p["remote_rss_kib"]),
-                _f(p["local_cpu_seconds"] + (p["remote_cpu_seconds"] or 0), ".2f"),
+                common.fmt(p["local_cpu_seconds"] + (p["remote_cpu_seconds"] or 0), ".2f"),
                 None if p["target_allocated"] is None else common.human(p["target_allocated"]),
                 str(own.get("verified")),
                 p["status"] + (f" ({p['reason']})" if p.get("reason") else ""),
