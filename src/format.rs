@@ -50,3 +50,24 @@ impl Extent {
         self.offset.saturating_add(self.len())
     }
 }
+
+/// The little-endian `u32` at the start of `b` (callers check lengths).
+pub(crate) fn le32(b: &[u8]) -> u32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&b[..4]);
+    u32::from_le_bytes(a)
+}
+
+/// The little-endian `u64` at the start of `b` (callers check lengths).
+pub(crate) fn le64(b: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[..8]);
+    u64::from_le_bytes(a)
+}
+
+/// The 32 bytes at the start of `b` (callers check lengths).
+pub(crate) fn arr32(b: &[u8]) -> [u8; 32] {
+    let mut a = [0u8; 32];
+    a.copy_from_slice(&b[..32]);
+    a
+}

@@ -26,6 +26,7 @@
 //!
 //! The pack's id is the BLAKE3 of the whole file.
 
+use super::{arr32, le32};
 use crate::id::{ChunkId, PackId};
 
 /// Magic at offset 0.
@@ -142,18 +143,6 @@ pub enum PackError {
         /// Entry number.
         index: usize,
     },
-}
-
-fn le32(b: &[u8]) -> u32 {
-    let mut a = [0u8; 4];
-    a.copy_from_slice(&b[..4]);
-    u32::from_le_bytes(a)
-}
-
-fn arr32(b: &[u8]) -> [u8; 32] {
-    let mut a = [0u8; 32];
-    a.copy_from_slice(&b[..32]);
-    a
 }
 
 /// Builds one pack in memory.

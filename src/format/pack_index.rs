@@ -19,6 +19,7 @@
 //!
 //! The file's id is the BLAKE3 of the whole file.
 
+use super::le32;
 use super::pack::{PackEntry, PackError, ENTRY_LEN};
 use crate::id::{IndexId, PackId};
 
@@ -81,12 +82,6 @@ fn take<'a>(bytes: &'a [u8], pos: &mut usize, n: usize) -> Result<&'a [u8], Inde
     let s = bytes.get(*pos..end).ok_or(IndexFormatError::Length)?;
     *pos = end;
     Ok(s)
-}
-
-fn le32(b: &[u8]) -> u32 {
-    let mut a = [0u8; 4];
-    a.copy_from_slice(b);
-    u32::from_le_bytes(a)
 }
 
 /// Decodes an index file.

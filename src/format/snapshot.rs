@@ -19,6 +19,7 @@
 //!
 //! The snapshot's id is the BLAKE3 of the whole file.
 
+use super::{le32, le64};
 use std::io::{Read, Write};
 
 use serde::{Deserialize, Serialize};
@@ -174,18 +175,6 @@ pub struct Snapshot {
     /// Number of chunks.
     pub count: u64,
     list: Vec<u8>,
-}
-
-fn le32(b: &[u8]) -> u32 {
-    let mut a = [0u8; 4];
-    a.copy_from_slice(b);
-    u32::from_le_bytes(a)
-}
-
-fn le64(b: &[u8]) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(b);
-    u64::from_le_bytes(a)
 }
 
 impl Snapshot {

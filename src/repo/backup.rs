@@ -431,13 +431,7 @@ impl BackupSession {
             drop(unit_tx);
             drop(work_rx);
             let feeder = s.spawn(move || -> Result<(u64, u64), RepoError> {
-                let mut prev_ids = match parent {
-                    Some(p) => Some(p.chunk_ids().map_err(|source| RepoError::Snapshot {
-                        key: super::snapshot_key(&p.id),
-                        source,
-                    })?),
-                    None => None,
-                };
+                let mut prev_ids = PreviousIds::new(parent)?;
                 let mut bytes_read = 0u64;
                 let mut seq = 0u64;
                 while let Some(chunk) = reader.next_chunk() {
@@ -448,19 +442,7 @@ impl BackupSession {
                             return Err(e.into());
                         }
                     };
-                    let n = chunk.len.div_ceil(chunk_size);
-                    let mut prev = Vec::with_capacity(n);
-                    if let Some(ids) = prev_ids.as_mut() {
-                        for _ in 0..n {
-                            match ids.next() {
-                                Some(Ok(id)) => prev.push(id),
-                                _ => {
-                                    prev_ids = None;
-                                    break;
-                                }
-                            }
-                        }
-                    }
+                    let prev = prev_ids.take(chunk.len.div_ceil(chunk_size));
                     if !chunk.hole {
                         bytes_read += chunk.len as u64;
                     }
@@ -485,6 +467,53 @@ impl BackupSession {
 }
 
 type Work = (u64, crate::io::reader::Chunk, Vec<ChunkId>);
+
+/// The previous snapshot's chunk ids, handed out unit by unit. Once the
+/// list ends (the image grew) or cannot be read, the rest of the image
+/// simply has no previous ids: they only save work, never decide content.
+pub struct PreviousIds<'a> {
+    ids: Option<crate::format::snapshot::ChunkIds<'a>>,
+}
+
+impl<'a> PreviousIds<'a> {
+    /// The ids of `parent`, or none.
+    ///
+    /// # Errors
+    /// The parent's chunk list cannot be opened.
+    pub fn new(parent: Option<&'a Snapshot>) -> Result<Self, RepoError> {
+        let ids = match parent {
+            Some(p) => Some(p.chunk_ids().map_err(|source| RepoError::Snapshot {
+                key: super::snapshot_key(&p.id),
+                source,
+            })?),
+            None => None,
+        };
+        Ok(PreviousIds { ids })
+    }
+
+    /// The next `n` ids (fewer, or none, past the end of the list).
+    pub fn take(&mut self, n: usize) -> Vec<ChunkId> {
+        let mut out = Vec::with_capacity(n);
+        if let Some(ids) = self.ids.as_mut() {
+            for _ in 0..n {
+                match ids.next() {
+                    Some(Ok(id)) => out.push(id),
+                    _ => {
+                        self.ids = None;
+                        break;
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+impl std::fmt::Debug for PreviousIds<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreviousIds").finish_non_exhaustive()
+    }
+}
 
 fn worker(
     work: Receiver<Work>,

@@ -21,7 +21,7 @@ use std::path::Path;
 use crossbeam_channel::{bounded, Receiver, Sender};
 
 use super::backup::{
-    classify_unit, BackupSession, BackupSummary, ChunkOutcome, Dedup, Unit, UNIT_SIZE,
+    classify_unit, BackupSession, BackupSummary, ChunkOutcome, Dedup, PreviousIds, Unit, UNIT_SIZE,
 };
 use super::RepoError;
 use crate::digest::{Digest, SEGMENT_SIZE};
@@ -263,30 +263,13 @@ pub fn run_remote(
     let index = session.index();
     std::thread::scope(|s| {
         let driver = s.spawn(move || -> Result<(Digest, u64), RepoError> {
-            let mut prev_ids = match session.parent() {
-                Some(p) => Some(p.chunk_ids().map_err(|source| RepoError::Snapshot {
-                    key: super::snapshot_key(&p.id),
-                    source,
-                })?),
-                None => None,
-            };
+            let mut prev_ids = PreviousIds::new(session.parent())?;
             let (mut sent, mut received) = (0u64, 0u64);
             while received < units {
                 while sent < units && sent - received < WINDOW {
                     let len = (size - sent * UNIT_SIZE as u64).min(UNIT_SIZE as u64) as usize;
                     let n = len.div_ceil(chunk_size).min(per_unit);
-                    let mut prev = Vec::new();
-                    if let Some(ids) = prev_ids.as_mut() {
-                        for _ in 0..n {
-                            match ids.next() {
-                                Some(Ok(id)) => prev.push(*id.as_bytes()),
-                                _ => {
-                                    prev_ids = None;
-                                    break;
-                                }
-                            }
-                        }
-                    }
+                    let prev = prev_ids.take(n).iter().map(|id| *id.as_bytes()).collect();
                     conn.send(Message::Want { seq: sent, prev })?;
                     sent += 1;
                 }
