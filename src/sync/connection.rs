@@ -52,6 +52,9 @@ enum Kind {
     Remote {
         child: Child,
         stderr: Arc<Mutex<Vec<String>>>,
+        /// Disconnects when ssh's stderr reaches its end, so the last
+        /// line is in `stderr` before a failure is explained.
+        stderr_closed: Receiver<()>,
         live: Arc<AtomicBool>,
         remote: Remote,
     },
@@ -79,6 +82,9 @@ impl std::fmt::Debug for Connection {
 
 /// Requests queued to one endpoint before the driver blocks.
 const REQUEST_QUEUE: usize = 256;
+
+/// How long a failure waits for ssh's last stderr lines after it exited.
+const STDERR_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Connection {
     /// An endpoint served by a thread of this process.
@@ -136,7 +142,7 @@ impl Connection {
         let live = Arc::new(AtomicBool::new(false));
         spawn_writer(stdin, req_rx, wire_out.clone());
         spawn_reader(stdout, rep_tx, wire_in.clone());
-        spawn_stderr(stderr, remote.host.clone(), lines.clone(), live.clone());
+        let stderr_closed = spawn_stderr(stderr, remote.host.clone(), lines.clone(), live.clone());
         Ok(Connection {
             name: remote.host.clone(),
             requests: Some(req_tx),
@@ -144,6 +150,7 @@ impl Connection {
             kind: Kind::Remote {
                 child,
                 stderr: lines,
+                stderr_closed,
                 live,
                 remote: remote.clone(),
             },
@@ -245,10 +252,15 @@ impl Connection {
             Kind::Remote {
                 child,
                 stderr,
+                stderr_closed,
                 live,
                 remote,
             } => {
                 let status = child.wait().ok().and_then(|s| s.code());
+                // ssh has exited, but its last words may still be in the
+                // pipe; a helper it left behind may hold the pipe open, so
+                // the wait is bounded.
+                let _ = stderr_closed.recv_timeout(STDERR_DRAIN);
                 let last = stderr
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -375,10 +387,12 @@ fn spawn_stderr(
     host: String,
     held: Arc<Mutex<Vec<String>>>,
     live: Arc<AtomicBool>,
-) {
+) -> Receiver<()> {
+    let (closed_tx, closed_rx) = bounded::<()>(0);
     let _ = std::thread::Builder::new()
         .name("ssh stderr".into())
         .spawn(move || {
+            let _closed = closed_tx;
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { return };
                 if live.load(Ordering::Relaxed) {
@@ -393,6 +407,7 @@ fn spawn_stderr(
                 }
             }
         });
+    closed_rx
 }
 
 /// Runs `diskdelta serve`: the endpoint loop over stdin and stdout.
