@@ -332,6 +332,44 @@ impl Output {
         Ok(())
     }
 
+    /// Whether pieces of a new image may be written at any offset, in any
+    /// order, from several threads (files and devices; not streams).
+    pub fn is_positional(&self) -> bool {
+        self.kind != OutputKind::Stream
+    }
+
+    /// Writes a piece of a new image at `offset`, out of order: on a new
+    /// sparse file its all-zero 4 KiB blocks stay holes.
+    ///
+    /// # Errors
+    /// [`IoError::Write`].
+    pub fn place(&self, offset: u64, data: &[u8]) -> Result<(), IoError> {
+        if self.sparse {
+            self.write_sparse_at(offset, data)
+        } else {
+            self.write_at(offset, data)
+        }
+    }
+
+    /// Makes a range of a new image read as zeros, out of order: nothing
+    /// to do on a new sparse file, `BLKZEROOUT` or a hole otherwise.
+    ///
+    /// # Errors
+    /// [`IoError::Write`].
+    pub fn place_zeros(&self, offset: u64, len: u64) -> Result<(), IoError> {
+        if self.sparse {
+            Ok(())
+        } else {
+            self.zero_range(offset, len)
+        }
+    }
+
+    /// Moves the cursor past pieces written with [`Output::place`], so
+    /// that [`Output::commit`] gives a new file its full length.
+    pub fn set_position(&mut self, pos: u64) {
+        self.pos = pos;
+    }
+
     /// Writes `data` at `offset` (files and devices).
     ///
     /// # Errors

@@ -280,10 +280,14 @@ fn feed(snap: &Snapshot, chunk_size: usize, jobs: Sender<Job>) -> Result<(), Rep
     Ok(())
 }
 
+/// Restores units: fetches and verifies their chunks, then writes them
+/// itself when the output takes writes at any offset (`positional`), or
+/// hands them to the ordered writer otherwise.
 fn worker(
     repo: &Repository,
     index: &Index,
     chunk_size: usize,
+    positional: Option<&Output>,
     jobs: Receiver<Job>,
     done: Sender<Result<Done, RepoError>>,
 ) {
@@ -291,54 +295,83 @@ fn worker(
         let _ = done.send(Err(RepoError::Internal("zstd setup failed")));
         return;
     };
+    // Positional writers reuse one buffer: a fresh 4 MiB per unit costs
+    // page faults that show up as much as the decompression itself.
+    let mut reused = Vec::new();
     for job in jobs {
         let result = (|| {
             let zero = job.ids.iter().all(ChunkId::is_zero_marker);
-            let mut data = Vec::new();
-            let mut fetched = 0;
-            if !zero {
-                data = vec![0u8; job.len];
-                let wanted: Vec<(usize, ChunkId)> = job
-                    .ids
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, id)| !id.is_zero_marker())
-                    .map(|(i, id)| (i, *id))
-                    .collect();
-                fetched = wanted.len() as u64;
-                fetch_chunks(
-                    repo,
-                    index,
-                    &wanted,
-                    chunk_size,
-                    &mut data,
-                    &mut decompressor,
-                )?;
-            }
-            let segments = if zero {
-                (0..job.len.div_ceil(SEGMENT_SIZE))
+            if zero {
+                if let Some(out) = positional {
+                    out.place_zeros(job.offset, job.len as u64)?;
+                }
+                let segments = (0..job.len.div_ceil(SEGMENT_SIZE))
                     .map(|i| {
                         let l = SEGMENT_SIZE.min(job.len - i * SEGMENT_SIZE);
                         (zero_segment(l), l)
                     })
-                    .collect()
+                    .collect();
+                return Ok(Done::of(&job, Vec::new(), true, segments, 0, 0));
+            }
+            let mut owned = Vec::new();
+            let data = if positional.is_some() {
+                reused.resize(job.len, 0);
+                &mut reused[..]
             } else {
-                unit_segments(&data, &job.ids, chunk_size)
+                owned.resize(job.len, 0);
+                &mut owned[..]
             };
-            Ok(Done {
-                seq: job.seq,
-                offset: job.offset,
-                data,
-                zero,
+            let mut wanted = Vec::with_capacity(job.ids.len());
+            for (i, id) in job.ids.iter().enumerate() {
+                if id.is_zero_marker() {
+                    let end = ((i + 1) * chunk_size).min(data.len());
+                    data[i * chunk_size..end].fill(0);
+                } else {
+                    wanted.push((i, *id));
+                }
+            }
+            fetch_chunks(repo, index, &wanted, chunk_size, data, &mut decompressor)?;
+            let segments = unit_segments(data, &job.ids, chunk_size);
+            let written = if let Some(out) = positional {
+                out.place(job.offset, data)?;
+                job.len as u64
+            } else {
+                0
+            };
+            Ok(Done::of(
+                &job,
+                owned,
+                false,
                 segments,
-                fetched,
-                unchanged: 0,
-                written: 0,
-            })
+                wanted.len() as u64,
+                written,
+            ))
         })();
         let failed = result.is_err();
         if done.send(result).is_err() || failed {
             return;
+        }
+    }
+}
+
+impl Done {
+    fn of(
+        job: &Job,
+        data: Vec<u8>,
+        zero: bool,
+        segments: Vec<(blake3::Hash, usize)>,
+        fetched: u64,
+        written: u64,
+    ) -> Done {
+        Done {
+            seq: job.seq,
+            offset: job.offset,
+            data,
+            zero,
+            segments,
+            fetched,
+            unchanged: 0,
+            written,
         }
     }
 }
@@ -383,12 +416,20 @@ pub fn restore(
         ..RestoreSummary::default()
     };
     let index = &index;
+    // Files and devices are written by the workers themselves, in
+    // parallel; a stream needs its bytes in order from one writer.
+    let positional_output = output.is_positional();
+    let (positional, mut ordered) = if positional_output {
+        (Some(&output), None)
+    } else {
+        (None, Some(&mut output))
+    };
     let written = std::thread::scope(|s| -> Result<(), RepoError> {
         let feeder = s.spawn(move || feed(snap, chunk_size, job_tx));
         for _ in 0..threads {
             let jobs = job_rx.clone();
             let done = done_tx.clone();
-            s.spawn(move || worker(repo, index, chunk_size, jobs, done));
+            s.spawn(move || worker(repo, index, chunk_size, positional, jobs, done));
         }
         drop(job_rx);
         drop(done_tx);
@@ -399,13 +440,16 @@ pub fn restore(
             pending.insert(done.seq, done);
             while let Some(d) = pending.remove(&next) {
                 next += 1;
-                if d.zero {
-                    let len: usize = d.segments.iter().map(|s| s.1).sum();
-                    output.append_zeros(len as u64)?;
-                } else {
-                    output.append(&d.data)?;
-                    summary.bytes_written += d.data.len() as u64;
+                if let Some(ordered) = ordered.as_mut() {
+                    if d.zero {
+                        let len: usize = d.segments.iter().map(|s| s.1).sum();
+                        ordered.append_zeros(len as u64)?;
+                    } else {
+                        ordered.append(&d.data)?;
+                        summary.bytes_written += d.data.len() as u64;
+                    }
                 }
+                summary.bytes_written += d.written;
                 summary.chunks_fetched += d.fetched;
                 for (h, l) in &d.segments {
                     hasher.push_segment(h, *l);
@@ -426,6 +470,9 @@ pub fn restore(
         Ok(())
     });
     written?;
+    if positional_output {
+        output.set_position(snap.meta.size);
+    }
     let digest = hasher.finalize();
     check_digest(snap, &digest, &output.path().display().to_string())?;
     output.commit()?;
