@@ -89,8 +89,9 @@ pub const DEFAULT_CHUNK_SIZE: u32 = 1 << 20;
 pub const MIN_CHUNK_SIZE: u32 = 16 << 10;
 /// Largest chunk size.
 pub const MAX_CHUNK_SIZE: u32 = 4 << 20;
-/// Default zstd level.
-pub const DEFAULT_COMPRESSION_LEVEL: i32 = 3;
+/// Default zstd level: on `bench/run repo` data level 1 stores 0.7% more
+/// than level 3 and compresses 1.45x faster.
+pub const DEFAULT_COMPRESSION_LEVEL: i32 = 1;
 
 /// Errors of repository operations.
 #[derive(Debug, thiserror::Error)]
