@@ -297,7 +297,9 @@ fn worker(
     };
     // Positional writers reuse one buffer: a fresh 4 MiB per unit costs
     // page faults that show up as much as the decompression itself.
-    let mut reused = Vec::new();
+    // Aligned, so that a file output can take it with O_DIRECT.
+    let mut reused =
+        crate::io::reader::AlignedBuf::new(if positional.is_some() { UNIT_SIZE } else { 0 });
     for job in jobs {
         let result = (|| {
             let zero = job.ids.iter().all(ChunkId::is_zero_marker);
@@ -315,8 +317,7 @@ fn worker(
             }
             let mut owned = Vec::new();
             let data = if positional.is_some() {
-                reused.resize(job.len, 0);
-                &mut reused[..]
+                &mut reused.as_mut_slice()[..job.len]
             } else {
                 owned.resize(job.len, 0);
                 &mut owned[..]
@@ -406,7 +407,13 @@ pub fn restore(
     check_restorable(repo, snap, &index)?;
     output.require_capacity(snap.meta.size)?;
     output.set_sparse(output.kind() == OutputKind::File);
-    let threads = threads(options.threads);
+    let direct = output.kind() == OutputKind::File && output.use_direct_placement();
+    // A direct write blocks its worker until the disk has the data: twice
+    // as many workers as cores keep the cores busy meanwhile.
+    let threads = match (options.threads, direct) {
+        (0, true) => threads(0) * 2,
+        (n, _) => threads(n),
+    };
     let (job_tx, job_rx) = bounded::<Job>(threads);
     let (done_tx, done_rx) = bounded::<Result<Done, RepoError>>(threads * 2);
     let mut hasher = ImageHasher::new();
