@@ -4,9 +4,14 @@
 //!
 //! - [`compare`]: byte comparison of aligned OLD and NEW chunks.
 //! - [`merkle`]: per-region hash trees, for copies on different machines.
+//! - [`tracked`]: what an outside change tracker (thin-pool metadata, a
+//!   changed-range list) reports, so only changed bytes are read.
+//! - [`thin`]: running `thin_delta`, and finding a thin pool with LVM.
 
 pub mod compare;
 pub mod merkle;
+pub mod thin;
+pub mod tracked;
 
 /// A run of changed bytes of NEW: `len` bytes at `offset`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

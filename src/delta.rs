@@ -13,6 +13,7 @@ pub mod apply;
 pub mod create;
 pub mod inspect;
 pub mod source;
+pub mod tracked;
 
 use std::path::PathBuf;
 
@@ -26,6 +27,7 @@ pub use apply::{apply_in_place, apply_stream, ApplyOptions, ApplySummary, CheckB
 pub use create::{create_delta, DiffOptions, DiffSummary, OutputFormat};
 pub use inspect::{inspect, inspect_stream, DeltaInfo};
 pub use source::{DeltaKind, DeltaSource};
+pub use tracked::create_tracked_delta;
 
 /// Errors of creating, applying or inspecting deltas.
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +89,9 @@ pub enum DeltaError {
     /// Writing the delta file failed.
     #[error("writing the delta failed")]
     Write(#[source] std::io::Error),
+    /// The change tracker failed or reported nonsense.
+    #[error(transparent)]
+    Tracking(#[from] crate::change::tracked::TrackError),
     /// A worker thread panicked (a bug).
     #[error("internal error: {0} thread panicked")]
     Panic(&'static str),

@@ -66,6 +66,7 @@ pub mod maintenance;
 pub mod remote;
 pub mod restore;
 pub mod time;
+pub mod tracked;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -96,6 +97,20 @@ pub const DEFAULT_COMPRESSION_LEVEL: i32 = 1;
 /// Errors of repository operations.
 #[derive(Debug, thiserror::Error)]
 pub enum RepoError {
+    /// The change tracker failed or reported nonsense.
+    #[error(transparent)]
+    Tracking(#[from] crate::change::tracked::TrackError),
+    /// `--verify-sample` found a chunk the tracker called unchanged that
+    /// differs from the previous snapshot.
+    #[error("{path}: bytes {offset}..{end} changed but the change tracker reported them unchanged; back up without change tracking (a full hash scan) and check the tracker", end = offset + len)]
+    TrackerMissedChange {
+        /// The source.
+        path: String,
+        /// Where.
+        offset: u64,
+        /// How much.
+        len: u64,
+    },
     /// No repository at the location.
     #[error("no repository at {0} (create one with `diskdelta init -r {0}`)")]
     Missing(String),

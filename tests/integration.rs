@@ -23,3 +23,5 @@ mod repo_remote;
 mod sshd_harness;
 #[path = "integration/sync.rs"]
 mod sync;
+#[path = "integration/thin.rs"]
+mod thin;

@@ -9,6 +9,7 @@ DISKDELTA_PACKAGES=(
   time                # /usr/bin/time for peak RSS in bench/
   openssh-server openssh-client  # a real sshd on 127.0.0.1 for remote tests
   sudo                # backup --sudo runs the remote side under sudo
+  thin-provisioning-tools  # thin_delta for --thin-metadata/--lvm; thin_restore in tests
 )
 
 ensure_packages() {

@@ -350,7 +350,8 @@ pub fn apply_stream(
                 });
             }
         }
-        if written.digest != trailer.new_digest {
+        let unknown_new = trailer.new_digest == Digest::NONE && trailer.old_digest.is_none();
+        if !unknown_new && written.digest != trailer.new_digest {
             return Err(DeltaError::ResultMismatch {
                 path: out_path,
                 expected: trailer.new_digest,
@@ -360,7 +361,13 @@ pub fn apply_stream(
         if trailer.old_digest.is_none() {
             notes.push("delta made from change tracking: the base was not checked".into());
         }
-        verified = true;
+        if unknown_new {
+            notes.push(
+                "delta made from change tracking records no NEW digest: each record was verified, the whole result could not be"
+                    .into(),
+            );
+        }
+        verified = !unknown_new;
         new_digest = Some(written.digest);
     } else {
         notes.push(format!(
@@ -556,7 +563,7 @@ pub fn apply_in_place(
     };
     let check = match (options.check_base, &trailer) {
         (Some(c), _) => c,
-        (None, Some(t)) if t.old_digest.is_some() => CheckBase::Sample,
+        (None, Some(t)) if t.old_digest.is_some() || !t.samples.is_empty() => CheckBase::Sample,
         (None, _) => CheckBase::None,
     };
     match output.kind() {
@@ -639,7 +646,9 @@ pub fn apply_in_place(
     while let Some(e) = source.next_extent()? {
         match &e.data {
             ExtentData::Bytes(b) => output.write_at(e.offset, b)?,
-            ExtentData::Zeros(n) => output.zero_range(e.offset, *n)?,
+            // Discarded where the device supports it, so thin volumes
+            // unmap instead of filling the pool with zeros.
+            ExtentData::Zeros(n) => output.discard_range(e.offset, *n)?,
         }
         if let Some(p) = &options.progress {
             p.fetch_add(e.len(), Ordering::Relaxed);
@@ -649,6 +658,10 @@ pub fn apply_in_place(
     let mut verified = false;
     if options.verify {
         match &trailer {
+            Some(t) if t.new_digest == Digest::NONE && t.old_digest.is_none() => notes.push(
+                "delta made from change tracking records no NEW digest: --verify had nothing to compare"
+                    .into(),
+            ),
             Some(t) => {
                 let actual = digest_of(target, new_size, None)?;
                 if actual != t.new_digest {

@@ -74,10 +74,15 @@ pub struct DiffSummary {
     pub old_size: u64,
     /// NEW size.
     pub new_size: u64,
-    /// OLD image digest.
-    pub old_digest: Digest,
-    /// NEW image digest.
+    /// OLD image digest (`None` when made from change tracking).
+    pub old_digest: Option<Digest>,
+    /// NEW image digest ([`Digest::NONE`] when made from change tracking,
+    /// which does not read all of NEW).
     pub new_digest: Digest,
+    /// Bytes of NEW (and OLD) read.
+    pub bytes_read: u64,
+    /// Made from a change tracker rather than by comparing OLD and NEW.
+    pub change_tracked: bool,
     /// Records written.
     pub records: u64,
     /// NEW bytes carried by records.
@@ -87,7 +92,7 @@ pub struct DiffSummary {
 }
 
 /// Number of sampled OLD blocks (fewer only when fewer blocks qualify).
-const SAMPLE_TARGET: usize = 64;
+pub(super) const SAMPLE_TARGET: usize = 64;
 /// Records encoded or waiting to be written at once.
 const RECORDS_IN_FLIGHT: usize = 16;
 
@@ -143,12 +148,12 @@ impl Sampler {
 /// Accumulates changed blocks into extents: contiguous, of one kind (data
 /// or zeros), data extents at most [`WRITER_RECORD_LEN`] long.
 #[derive(Debug, Default)]
-struct ExtentBuilder {
+pub(super) struct ExtentBuilder {
     pending: Option<Extent>,
 }
 
 impl ExtentBuilder {
-    fn push_data(&mut self, offset: u64, bytes: &[u8]) -> Option<Extent> {
+    pub(super) fn push_data(&mut self, offset: u64, bytes: &[u8]) -> Option<Extent> {
         if let Some(Extent {
             offset: start,
             data: ExtentData::Bytes(buf),
@@ -167,7 +172,7 @@ impl ExtentBuilder {
         })
     }
 
-    fn push_zeros(&mut self, offset: u64, len: u64) -> Option<Extent> {
+    pub(super) fn push_zeros(&mut self, offset: u64, len: u64) -> Option<Extent> {
         if let Some(Extent {
             offset: start,
             data: ExtentData::Zeros(n),
@@ -184,18 +189,19 @@ impl ExtentBuilder {
         })
     }
 
-    fn flush(&mut self) -> Option<Extent> {
+    pub(super) fn flush(&mut self) -> Option<Extent> {
         self.pending.take()
     }
 }
 
-/// What the compare thread hands back.
-struct Compared {
-    old_size: u64,
-    new_size: u64,
-    old_digest: Digest,
-    new_digest: Digest,
-    samples: Vec<Sample>,
+/// What the extent producer hands back.
+pub(super) struct Compared {
+    pub(super) old_size: u64,
+    pub(super) new_size: u64,
+    pub(super) old_digest: Option<Digest>,
+    pub(super) new_digest: Digest,
+    pub(super) samples: Vec<Sample>,
+    pub(super) bytes_read: u64,
 }
 
 fn view(chunk: &Chunk) -> View<'_> {
@@ -208,7 +214,7 @@ fn view(chunk: &Chunk) -> View<'_> {
 
 /// Sends extents to the encoders, one token per extent so at most
 /// [`RECORDS_IN_FLIGHT`] are buffered anywhere.
-struct ExtentSink {
+pub(super) struct ExtentSink {
     seq: u64,
     jobs: Sender<(u64, Extent)>,
     tokens: Receiver<()>,
@@ -216,7 +222,7 @@ struct ExtentSink {
 
 impl ExtentSink {
     /// Returns false when the writer has stopped.
-    fn send(&mut self, extent: Option<Extent>) -> bool {
+    pub(super) fn send(&mut self, extent: Option<Extent>) -> bool {
         let Some(extent) = extent else { return true };
         if self.tokens.recv().is_err() {
             return false;
@@ -309,9 +315,10 @@ fn compare_all(
     Ok(Some(Compared {
         old_size: old_summary.bytes,
         new_size: new_summary.bytes,
-        old_digest: old_summary.digest.unwrap_or_default(),
+        old_digest: Some(old_summary.digest.unwrap_or_default()),
         new_digest: new_summary.digest.unwrap_or_default(),
         samples: sampler.into_samples(),
+        bytes_read: old_summary.bytes + new_summary.bytes,
     }))
 }
 
@@ -391,6 +398,24 @@ pub fn create_delta<W: Write + Send>(
             ..ReaderOptions::default()
         },
     );
+    write_delta(header, out, options, move |sink| {
+        compare_all(old_reader, new_reader, block, sink)
+    })
+}
+
+/// Writes a delta whose extents `produce` makes on its own thread, in
+/// increasing order, while a pool of encoders compresses them.
+pub(super) fn write_delta<W, P>(
+    header: Header,
+    out: W,
+    options: &DiffOptions,
+    produce: P,
+) -> Result<(W, DiffSummary), DeltaError>
+where
+    W: Write + Send,
+    P: FnOnce(ExtentSink) -> Result<Option<Compared>, DeltaError> + Send,
+{
+    let change_tracked = header.change_tracked;
     let out = BufWriter::with_capacity(1 << 20, out);
     let mut sink = match options.format {
         OutputFormat::Native => Sink::Native(Box::new(DeltaWriter::new(out, header)?)),
@@ -407,16 +432,11 @@ pub fn create_delta<W: Write + Send>(
     let compression = options.compression;
     std::thread::scope(|scope| {
         let compare = scope.spawn(move || {
-            compare_all(
-                old_reader,
-                new_reader,
-                block,
-                ExtentSink {
-                    seq: 0,
-                    jobs: job_tx,
-                    tokens: token_rx,
-                },
-            )
+            produce(ExtentSink {
+                seq: 0,
+                jobs: job_tx,
+                tokens: token_rx,
+            })
         });
         for _ in 0..threads {
             let jobs = job_rx.clone();
@@ -456,6 +476,8 @@ pub fn create_delta<W: Write + Send>(
             new_size: c.new_size,
             old_digest: c.old_digest,
             new_digest: c.new_digest,
+            bytes_read: c.bytes_read,
+            change_tracked,
             records: 0,
             changed_bytes: 0,
             delta_bytes: 0,
@@ -465,7 +487,7 @@ pub fn create_delta<W: Write + Send>(
                 let (w, trailer, bytes) = w.finish(TrailerInput {
                     old_size: c.old_size,
                     new_size: c.new_size,
-                    old_digest: Some(c.old_digest),
+                    old_digest: c.old_digest,
                     new_digest: c.new_digest,
                     samples: c.samples,
                 })?;

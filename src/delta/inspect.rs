@@ -1,5 +1,6 @@
 //! `info`: what a delta holds, with every record decoded and verified.
 
+use crate::digest::Digest;
 use std::io::Read;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -142,7 +143,10 @@ pub fn inspect_stream(
             .as_ref()
             .and_then(|t| t.old_digest)
             .map(|d| d.to_hex()),
-        new_digest: trailer.as_ref().map(|t| t.new_digest.to_hex()),
+        new_digest: trailer
+            .as_ref()
+            .filter(|t| !(t.old_digest.is_none() && t.new_digest == Digest::NONE))
+            .map(|t| t.new_digest.to_hex()),
         base_samples: trailer.as_ref().map_or(0, |t| t.samples.len()),
         change_tracked: header.is_some_and(|h| h.change_tracked),
     })

@@ -62,6 +62,10 @@ pub struct SnapshotMeta {
     pub tags: Vec<String>,
     /// The diskdelta version that wrote it.
     pub program: String,
+    /// Thin device id the image was read from by a thin-aware backup, so
+    /// that the next one can check its `thin_delta` starts from this image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thin_id: Option<u64>,
 }
 
 /// What is wrong with a snapshot file's bytes.
@@ -315,6 +319,7 @@ mod tests {
             parent: None,
             tags: vec!["nightly".into()],
             program: "diskdelta 0.1.0".into(),
+            thin_id: None,
         }
     }
 
@@ -428,6 +433,7 @@ mod tests {
                         parent: parent.map(|p| SnapshotId::from_bytes(p).to_hex()),
                         tags,
                         program: "diskdelta test".into(),
+                        thin_id: None,
                     };
                     (meta, count)
                 },

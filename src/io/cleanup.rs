@@ -1,4 +1,5 @@
-//! Temporary outputs to remove when the process is interrupted.
+//! Temporary outputs to remove, and commands to run (such as releasing a
+//! thin pool's metadata snapshot), when the process is interrupted.
 //!
 //! [`Output`](super::Output) registers the temporary name of a file it is
 //! writing and unregisters it when the file is renamed into place or
@@ -10,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 static TEMPORARY: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+static COMMANDS: Mutex<Vec<(String, Vec<String>)>> = Mutex::new(Vec::new());
 
 fn registry() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
     TEMPORARY
@@ -36,6 +38,39 @@ pub fn remove_registered() -> usize {
         .count()
 }
 
+fn commands() -> std::sync::MutexGuard<'static, Vec<(String, Vec<String>)>> {
+    COMMANDS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Remembers a command that must run if the process is interrupted.
+pub fn register_command(program: &str, args: &[String]) {
+    commands().push((program.to_string(), args.to_vec()));
+}
+
+/// Forgets a command registered with [`register_command`].
+pub fn unregister_command(program: &str, args: &[String]) {
+    let mut list = commands();
+    if let Some(i) = list.iter().position(|(p, a)| p == program && a == args) {
+        list.remove(i);
+    }
+}
+
+/// Runs every registered command once; returns how many succeeded.
+pub fn run_registered_commands() -> usize {
+    let list = std::mem::take(&mut *commands());
+    list.iter()
+        .filter(|(program, args)| {
+            std::process::Command::new(program)
+                .args(args)
+                .stdin(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+        .count()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -53,5 +88,20 @@ mod tests {
         assert!(remove_registered() >= 1);
         assert!(!a.exists());
         assert!(b.exists());
+    }
+
+    #[test]
+    fn registered_commands_run_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let marker = dir.path().join("ran");
+        let args = vec![marker.display().to_string()];
+        register_command("touch", &args);
+        register_command("touch", &["/nonexistent/dir/x".to_string()]);
+        unregister_command("touch", &["/nonexistent/dir/x".to_string()]);
+        assert!(run_registered_commands() >= 1);
+        assert!(marker.exists());
+        std::fs::remove_file(&marker).expect("remove");
+        run_registered_commands();
+        assert!(!marker.exists());
     }
 }

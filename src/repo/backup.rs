@@ -57,6 +57,9 @@ pub struct BackupOptions {
     /// Fail instead of committing when the source ends at another size
     /// (sources fed through a pipe by an importer).
     pub expected_size: Option<u64>,
+    /// Thin device id of the source, recorded for the next thin-aware
+    /// backup's chain check.
+    pub thin_id: Option<u64>,
 }
 
 /// What a backup did.
@@ -92,6 +95,9 @@ pub struct BackupSummary {
     pub adopted_packs: usize,
     /// Wall time.
     pub seconds: f64,
+    /// How change tracking went, when a tracker was given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub change_tracking: Option<super::tracked::TrackingReport>,
 }
 
 /// What happened to one chunk of the image.
@@ -273,6 +279,16 @@ impl BackupSession {
         })
     }
 
+    /// What the backup is about.
+    pub fn options(&self) -> &BackupOptions {
+        &self.options
+    }
+
+    /// The repository.
+    pub fn repo(&self) -> &Repository {
+        &self.repo
+    }
+
     /// The previous snapshot of the same name.
     pub fn parent(&self) -> Option<&Snapshot> {
         self.parent.as_ref()
@@ -362,6 +378,7 @@ impl BackupSession {
             parent: self.parent.as_ref().map(|p| p.id.to_hex()),
             tags: self.options.tags.clone(),
             program: format!("diskdelta {}", env!("CARGO_PKG_VERSION")),
+            thin_id: self.options.thin_id,
         };
         let (bytes, snapshot_id) = writer
             .finish(&meta)
@@ -390,6 +407,7 @@ impl BackupSession {
             },
             adopted_packs: self.adopted,
             seconds: self.started.elapsed().as_secs_f64(),
+            change_tracking: None,
         })
     }
 

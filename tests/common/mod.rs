@@ -3,6 +3,7 @@
 
 pub mod loopdev;
 pub mod sshd;
+pub mod thinpool;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -67,10 +67,11 @@ pub struct Common {
 
 #[derive(Debug, Args)]
 pub struct DiffArgs {
-    /// The base image (full older copy); `-` for stdin.
-    pub old: PathBuf,
-    /// The changed image; `-` for stdin.
-    pub new: PathBuf,
+    /// OLD NEW: the base image (full older copy) and the changed image, `-`
+    /// for stdin. With change tracking (--changed-ranges, --thin-*, --lvm)
+    /// only NEW is given.
+    #[arg(required = true, num_args = 1..=2, value_name = "OLD NEW")]
+    pub images: Vec<PathBuf>,
     /// Where to write the delta (default: stdout).
     #[arg(short, long, value_name = "DELTA")]
     pub output: Option<PathBuf>,
@@ -90,7 +91,44 @@ pub struct DiffArgs {
     #[arg(long)]
     pub direct: bool,
     #[command(flatten)]
+    pub tracking: TrackingArgs,
+    /// With change tracking: sample unchanged blocks of OLD into the delta,
+    /// so `apply --in-place --check-base sample` can check the base.
+    #[arg(long, value_name = "OLD")]
+    pub base_sample: Option<PathBuf>,
+    #[command(flatten)]
     pub common: Common,
+}
+
+/// Where changes come from when NEW is not compared byte by byte.
+#[derive(Debug, Args, Default)]
+pub struct TrackingArgs {
+    /// Read only these ranges of NEW: lines `OFFSET LENGTH` in bytes, or
+    /// thin_delta XML output (plain or --verbose); `-` for stdin.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["thin_metadata", "lvm"])]
+    pub changed_ranges: Option<PathBuf>,
+    /// Thin-pool metadata (a metadata device or file) to run thin_delta on.
+    #[arg(
+        long,
+        value_name = "PATH",
+        requires = "thin_ids",
+        conflicts_with = "lvm"
+    )]
+    pub thin_metadata: Option<PathBuf>,
+    /// Thin device ids of OLD and NEW in --thin-metadata.
+    #[arg(long, value_name = "OLD_ID,NEW_ID", requires = "thin_metadata")]
+    pub thin_ids: Option<String>,
+    /// LVM thin snapshot holding OLD (VG/LV): the pool, thin ids and chunk
+    /// size come from lvs, thin_delta reads a reserved metadata snapshot.
+    #[arg(long, value_name = "VG/OLDSNAP")]
+    pub lvm: Option<String>,
+}
+
+impl TrackingArgs {
+    /// True when any change tracker was chosen.
+    pub fn any(&self) -> bool {
+        self.changed_ranges.is_some() || self.thin_metadata.is_some() || self.lvm.is_some()
+    }
 }
 
 #[derive(Debug, Args)]
@@ -240,6 +278,12 @@ pub struct BackupArgs {
     /// Worker threads per source (default: one per core).
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
+    #[command(flatten)]
+    pub tracking: TrackingArgs,
+    /// With change tracking: re-read N random unchanged chunks and fail if
+    /// one differs from the previous snapshot (a tracker that missed a change).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub verify_sample: usize,
     #[command(flatten)]
     pub common: Common,
 }

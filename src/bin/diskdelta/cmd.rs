@@ -14,6 +14,7 @@ mod restore;
 mod snapshots;
 mod status;
 mod sync;
+mod tracking;
 mod unlock;
 mod verify;
 

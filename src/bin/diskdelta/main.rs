@@ -70,6 +70,7 @@ fn handle_interrupts() {
             // sigwait writes the received signal number into `signal`.
             if unsafe { libc::sigwait(&set, &mut signal) } == 0 {
                 diskdelta::io::cleanup::remove_registered();
+                diskdelta::io::cleanup::run_registered_commands();
                 eprintln!("diskdelta: interrupted");
                 std::process::exit(EXIT_INTERRUPTED);
             }

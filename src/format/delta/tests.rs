@@ -202,6 +202,8 @@ const TINY_NONE: &[u8] = include_bytes!("../../../tests/golden/delta/tiny-none.d
 const GROWN_NONE: &[u8] = include_bytes!("../../../tests/golden/delta/grown-none.delta");
 const SHRUNK_ZSTD: &[u8] = include_bytes!("../../../tests/golden/delta/shrunk-zstd.delta");
 const GROWN_PIPE_ZSTD: &[u8] = include_bytes!("../../../tests/golden/delta/grown-pipe-zstd.delta");
+const TINY_TRACKED_NONE: &[u8] =
+    include_bytes!("../../../tests/golden/delta/tiny-tracked-none.delta");
 
 struct Golden {
     name: &'static str,
@@ -1381,4 +1383,20 @@ fn writer_refuses_what_readers_would_reject() {
         ],
     };
     assert!(w.finish(too_many).is_err());
+}
+
+#[test]
+fn golden_change_tracked_delta_decodes_to_new() {
+    let (header, extents, trailer) = read_all(TINY_TRACKED_NONE).expect("golden decodes");
+    assert!(header.change_tracked);
+    assert_eq!(header.block_size, 512);
+    assert_eq!(trailer.old_digest, None);
+    assert_eq!(trailer.new_digest, Digest::NONE);
+    assert_eq!(trailer.samples, Vec::new());
+    let ranges: Vec<(u64, u64)> = extents.iter().map(|e| (e.offset, e.len())).collect();
+    assert_eq!(ranges, [(512, 512), (1024, 34)]);
+    assert_eq!(
+        apply(TINY_OLD, trailer.new_size, &extents),
+        TINY_NEW.to_vec()
+    );
 }

@@ -65,6 +65,9 @@ def make_inputs():
         "new-shrunk.img": bytes(shrunk),
         "tiny-old.img": tiny_old,
         "tiny-new.img": tiny_new,
+        # What a change tracker reports for the tiny pair: the zeroed
+        # block and the tail.
+        "tiny-ranges.txt": b"512 546\n",
     }
 
 
@@ -74,6 +77,14 @@ DELTAS = [
     ("grown-none.delta", "old.img", "new-grown.img", ["-b", "512", "--compress", "none"], False),
     ("shrunk-zstd.delta", "old.img", "new-shrunk.img", ["-b", "1K"], False),
     ("grown-pipe-zstd.delta", "old.img", "new-grown.img", ["-b", "512"], True),
+    # Change-tracked: OLD is not read; no OLD digest, NEW digest all zero.
+    (
+        "tiny-tracked-none.delta",
+        "tiny-old.img",
+        "tiny-new.img",
+        ["-b", "512", "--compress", "none", "--changed-ranges", os.path.join(HERE, "tiny-ranges.txt")],
+        False,
+    ),
 ]
 
 
@@ -98,9 +109,8 @@ def run_diff(exe, name, old, new, options, piped):
     else:
         if os.path.exists(path):
             os.remove(path)
-        subprocess.run(
-            [exe, "diff", "-q", *options, old_path, new_path, "-o", path], check=True
-        )
+        inputs = [new_path] if "--changed-ranges" in options else [old_path, new_path]
+        subprocess.run([exe, "diff", "-q", *options, *inputs, "-o", path], check=True)
     with open(path, "rb") as f:
         return f.read()
 
@@ -236,13 +246,16 @@ def main():
     for name, old, new, options, piped in DELTAS:
         delta = run_diff(exe, name, old, new, options, piped)
         desc, rebuilt = describe(delta, images[old])
+        shown = [os.path.basename(o) if o.startswith(HERE) else o for o in options]
         desc = {
-            "made_by": "diskdelta diff %s%s %s %s"
+            "made_by": "diskdelta diff %s%s"
             % (
                 "" if not piped else "(NEW from a pipe, delta to a pipe) ",
-                " ".join(options),
-                old,
-                "-" if piped else new,
+                " ".join(
+                    shown
+                    + ([] if "--changed-ranges" in options else [old])
+                    + ["-" if piped else new]
+                ),
             ),
             "old": old,
             "new": new,

@@ -6,6 +6,7 @@ use anyhow::{bail, Context};
 use diskdelta::format::diskdump::DiskdumpStore;
 use diskdelta::io::{Input, InputOptions};
 use diskdelta::repo::backup::{BackupOptions, BackupSession, BackupSummary};
+use diskdelta::repo::tracked::TrackingReport;
 use diskdelta::repo::{import, lock, time, Repository};
 use diskdelta::sync::location::Location;
 use diskdelta::units::human_bytes;
@@ -22,18 +23,24 @@ struct SourceSpec {
     sudo: bool,
 }
 
-/// Options of `backup` that take a value (to skip it when scanning).
-const VALUE_OPTIONS: &[&str] = &[
-    "-r",
-    "--repo",
-    "--name",
-    "--tag",
-    "--time",
-    "-e",
-    "--rsh",
-    "--remote-path",
-    "--threads",
-];
+/// Options of `backup` that take a value (to skip it when scanning),
+/// as `--long` and `-s`, read from the command-line definition itself.
+fn value_options() -> Vec<String> {
+    use clap::CommandFactory;
+    let cli = crate::cli::Cli::command();
+    let Some(backup) = cli.find_subcommand("backup") else {
+        return Vec::new();
+    };
+    backup
+        .get_arguments()
+        .filter(|a| !a.is_positional() && a.get_action().takes_values())
+        .flat_map(|a| {
+            let long = a.get_long().map(|l| format!("--{l}"));
+            let short = a.get_short().map(|c| format!("-{c}"));
+            long.into_iter().chain(short)
+        })
+        .collect()
+}
 
 /// Attaches `--name` and `--sudo` to the SOURCE they follow, from the raw
 /// arguments after `backup` (clap has already validated them).
@@ -43,6 +50,7 @@ fn associate(raw: &[String], sources: &[String]) -> anyhow::Result<Vec<SourceSpe
     let mut loose_sudo = false;
     let mut i = 0;
     let mut positional_only = false;
+    let value_options = value_options();
     while i < raw.len() {
         let arg = &raw[i];
         i += 1;
@@ -62,7 +70,7 @@ fn associate(raw: &[String], sources: &[String]) -> anyhow::Result<Vec<SourceSpe
             Some((f, v)) if f.starts_with("--") => (f, Some(v.to_string())),
             _ => (arg.as_str(), None),
         };
-        let value = if VALUE_OPTIONS.contains(&flag) && inline.is_none() {
+        let value = if value_options.iter().any(|o| o == flag) && inline.is_none() {
             i += 1;
             raw.get(i - 1).cloned()
         } else {
@@ -125,6 +133,17 @@ fn parse_time(text: Option<&str>) -> anyhow::Result<Option<i64>> {
 }
 
 fn summary_line(source: &str, s: &BackupSummary) -> String {
+    let tracking = match &s.change_tracking {
+        Some(t) if t.used => format!(
+            "; change-tracked: {} chunks read, {} kept unread, {} unmapped, {} re-read to verify",
+            t.stats.chunks_read,
+            t.stats.chunks_reused,
+            t.stats.chunks_unmapped,
+            t.stats.chunks_verified
+        ),
+        Some(_) => "; FULL SCAN (change tracking not used)".to_string(),
+        None => String::new(),
+    };
     format!(
         "backup {source} -> {} {}: {} read, {} sent, {} new chunks ({}), {} reused, {} added, dedup {:.1}x ({:.2} s, {})",
         &s.snapshot[..8],
@@ -138,7 +157,7 @@ fn summary_line(source: &str, s: &BackupSummary) -> String {
         s.dedup_ratio,
         s.seconds,
         report::rate(s.size, s.seconds)
-    )
+    ) + &tracking
 }
 
 fn backup_local(
@@ -158,6 +177,54 @@ fn backup_local(
     super::warn_stale_locks(&session.stale_locks, quiet);
     let summary = session.run_local(input)?;
     drop(progress);
+    Ok(summary)
+}
+
+/// A local backup that reads only what the change tracker reports, or
+/// a full hash scan, said loudly, when the chain cannot be trusted.
+fn backup_tracked(
+    repo: &Repository,
+    path: &Path,
+    mut options: BackupOptions,
+    args: &BackupArgs,
+) -> anyhow::Result<BackupSummary> {
+    let input = Input::open(path, &InputOptions::default())?;
+    let mut tracker =
+        super::tracking::open(&args.tracking, path)?.context("no change tracker chosen")?;
+    options.thin_id = tracker.new_thin_id;
+    let name = options.name.clone();
+    let quiet = args.common.quiet;
+    let progress = Progress::start(&format!("backup {}", path.display()), input.size(), quiet);
+    options.progress = Some(progress.counter());
+    let session = BackupSession::start(repo, options)?;
+    super::warn_stale_locks(&session.stale_locks, quiet);
+    let mut report = TrackingReport {
+        tracker: tracker.what.clone(),
+        ..TrackingReport::default()
+    };
+    let mut summary = match session.tracking_obstacle(tracker.old_thin_id) {
+        None => {
+            let runs = std::mem::replace(&mut tracker.runs, Box::new(std::iter::empty()));
+            let (summary, stats) = session
+                .run_tracked(input, runs, args.verify_sample)
+                .with_context(|| format!("change tracker: {}", tracker.what))?;
+            report.used = true;
+            report.stats = stats;
+            summary
+        }
+        Some(reason) => {
+            // Never skip silently: this goes to stderr even with -q.
+            eprintln!(
+                "diskdelta: WARNING: change tracking NOT used for {name}: {reason}; reading all of {} (full hash scan)",
+                path.display()
+            );
+            drop(tracker);
+            report.fallback_reason = Some(reason);
+            session.run_local(input)?
+        }
+    };
+    drop(progress);
+    summary.change_tracking = Some(report);
     Ok(summary)
 }
 
@@ -191,6 +258,16 @@ pub fn run(args: BackupArgs) -> anyhow::Result<()> {
         }
         jobs.push((spec.clone(), loc, host_only, name));
     }
+    if args.tracking.any() {
+        match jobs.as_slice() {
+            [(spec, loc, _, _)] if loc.host.is_none() && spec.text != "-" => {}
+            _ => bail!("change tracking (--changed-ranges, --thin-metadata, --lvm) needs exactly one local SOURCE file or device"),
+        }
+    } else if args.verify_sample > 0 {
+        bail!(
+            "--verify-sample goes with change tracking (--changed-ranges, --thin-metadata, --lvm)"
+        );
+    }
     let mut names: Vec<&String> = jobs.iter().map(|j| &j.3).collect();
     names.sort();
     if names.windows(2).any(|w| w[0] == w[1]) {
@@ -213,8 +290,12 @@ pub fn run(args: BackupArgs) -> anyhow::Result<()> {
                         progress: None,
                         threads: args.threads.unwrap_or(0),
                         expected_size: None,
+                        thin_id: None,
                     };
                     match &loc.host {
+                        None if args.tracking.any() => {
+                            backup_tracked(repo, &loc.path, options, args)
+                        }
                         None => backup_local(repo, &loc.path, options, args.common.quiet),
                         Some(_) => super::backup_remote::run(
                             repo,
@@ -281,6 +362,7 @@ pub fn import(args: ImportArgs) -> anyhow::Result<()> {
         progress: None,
         threads: 0,
         expected_size: None,
+        thin_id: None,
     };
     let summary = backup_local(&repo, &args.image, options, args.common.quiet)
         .with_context(|| format!("import of {} failed", args.image.display()))?;

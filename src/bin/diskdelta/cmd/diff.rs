@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context};
+use diskdelta::delta::create_tracked_delta;
 use diskdelta::delta::inspect_stream;
 use diskdelta::io::{Input, InputOptions, Output, OutputKind};
 use diskdelta::units::human_bytes;
@@ -24,8 +25,10 @@ struct DiffReport {
     delta_bytes: u64,
     seconds: f64,
     bytes_per_second: f64,
-    old_digest: String,
-    new_digest: String,
+    old_digest: Option<String>,
+    new_digest: Option<String>,
+    bytes_read: u64,
+    change_tracked: bool,
 }
 
 fn parse_compression(text: &str) -> anyhow::Result<Compression> {
@@ -56,7 +59,18 @@ pub fn run(args: DiffArgs) -> anyhow::Result<()> {
         "diff-dd-v2" => OutputFormat::DiffDdV2,
         other => bail!("unknown output format {other:?} (expected diskdelta or diff-dd-v2)"),
     };
-    if args.old == Path::new("-") && args.new == Path::new("-") {
+    if args.tracking.any() {
+        return run_tracked(args, block_size, compression, format);
+    }
+    if args.base_sample.is_some() {
+        bail!("--base-sample goes with change tracking (--changed-ranges, --thin-metadata, --lvm)");
+    }
+    let [old_path, new_path] = args.images.as_slice() else {
+        bail!(
+            "diff needs OLD and NEW (or NEW alone with --changed-ranges, --thin-metadata or --lvm)"
+        );
+    };
+    if old_path == Path::new("-") && new_path == Path::new("-") {
         bail!("OLD and NEW cannot both be stdin");
     }
     let out_path = args.output.clone().unwrap_or_else(|| PathBuf::from("-"));
@@ -64,8 +78,8 @@ pub fn run(args: DiffArgs) -> anyhow::Result<()> {
     let input_options = InputOptions {
         direct: args.direct,
     };
-    let old = Input::open(&args.old, &input_options)?;
-    let new = Input::open(&args.new, &input_options)?;
+    let old = Input::open(old_path, &input_options)?;
+    let new = Input::open(new_path, &input_options)?;
     for (name, input) in [("OLD", &old), ("NEW", &new)] {
         if super::same_file(&out_path, input.file()) {
             bail!(
@@ -83,34 +97,107 @@ pub fn run(args: DiffArgs) -> anyhow::Result<()> {
             }
         }
     }
-    let mut output = Output::create(&out_path)?;
-    output.set_sparse(false);
-
+    let options = diff_options(&args, block_size, compression, format);
     let progress = Progress::start("diff", new.size(), args.common.quiet);
     let options = DiffOptions {
+        progress: Some(progress.counter()),
+        ..options
+    };
+    publish(&args, &out_path, progress, format, |output| {
+        create_delta(old, new, output, &options)
+    })
+}
+
+fn diff_options(
+    args: &DiffArgs,
+    block_size: BlockSize,
+    compression: Compression,
+    format: OutputFormat,
+) -> DiffOptions {
+    DiffOptions {
         block_size,
         compression,
         threads: args
             .threads
             .unwrap_or_else(|| DiffOptions::default().threads),
         format,
-        progress: Some(progress.counter()),
+        progress: None,
+    }
+}
+
+/// `diff --changed-ranges/--thin-*/--lvm NEW`: reads only what changed.
+fn run_tracked(
+    args: DiffArgs,
+    block_size: BlockSize,
+    compression: Compression,
+    format: OutputFormat,
+) -> anyhow::Result<()> {
+    let [new_path] = args.images.as_slice() else {
+        bail!("with change tracking, give only NEW: OLD is not read (--base-sample OLD samples it for apply's base check)");
     };
+    if format != OutputFormat::Native {
+        bail!("change-tracked deltas are written in the diskdelta format only");
+    }
+    let out_path = args.output.clone().unwrap_or_else(|| PathBuf::from("-"));
+    super::check_binary_stdout(&out_path)?;
+    let input_options = InputOptions {
+        direct: args.direct,
+    };
+    let new = Input::open(new_path, &input_options)?;
+    let base = match &args.base_sample {
+        Some(p) => Some(Input::open(p, &input_options)?),
+        None => None,
+    };
+    for input in std::iter::once(&new).chain(base.as_ref()) {
+        if super::same_file(&out_path, input.file()) {
+            bail!(
+                "refusing to overwrite {} with the delta",
+                input.path().display()
+            );
+        }
+    }
+    let mut tracker =
+        super::tracking::open(&args.tracking, new_path)?.context("no change tracker chosen")?;
+    let progress = Progress::start("diff", new.size(), args.common.quiet);
+    let options = DiffOptions {
+        progress: Some(progress.counter()),
+        ..diff_options(&args, block_size, compression, format)
+    };
+    let what = tracker.what.clone();
+    let runs = std::mem::replace(&mut tracker.runs, Box::new(std::iter::empty()));
+    let result = publish(&args, &out_path, progress, format, |output| {
+        create_tracked_delta(runs, new, base, output, &options)
+    });
+    // The metadata snapshot (LVM mode) is released only now, after
+    // thin_delta's output was read to its end.
+    drop(tracker);
+    result.with_context(|| format!("change tracker: {what}"))
+}
+
+fn publish(
+    args: &DiffArgs,
+    out_path: &Path,
+    progress: Progress,
+    format: OutputFormat,
+    make: impl FnOnce(Output) -> Result<(Output, diskdelta::DiffSummary), diskdelta::delta::DeltaError>,
+) -> anyhow::Result<()> {
+    let mut output = Output::create(out_path)?;
+    output.set_sparse(false);
     let started = Instant::now();
-    let (mut output, summary) = create_delta(old, new, output, &options)
+    let (mut output, summary) = make(output)
         .with_context(|| format!("cannot write the delta to {}", out_path.display()))?;
     output.flush()?;
     let delta_bytes = output.position();
     if matches!(output.kind(), OutputKind::File) && format == OutputFormat::Native {
         // Read the delta back before publishing it: a delta that does not
         // verify must never appear under its final name.
-        inspect_stream(&out_path, Box::new(output.read_back()?), None, None)
+        inspect_stream(out_path, Box::new(output.read_back()?), None, None)
             .context("the delta written does not verify")?;
     }
     output.commit()?;
     drop(progress);
     let seconds = started.elapsed().as_secs_f64();
-    let line = format!(
+    let mut line = format!(
         "diff: {} extents, {} of {} changed, delta {} ({:.2} s, {})",
         summary.records,
         human_bytes(summary.changed_bytes),
@@ -119,6 +206,12 @@ pub fn run(args: DiffArgs) -> anyhow::Result<()> {
         seconds,
         report::rate(summary.new_size, seconds),
     );
+    if summary.change_tracked {
+        line.push_str(&format!(
+            "; change-tracked, read {}",
+            human_bytes(summary.bytes_read)
+        ));
+    }
     report::summary(
         &args.common,
         out_path == Path::new("-"),
@@ -135,8 +228,11 @@ pub fn run(args: DiffArgs) -> anyhow::Result<()> {
             delta_bytes,
             seconds,
             bytes_per_second: summary.new_size as f64 / seconds.max(1e-9),
-            old_digest: summary.old_digest.to_hex(),
-            new_digest: summary.new_digest.to_hex(),
+            old_digest: summary.old_digest.map(|d| d.to_hex()),
+            new_digest: (summary.new_digest != diskdelta::digest::Digest::NONE)
+                .then(|| summary.new_digest.to_hex()),
+            bytes_read: summary.bytes_read,
+            change_tracked: summary.change_tracked,
         },
     )
 }

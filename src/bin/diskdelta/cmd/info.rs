@@ -53,7 +53,9 @@ pub fn run(args: InfoArgs) -> anyhow::Result<()> {
         println!("base samples:  {}", info.base_samples);
     }
     if info.change_tracked {
-        println!("origin:        change tracking (OLD was not read)");
+        println!(
+            "origin:        change tracking (OLD was not read; NEW was read only where it changed)"
+        );
     }
     Ok(())
 }
