@@ -10,8 +10,9 @@ import sys
 import diff
 import repo
 import sync
+import thin
 
-SUBCOMMANDS = [diff, sync, repo]
+SUBCOMMANDS = [diff, sync, repo, thin]
 
 
 def main(argv):

@@ -747,6 +747,19 @@ def run_phase(steps, log_prefix, cwd=None, env=None):
     return done, None
 
 
+def json_in(text):
+    """The first JSON value in a command's log (after the `$ ...` lines)."""
+    body = "\n".join(l for l in text.splitlines() if not l.startswith("$ "))
+    starts = [i for i in (body.find("["), body.find("{")) if i >= 0]
+    if not starts:
+        return None
+    try:
+        value, _ = json.JSONDecoder().raw_decode(body[min(starts) :])
+    except ValueError:
+        return None
+    return value
+
+
 def mb_per_s(nbytes, seconds):
     if not seconds or nbytes is None:
         return None

@@ -115,21 +115,8 @@ class Tool:
     restore_null: object = None
 
 
-def _json_in(text):
-    """The first JSON value in a command's log (after the `$ ...` lines)."""
-    body = "\n".join(l for l in text.splitlines() if not l.startswith("$ "))
-    starts = [i for i in (body.find("["), body.find("{")) if i >= 0]
-    if not starts:
-        return None
-    try:
-        value, _ = json.JSONDecoder().raw_decode(body[min(starts) :])
-    except ValueError:
-        return None
-    return value
-
-
 def _diskdelta_report(text):
-    j = _json_in(text)
+    j = common.json_in(text)
     if isinstance(j, list) and j and isinstance(j[0], dict):
         j = j[0].get("summary", j[0])
     if not isinstance(j, dict):
