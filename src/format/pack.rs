@@ -171,6 +171,17 @@ impl PackBuilder {
         }
     }
 
+    /// An empty pack written into `buffer` (its contents are dropped, its
+    /// capacity kept): a backup reuses the buffers of packs it uploaded
+    /// rather than touching fresh memory for every pack.
+    pub fn reusing(mut buffer: Vec<u8>) -> Self {
+        buffer.clear();
+        let mut builder = PackBuilder::new();
+        buffer.extend_from_slice(&builder.bytes);
+        builder.bytes = buffer;
+        builder
+    }
+
     /// Bytes so far (without the trailer).
     pub fn len(&self) -> usize {
         self.bytes.len()

@@ -98,3 +98,21 @@ pub fn write_zeros(file: &File, mut offset: u64, mut len: u64) -> io::Result<()>
     }
     Ok(())
 }
+
+/// Whether the byte at `offset` of `file` is in the page cache: a one-byte
+/// `preadv2(RWF_NOWAIT)`, which fails with `EAGAIN` instead of going to
+/// the disk. False when the kernel does not support it.
+pub fn page_cached(file: &File, offset: u64) -> bool {
+    let Ok(offset) = libc::off_t::try_from(offset) else {
+        return false;
+    };
+    let mut byte = 0u8;
+    let iov = libc::iovec {
+        iov_base: (&mut byte as *mut u8).cast(),
+        iov_len: 1,
+    };
+    // SAFETY: `iov` describes one writable byte that lives across the
+    // call; preadv2 writes at most `iov_len` bytes into it.
+    let rc = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, offset, libc::RWF_NOWAIT) };
+    rc >= 0
+}

@@ -317,6 +317,8 @@ impl BackupSession {
         result: impl FnOnce() -> Result<(u64, Option<Digest>, u64, u64), RepoError>,
     ) -> Result<BackupSummary, RepoError> {
         let (pack_tx, pack_rx) = bounded::<PackBuilder>(1);
+        // Uploaded packs' buffers go back to the sink for the next packs.
+        let (spare_tx, spare_rx) = bounded::<Vec<u8>>(1);
         let backend = self.repo.backend().clone();
         let (sink_result, upload_result) = std::thread::scope(|s| {
             let uploader = s.spawn(move || -> Result<(Vec<PackRecord>, u64), RepoError> {
@@ -327,10 +329,11 @@ impl BackupSession {
                     backend.put_if_absent(&pack_key(&id), &data)?;
                     bytes += data.len() as u64;
                     records.push(PackRecord { pack: id, entries });
+                    let _ = spare_tx.try_send(data);
                 }
                 Ok((records, bytes))
             });
-            let sink = run_sink(&self.index, units, pack_tx);
+            let sink = run_sink(&self.index, units, pack_tx, &spare_rx);
             let uploaded = uploader
                 .join()
                 .unwrap_or(Err(RepoError::Internal("uploader thread panicked")));
@@ -610,14 +613,17 @@ fn run_sink(
     index: &Index,
     units: Receiver<Unit>,
     packs: Sender<PackBuilder>,
+    spare: &Receiver<Vec<u8>>,
 ) -> Result<(SnapshotWriter, SinkStats, ImageHasher), RepoError> {
+    // A pack holds PACK_TARGET plus at most one chunk (4 MiB) and its table.
+    let fresh = || Vec::with_capacity(PACK_TARGET + (5 << 20));
     let mut hasher = ImageHasher::new();
     let io_err = |e: std::io::Error| RepoError::Invalid(format!("encoding snapshot list: {e}"));
     let mut writer = SnapshotWriter::new().map_err(io_err)?;
     let mut stats = SinkStats::default();
     let mut pending: BTreeMap<u64, Unit> = BTreeMap::new();
     let mut next = 0u64;
-    let mut pack = PackBuilder::new();
+    let mut pack = PackBuilder::reusing(fresh());
     let mut stored: HashSet<ChunkId, IdBuildHasher> = HashSet::default();
     for unit in units {
         pending.insert(unit.seq, unit);
@@ -651,7 +657,9 @@ fn run_sink(
                         stats.new_bytes += u64::from(raw_len);
                         pack.add(id, &blob, raw_len, encoding);
                         if pack.len() >= PACK_TARGET {
-                            let full = std::mem::take(&mut pack);
+                            let next =
+                                PackBuilder::reusing(spare.try_recv().unwrap_or_else(|_| fresh()));
+                            let full = std::mem::replace(&mut pack, next);
                             if packs.send(full).is_err() {
                                 return Err(RepoError::Internal("uploader stopped"));
                             }
