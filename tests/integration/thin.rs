@@ -128,6 +128,36 @@ impl Fixture {
     }
 }
 
+fn init(repo: &Path) {
+    common::run_ok(
+        common::diskdelta()
+            .arg("init")
+            .arg("-r")
+            .arg(repo)
+            .arg("-q"),
+    );
+}
+
+fn restore(repo: &Path, out: &Path) {
+    common::run_ok(
+        common::diskdelta()
+            .args(["restore", "vol", "-q", "-r"])
+            .arg(repo)
+            .arg("-o")
+            .arg(out),
+    );
+}
+
+fn apply_in_place(delta: &Path, target: &Path) -> Output {
+    common::run_ok(
+        common::diskdelta()
+            .arg("apply")
+            .arg(delta)
+            .arg("--in-place")
+            .arg(target),
+    )
+}
+
 fn assert_same_file(a: &Path, b: &Path) {
     let (x, y) = (
         std::fs::read(a).expect("read"),
@@ -168,13 +198,7 @@ fn diff_from_thin_metadata_reads_only_changed_chunks_and_applies() {
 
     let target = f.path("target.img");
     std::fs::copy(&f.old, &target).expect("copy");
-    let out = common::run_ok(
-        common::diskdelta()
-            .arg("apply")
-            .arg(&delta)
-            .arg("--in-place")
-            .arg(&target),
-    );
+    let out = apply_in_place(&delta, &target);
     assert!(
         stderr(&out).contains("the base was not checked"),
         "{}",
@@ -233,13 +257,7 @@ fn base_sample_lets_an_in_place_apply_check_its_base() {
     assert_eq!(info["base_samples"], 64, "{info}");
     let target = f.path("target.img");
     std::fs::copy(&f.old, &target).expect("copy");
-    common::run_ok(
-        common::diskdelta()
-            .arg("apply")
-            .arg(&delta)
-            .arg("--in-place")
-            .arg(&target),
-    );
+    apply_in_place(&delta, &target);
     assert_same_file(&target, &f.new);
 
     // A base that is not OLD is refused before anything is written.
@@ -322,13 +340,7 @@ fn plain_and_verbose_thin_delta_xml_and_range_lists_all_work() {
     );
     let target = f.path("t.img");
     std::fs::copy(&f.old, &target).expect("copy");
-    common::run_ok(
-        common::diskdelta()
-            .arg("apply")
-            .arg(&d)
-            .arg("--in-place")
-            .arg(&target),
-    );
+    apply_in_place(&d, &target);
     assert_same_file(&target, &f.new);
 }
 
@@ -353,13 +365,7 @@ fn summary(out: &Output) -> Value {
 fn thin_aware_backup_round_trip(sectors: u64, blocks: u64) {
     let f = fixture(sectors, blocks);
     let repo = f.path("repo");
-    common::run_ok(
-        common::diskdelta()
-            .arg("init")
-            .arg("-r")
-            .arg(&repo)
-            .arg("-q"),
-    );
+    init(&repo);
     // The first backup starts the chain: nothing to compare with, so a
     // full read, said loudly, that records thin id 1.
     let out = backup(&repo, &f.old, &f.thin_args("1,1"));
@@ -392,16 +398,7 @@ fn thin_aware_backup_round_trip(sectors: u64, blocks: u64) {
     assert_eq!(s["digest"].as_str(), Some(image_digest(&f.new).as_str()));
 
     let restored = f.path("restored.img");
-    common::run_ok(
-        common::diskdelta()
-            .arg("restore")
-            .arg("-r")
-            .arg(&repo)
-            .arg("vol")
-            .arg("-o")
-            .arg(&restored)
-            .arg("-q"),
-    );
+    restore(&repo, &restored);
     assert_same_file(&restored, &f.new);
     common::run_ok(
         common::diskdelta()
@@ -429,13 +426,7 @@ fn thin_aware_backup_with_thin_chunks_larger_than_repository_chunks() {
 fn a_broken_chain_falls_back_to_a_full_scan_loudly() {
     let f = fixture(128, 256);
     let repo = f.path("repo");
-    common::run_ok(
-        common::diskdelta()
-            .arg("init")
-            .arg("-r")
-            .arg(&repo)
-            .arg("-q"),
-    );
+    init(&repo);
     backup(&repo, &f.old, &f.thin_args("1,1"));
     // The tracker compares from thin device 3; the previous snapshot was
     // read from device 1.
@@ -457,16 +448,18 @@ fn a_broken_chain_falls_back_to_a_full_scan_loudly() {
         "{s}"
     );
     let restored = f.path("r.img");
-    common::run_ok(
-        common::diskdelta()
-            .arg("restore")
-            .arg("-r")
-            .arg(&repo)
-            .arg("vol")
-            .arg("-o")
-            .arg(&restored)
-            .arg("-q"),
+    restore(&repo, &restored);
+    assert_same_file(&restored, &f.new);
+    // A tracker that fails (thin device 99 does not exist) cannot be
+    // trusted either: a full scan, said loudly, and a good snapshot.
+    let out = backup(&repo, &f.new, &f.thin_args("2,99"));
+    let err = stderr(&out);
+    assert!(
+        err.contains("WARNING: change tracking NOT used") && err.contains("change tracker failed"),
+        "{err}"
     );
+    assert_eq!(summary(&out)["change_tracking"]["used"], false);
+    restore(&repo, &restored);
     assert_same_file(&restored, &f.new);
     // A backup with no previous thin id and plain files works too.
     let out = backup(
@@ -481,13 +474,7 @@ fn a_broken_chain_falls_back_to_a_full_scan_loudly() {
 fn verify_sample_catches_a_tracker_that_missed_a_change() {
     let f = fixture(128, 256);
     let repo = f.path("repo");
-    common::run_ok(
-        common::diskdelta()
-            .arg("init")
-            .arg("-r")
-            .arg(&repo)
-            .arg("-q"),
-    );
+    init(&repo);
     backup(&repo, &f.old, &[]);
     // A list that names only the first changed chunk.
     let chunk = f.pool.chunk();
@@ -533,13 +520,7 @@ fn verify_sample_catches_a_tracker_that_missed_a_change() {
 fn a_complete_range_list_backs_up_incrementally() {
     let f = fixture(128, 512);
     let repo = f.path("repo");
-    common::run_ok(
-        common::diskdelta()
-            .arg("init")
-            .arg("-r")
-            .arg(&repo)
-            .arg("-q"),
-    );
+    init(&repo);
     backup(&repo, &f.old, &[]);
     let chunk = f.pool.chunk();
     let list: String = f
@@ -566,16 +547,7 @@ fn a_complete_range_list_backs_up_incrementally() {
         s["bytes_read"].as_u64().expect("bytes_read") <= f.touched_repo_chunks() * MIB + 8 * MIB
     );
     let restored = f.path("r.img");
-    common::run_ok(
-        common::diskdelta()
-            .arg("restore")
-            .arg("-r")
-            .arg(&repo)
-            .arg("vol")
-            .arg("-o")
-            .arg(&restored)
-            .arg("-q"),
-    );
+    restore(&repo, &restored);
     assert_same_file(&restored, &f.new);
 }
 
@@ -627,13 +599,7 @@ fn the_kernel_sees_only_changed_chunks_read() {
     );
     let target = f.path("t.img");
     std::fs::copy(&f.old, &target).expect("copy");
-    common::run_ok(
-        common::diskdelta()
-            .arg("apply")
-            .arg(&delta)
-            .arg("--in-place")
-            .arg(&target),
-    );
+    apply_in_place(&delta, &target);
     assert_same_file(&target, &f.new);
 }
 
@@ -662,13 +628,7 @@ fn in_place_apply_onto_a_device_discards_unmapped_ranges() {
             .arg(&delta),
     );
     let allocated_before = std::fs::metadata(dev.backing()).expect("stat").blocks();
-    common::run_ok(
-        common::diskdelta()
-            .arg("apply")
-            .arg(&delta)
-            .arg("--in-place")
-            .arg(dev.path()),
-    );
+    apply_in_place(&delta, dev.path());
     assert!(
         dev.read_all() == std::fs::read(&f.new).expect("read"),
         "device differs from NEW"

@@ -181,49 +181,68 @@ fn backup_local(
 }
 
 /// A local backup that reads only what the change tracker reports, or
-/// a full hash scan, said loudly, when the chain cannot be trusted.
+/// a full hash scan, said loudly, when the chain cannot be trusted or the
+/// tracker fails.
 fn backup_tracked(
     repo: &Repository,
     path: &Path,
     mut options: BackupOptions,
     args: &BackupArgs,
 ) -> anyhow::Result<BackupSummary> {
-    let input = Input::open(path, &InputOptions::default())?;
+    let quiet = args.common.quiet;
     let mut tracker =
         super::tracking::open(&args.tracking, path)?.context("no change tracker chosen")?;
     options.thin_id = tracker.new_thin_id;
-    let name = options.name.clone();
-    let quiet = args.common.quiet;
-    let progress = Progress::start(&format!("backup {}", path.display()), input.size(), quiet);
-    options.progress = Some(progress.counter());
-    let session = BackupSession::start(repo, options)?;
-    super::warn_stale_locks(&session.stale_locks, quiet);
     let mut report = TrackingReport {
         tracker: tracker.what.clone(),
         ..TrackingReport::default()
     };
-    let mut summary = match session.tracking_obstacle(tracker.old_thin_id) {
-        None => {
-            let runs = std::mem::replace(&mut tracker.runs, Box::new(std::iter::empty()));
-            let (summary, stats) = session
-                .run_tracked(input, runs, args.verify_sample)
-                .with_context(|| format!("change tracker: {}", tracker.what))?;
-            report.used = true;
-            report.stats = stats;
-            summary
-        }
-        Some(reason) => {
-            // Never skip silently: this goes to stderr even with -q.
-            eprintln!(
-                "diskdelta: WARNING: change tracking NOT used for {name}: {reason}; reading all of {} (full hash scan)",
-                path.display()
-            );
-            drop(tracker);
-            report.fallback_reason = Some(reason);
-            session.run_local(input)?
+    let reason = {
+        let input = Input::open(path, &InputOptions::default())?;
+        let progress = Progress::start(&format!("backup {}", path.display()), input.size(), quiet);
+        let mut session_options = options.clone();
+        session_options.progress = Some(progress.counter());
+        let session = BackupSession::start(repo, session_options)?;
+        super::warn_stale_locks(&session.stale_locks, quiet);
+        match session.tracking_obstacle(tracker.old_thin_id) {
+            Some(reason) => reason,
+            None => {
+                let runs = std::mem::replace(&mut tracker.runs, Box::new(std::iter::empty()));
+                match session.run_tracked(input, runs, args.verify_sample) {
+                    Ok((mut summary, stats)) => {
+                        report.used = true;
+                        report.stats = stats;
+                        summary.change_tracking = Some(report);
+                        return Ok(summary);
+                    }
+                    // The tracker itself failed (thin_delta on missing or
+                    // damaged metadata, a bad list): what it sent cannot
+                    // be trusted, a full scan can. Packs already stored
+                    // are adopted by the next session.
+                    Err(diskdelta::repo::RepoError::Tracking(e)) => {
+                        format!("the change tracker failed: {e}")
+                    }
+                    Err(e) => {
+                        return Err(anyhow::Error::new(e)
+                            .context(format!("change tracker: {}", tracker.what)))
+                    }
+                }
+            }
         }
     };
-    drop(progress);
+    drop(tracker);
+    // Never skip silently: this goes to stderr even with -q.
+    eprintln!(
+        "diskdelta: WARNING: change tracking NOT used for {}: {reason}; reading all of {} (full hash scan)",
+        options.name,
+        path.display()
+    );
+    report.fallback_reason = Some(reason);
+    let input = Input::open(path, &InputOptions::default())?;
+    let progress = Progress::start(&format!("backup {}", path.display()), input.size(), quiet);
+    options.progress = Some(progress.counter());
+    let session = BackupSession::start(repo, options)?;
+    let mut summary = session.run_local(input)?;
     summary.change_tracking = Some(report);
     Ok(summary)
 }
