@@ -316,6 +316,18 @@ impl BackupSession {
         units: Receiver<Unit>,
         result: impl FnOnce() -> Result<(u64, Option<Digest>, u64, u64), RepoError>,
     ) -> Result<BackupSummary, RepoError> {
+        self.commit_with(units, result, false)
+    }
+
+    /// [`Self::commit`]; with `digest_optional`, a source that could not
+    /// give the whole image digest (a change-tracked backup whose chunks
+    /// are not digest segments) makes a snapshot without one.
+    pub(super) fn commit_with(
+        &self,
+        units: Receiver<Unit>,
+        result: impl FnOnce() -> Result<(u64, Option<Digest>, u64, u64), RepoError>,
+        digest_optional: bool,
+    ) -> Result<BackupSummary, RepoError> {
         let (pack_tx, pack_rx) = bounded::<PackBuilder>(1);
         // Uploaded packs' buffers go back to the sink for the next packs.
         let (spare_tx, spare_rx) = bounded::<Vec<u8>>(1);
@@ -343,8 +355,9 @@ impl BackupSession {
         let (records, pack_bytes) = upload_result?;
         let (size, digest, bytes_read, bytes_sent) = result()?;
         let digest = match digest {
-            Some(d) => d,
-            None if hasher.len() == size => hasher.finalize(),
+            Some(d) => Some(d),
+            None if hasher.len() == size => Some(hasher.finalize()),
+            None if digest_optional => None,
             None => return Err(RepoError::Internal("image digest is incomplete")),
         };
         if let Some(expected) = self.options.expected_size {
@@ -377,7 +390,7 @@ impl BackupSession {
             nanos: self.nanos,
             size,
             chunk_size: self.repo.chunk_size(),
-            digest: digest.to_hex(),
+            digest: digest.map(|d| d.to_hex()).unwrap_or_default(),
             parent: self.parent.as_ref().map(|p| p.id.to_hex()),
             tags: self.options.tags.clone(),
             program: format!("diskdelta {}", env!("CARGO_PKG_VERSION")),

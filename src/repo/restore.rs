@@ -47,8 +47,11 @@ pub struct RestoreSummary {
     pub snapshot: String,
     /// Image size.
     pub size: u64,
-    /// Verified image digest.
+    /// Image digest of what was restored.
     pub digest: String,
+    /// Whether it matched the snapshot's (false when the snapshot records
+    /// no image digest; every chunk was checked by its id either way).
+    pub digest_checked: bool,
     /// Bytes written to the target (zeros of new files are holes, not writes).
     pub bytes_written: u64,
     /// Chunks read from the repository.
@@ -481,14 +484,19 @@ pub fn restore(
         output.set_position(snap.meta.size);
     }
     let digest = hasher.finalize();
-    check_digest(snap, &digest, &output.path().display().to_string())?;
+    summary.digest_checked = check_digest(snap, &digest, &output.path().display().to_string())?;
     output.commit()?;
     summary.digest = digest.to_hex();
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)
 }
 
-fn check_digest(snap: &Snapshot, digest: &Digest, what: &str) -> Result<(), RepoError> {
+/// Compares the restored image's digest with the snapshot's; false when
+/// the snapshot records none (every chunk was still checked by its id).
+fn check_digest(snap: &Snapshot, digest: &Digest, what: &str) -> Result<bool, RepoError> {
+    if snap.meta.digest.is_empty() {
+        return Ok(false);
+    }
     if digest.to_hex() != snap.meta.digest {
         return Err(RepoError::DigestMismatch {
             what: what.to_string(),
@@ -496,7 +504,7 @@ fn check_digest(snap: &Snapshot, digest: &Digest, what: &str) -> Result<(), Repo
             actual: digest.to_hex(),
         });
     }
-    Ok(())
+    Ok(true)
 }
 
 fn in_place_worker(
@@ -688,7 +696,7 @@ pub fn restore_in_place(
     result?;
     target.sync()?;
     let digest = hasher.finalize();
-    check_digest(snap, &digest, &target_path.display().to_string())?;
+    summary.digest_checked = check_digest(snap, &digest, &target_path.display().to_string())?;
     summary.digest = digest.to_hex();
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)

@@ -11,8 +11,10 @@
 //! ```
 //!
 //! A reused id stands for bytes that are not read, so the image digest is
-//! assembled from chunk ids: this needs chunks of exactly one digest
-//! segment (1 MiB), the repository default. A chunk that a run touches
+//! assembled from chunk ids: at the default 1 MiB chunks they are the
+//! digest's segment hashes. At other chunk sizes the snapshot records no
+//! image digest (restore then checks every chunk by its id, and says that
+//! the whole image could not be checked). A chunk that a run touches
 //! only in part is read whole; a chunk wholly inside an unmapped run is
 //! zero; a chunk past the previous image's end, or whose previous id the
 //! index does not list, is read. `verify_sample` re-reads that many
@@ -89,12 +91,6 @@ impl BackupSession {
         let Some(parent) = self.parent() else {
             return Some(format!("{name} has no previous snapshot to compare with"));
         };
-        if parent.meta.chunk_size as usize != SEGMENT_SIZE {
-            return Some(format!(
-                "change tracking needs 1 MiB chunks to keep the image digest, the repository has {}",
-                parent.meta.chunk_size
-            ));
-        }
         match (tracker_old_thin_id, parent.meta.thin_id) {
             (Some(old), Some(recorded)) if old != recorded => Some(format!(
                 "the previous snapshot of {name} was read from thin device {recorded}, but the change tracker compares from thin device {old}"
@@ -123,14 +119,16 @@ impl BackupSession {
         let parent = self
             .parent()
             .ok_or(RepoError::Internal("tracked backup without a parent"))?;
-        if chunk_size != SEGMENT_SIZE
-            || !matches!(input.kind(), InputKind::File | InputKind::BlockDevice)
-        {
+        if !matches!(input.kind(), InputKind::File | InputKind::BlockDevice) {
             return Err(RepoError::Invalid(format!(
-                "{}: change tracking needs a file or block device and 1 MiB chunks",
+                "{}: change tracking needs a file or block device",
                 input.path().display()
             )));
         }
+        // Reused ids give the image digest only when chunks are digest
+        // segments; otherwise the snapshot records no image digest (every
+        // chunk is still verified by its id on restore).
+        let digest_known = chunk_size == SEGMENT_SIZE;
         let size = input.size().ok_or_else(|| {
             RepoError::Invalid(format!("{}: size unknown", input.path().display()))
         })?;
@@ -215,20 +213,24 @@ impl BackupSession {
                 Ok((planner.stats, planner.sampler.picked))
             });
             let mut stats_out = TrackedStats::default();
-            let committed = self.commit(unit_rx, || {
-                let (mut stats, sampled) = planner
-                    .join()
-                    .unwrap_or(Err(RepoError::Internal("planner thread panicked")))?;
-                let bytes_read = reader_total.join().unwrap_or(0);
-                stats.chunks_verified = verify_reused(input, &sampled)?;
-                stats_out = stats;
-                Ok((
-                    size,
-                    None,
-                    bytes_read + stats_out.chunks_verified * chunk_size as u64,
-                    0,
-                ))
-            });
+            let committed = self.commit_with(
+                unit_rx,
+                || {
+                    let (mut stats, sampled) = planner
+                        .join()
+                        .unwrap_or(Err(RepoError::Internal("planner thread panicked")))?;
+                    let bytes_read = reader_total.join().unwrap_or(0);
+                    stats.chunks_verified = verify_reused(input, &sampled)?;
+                    stats_out = stats;
+                    Ok((
+                        size,
+                        None,
+                        bytes_read + stats_out.chunks_verified * chunk_size as u64,
+                        0,
+                    ))
+                },
+                !digest_known,
+            );
             let read_failure = failure
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -295,7 +297,7 @@ impl Sampler {
 }
 
 fn verify_reused(input: &Input, sampled: &[Sampled]) -> Result<u64, RepoError> {
-    let mut buf = vec![0u8; SEGMENT_SIZE];
+    let mut buf = vec![0u8; sampled.iter().map(|s| s.len).max().unwrap_or(0)];
     for s in sampled {
         let data = &mut buf[..s.len];
         input
@@ -440,6 +442,7 @@ fn worker(
                     }
                     Plan::Reuse(id) => {
                         chunks.push(ChunkOutcome::Known(id));
+                        // At 1 MiB chunks an id is its segment's hash.
                         segments.push((blake3::Hash::from_bytes(*id.as_bytes()), len));
                         i += 1;
                     }
@@ -477,6 +480,10 @@ fn worker(
                 }
             }
             let _ = read.send(bytes_read);
+            if chunk_size != SEGMENT_SIZE {
+                // Pieces of other sizes are not digest segments.
+                segments.clear();
+            }
             Ok(Unit {
                 seq: unit.seq,
                 chunks,

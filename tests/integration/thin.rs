@@ -103,14 +103,15 @@ impl Fixture {
             * chunk
     }
 
-    /// Repository chunks (1 MiB) that some differing thin chunk touches.
-    fn touched_repo_chunks(&self) -> u64 {
+    /// Repository chunks of `size` bytes that some differing thin chunk
+    /// touches.
+    fn touched_repo_chunks(&self, size: u64) -> u64 {
         let chunk = self.pool.chunk();
         let mut touched: Vec<u64> = self
             .pool
             .differing_blocks(1, 2)
             .iter()
-            .flat_map(|&b| (b * chunk / MIB)..((b + 1) * chunk).div_ceil(MIB))
+            .flat_map(|&b| (b * chunk / size)..((b + 1) * chunk).div_ceil(size))
             .collect();
         touched.dedup();
         touched.sort_unstable();
@@ -362,10 +363,16 @@ fn summary(out: &Output) -> Value {
     json(out)[0]["summary"].clone()
 }
 
-fn thin_aware_backup_round_trip(sectors: u64, blocks: u64) {
+fn thin_aware_backup_round_trip(sectors: u64, blocks: u64, repo_chunk: u64) {
     let f = fixture(sectors, blocks);
     let repo = f.path("repo");
-    init(&repo);
+    common::run_ok(
+        common::diskdelta()
+            .args(["init", "-q", "--chunk-size"])
+            .arg(repo_chunk.to_string())
+            .arg("-r")
+            .arg(&repo),
+    );
     // The first backup starts the chain: nothing to compare with, so a
     // full read, said loudly, that records thin id 1.
     let out = backup(&repo, &f.old, &f.thin_args("1,1"));
@@ -385,7 +392,7 @@ fn thin_aware_backup_round_trip(sectors: u64, blocks: u64) {
     let s = summary(&out);
     assert_eq!(s["change_tracking"]["used"], true, "{s}");
     let read = s["bytes_read"].as_u64().expect("bytes_read");
-    let bound = f.touched_repo_chunks() * MIB;
+    let bound = f.touched_repo_chunks(repo_chunk) * repo_chunk;
     assert!(
         read > 0 && read <= bound,
         "read {read}, changed chunks hold {bound}"
@@ -394,11 +401,24 @@ fn thin_aware_backup_round_trip(sectors: u64, blocks: u64) {
         bound < f.pool.size(),
         "the scenario must leave chunks unchanged"
     );
-    // The digest assembled from reused ids is NEW's image digest.
-    assert_eq!(s["digest"].as_str(), Some(image_digest(&f.new).as_str()));
+    if repo_chunk == MIB {
+        // The digest assembled from reused ids is NEW's image digest.
+        assert_eq!(s["digest"].as_str(), Some(image_digest(&f.new).as_str()));
+    } else {
+        // Other chunks are not digest segments: no digest is recorded.
+        assert_eq!(s["digest"].as_str(), Some(""));
+    }
 
     let restored = f.path("restored.img");
-    restore(&repo, &restored);
+    let out = common::run_ok(
+        common::diskdelta()
+            .args(["restore", "vol", "--json", "-r"])
+            .arg(&repo)
+            .arg("-o")
+            .arg(&restored),
+    );
+    // Whole-image check only where the snapshot could record a digest.
+    assert_eq!(json(&out)["digest_checked"], repo_chunk == MIB);
     assert_same_file(&restored, &f.new);
     common::run_ok(
         common::diskdelta()
@@ -413,13 +433,17 @@ fn thin_aware_backup_round_trip(sectors: u64, blocks: u64) {
 #[test]
 fn thin_aware_backup_with_thin_chunks_smaller_than_repository_chunks() {
     // 64 KiB thin chunks, 1 MiB repository chunks; 64 MiB volume.
-    thin_aware_backup_round_trip(128, 1024);
+    thin_aware_backup_round_trip(128, 1024, MIB);
+    // 64 KiB thin chunks, 256 KiB repository chunks.
+    thin_aware_backup_round_trip(128, 512, 256 << 10);
 }
 
 #[test]
 fn thin_aware_backup_with_thin_chunks_larger_than_repository_chunks() {
     // 4 MiB thin chunks, 1 MiB repository chunks; 96 MiB volume.
-    thin_aware_backup_round_trip(8192, 24);
+    thin_aware_backup_round_trip(8192, 24, MIB);
+    // 1 MiB thin chunks, 64 KiB repository chunks.
+    thin_aware_backup_round_trip(2048, 48, 64 << 10);
 }
 
 #[test]
@@ -544,7 +568,7 @@ fn a_complete_range_list_backs_up_incrementally() {
     assert_eq!(s["change_tracking"]["used"], true, "{s}");
     assert_eq!(s["change_tracking"]["chunks_verified"], 8, "{s}");
     assert!(
-        s["bytes_read"].as_u64().expect("bytes_read") <= f.touched_repo_chunks() * MIB + 8 * MIB
+        s["bytes_read"].as_u64().expect("bytes_read") <= f.touched_repo_chunks(MIB) * MIB + 8 * MIB
     );
     let restored = f.path("r.img");
     restore(&repo, &restored);

@@ -40,8 +40,15 @@ pub fn run(args: RestoreArgs) -> anyhow::Result<()> {
         }
     };
     drop(progress);
+    if !summary.digest_checked && !args.common.quiet {
+        eprintln!(
+            "diskdelta: note: snapshot {} records no image digest (a change-tracked backup with {}-byte chunks): every chunk was checked against its id, the image as a whole could not be",
+            &summary.snapshot[..8],
+            snap.meta.chunk_size
+        );
+    }
     let line = format!(
-        "restored {} ({} {}) to {}: {}, {} written, {} chunks fetched{}, verified ({:.2} s, {})",
+        "restored {} ({} {}) to {}: {}, {} written, {} chunks fetched{}, {} ({:.2} s, {})",
         &summary.snapshot[..8],
         snap.meta.name,
         snap.meta.time,
@@ -53,6 +60,11 @@ pub fn run(args: RestoreArgs) -> anyhow::Result<()> {
             format!(", {} unchanged", summary.chunks_unchanged)
         } else {
             String::new()
+        },
+        if summary.digest_checked {
+            "image digest verified"
+        } else {
+            "every chunk verified"
         },
         summary.seconds,
         report::rate(summary.size, summary.seconds)
