@@ -625,6 +625,24 @@ fn the_kernel_sees_only_changed_chunks_read() {
     std::fs::copy(&f.old, &target).expect("copy");
     apply_in_place(&delta, &target);
     assert_same_file(&target, &f.new);
+
+    // The same for a thin-aware backup from the device: only the 1 MiB
+    // repository chunks that changes touch are read.
+    let repo = f.path("repo");
+    init(&repo);
+    backup(&repo, &f.old, &f.thin_args("1,1"));
+    let before = sectors_read();
+    let out = backup(&repo, dev.path(), &f.thin_args("1,2"));
+    let read = (sectors_read() - before) * 512;
+    assert_eq!(summary(&out)["change_tracking"]["used"], true);
+    let bound = f.touched_repo_chunks(MIB) * MIB;
+    assert!(
+        read <= bound + f.pool.size() / 100,
+        "the kernel read {read} bytes of NEW; the chunks changes touch hold {bound}"
+    );
+    let restored = f.path("restored.img");
+    restore(&repo, &restored);
+    assert_same_file(&restored, &f.new);
 }
 
 /// lvpatch's job: zero records become discards on a device, so a thin
