@@ -35,10 +35,11 @@ def add_arguments(sub):
     p.add_argument("--change", type=float, default=0.01, help="fraction of thin chunks rewritten (default 0.01)")
     p.add_argument("--chunk", default="64K", help="thin chunk size (default 64K)")
     p.add_argument(
-        "--clusters",
-        default="64K,1M",
-        help="changes come in aligned runs of this size; one scenario per size "
-        "(default 64K,1M: scattered thin chunks, and 1 MiB clusters)",
+        "--scenarios",
+        default="64K:1M,1M:1M,64K:64K",
+        help="CLUSTER:REPO_CHUNK pairs: changes come in aligned runs of CLUSTER bytes, "
+        "the repository has REPO_CHUNK chunks (default 64K:1M,1M:1M,64K:64K: scattered "
+        "thin chunks, 1 MiB clusters, scattered into a 64K-chunk repository)",
     )
     p.add_argument("--repeat", type=int, default=3, help="runs per mode; the fastest counts")
     p.add_argument("--warm", action="store_true", help="keep NEW in the page cache")
@@ -156,9 +157,17 @@ def cmd_thin(args):
     shutil.rmtree(work, ignore_errors=True)
     logs = os.path.join(work, "logs")
     os.makedirs(logs)
-    clusters = [common.parse_size(c) for c in args.clusters.split(",")]
+    try:
+        pairs = [
+            tuple(common.parse_size(x) for x in item.split(":"))
+            for item in args.scenarios.split(",")
+        ]
+    except ValueError as e:
+        common.die(f"--scenarios: {e}", 2)
+    if any(len(p) != 2 for p in pairs):
+        common.die("--scenarios: expected CLUSTER:REPO_CHUNK pairs", 2)
     scenarios = {}
-    for cluster in clusters:
+    for cluster, repo_chunk in pairs:
         new = os.path.join(work, "new.img")
         blocks = size // chunk
         old_map, new_map, changed = _mappings(old, size, chunk, args.change, cluster)
@@ -169,7 +178,9 @@ def cmd_thin(args):
 
         base_repo = os.path.join(work, "repo-base")
         shutil.rmtree(base_repo, ignore_errors=True)
-        subprocess.run([d, "init", "-q", "-r", base_repo], check=True)
+        subprocess.run(
+            [d, "init", "-q", "-r", base_repo, "--chunk-size", str(repo_chunk)], check=True
+        )
         common.log("first backup (starts the thin-id chain; not measured)")
         subprocess.run(
             [d, "backup", "-q", "-r", base_repo, old, "--name", "vol", *thin, "1,1"],
@@ -186,25 +197,28 @@ def cmd_thin(args):
         runs = {}
         runs["backup, thin-aware"] = _measure(
             [d, "backup", "-r", repo, new, "--name", "vol", *thin, "1,2", "--json"],
-            logs, f"{cluster >> 10}K-backup-thin", args.repeat, new, args.warm, fresh_repo,
+            logs, f"{cluster >> 10}K-{repo_chunk >> 10}K-backup-thin", args.repeat, new, args.warm, fresh_repo,
         )
         runs["backup, full hash scan"] = _measure(
             [d, "backup", "-r", repo, new, "--name", "vol", "--json"],
-            logs, f"{cluster >> 10}K-backup-full", args.repeat, new, args.warm, fresh_repo,
+            logs, f"{cluster >> 10}K-{repo_chunk >> 10}K-backup-full", args.repeat, new, args.warm, fresh_repo,
         )
         delta = os.path.join(work, "d.delta")
         runs["diff, thin-aware"] = _measure(
             [d, "diff", *thin, "1,2", new, "-o", delta, "--json"],
-            logs, f"{cluster >> 10}K-diff-thin", args.repeat, new, args.warm,
+            logs, f"{cluster >> 10}K-{repo_chunk >> 10}K-diff-thin", args.repeat, new, args.warm,
         )
         common.warm_cache([old])
         runs["diff, OLD and NEW compared"] = _measure(
             [d, "diff", old, new, "-o", delta, "--json"],
-            logs, f"{cluster >> 10}K-diff-full", args.repeat, new, args.warm,
+            logs, f"{cluster >> 10}K-{repo_chunk >> 10}K-diff-full", args.repeat, new, args.warm,
         )
 
         changed_bytes = len(changed) * chunk
-        repo_chunks = len({b * chunk >> 20 for b in changed} | {((b + 1) * chunk - 1) >> 20 for b in changed})
+        repo_chunks = len(
+            {b * chunk // repo_chunk for b in changed}
+            | {((b + 1) * chunk - 1) // repo_chunk for b in changed}
+        )
         rows, results = [], {}
         for name, (m, report) in runs.items():
             summary = report[0]["summary"] if isinstance(report, list) else report
@@ -218,14 +232,15 @@ def cmd_thin(args):
                 "log": m.log_path,
             }
             rows.append([name, f"{m.seconds:.3f}", f"{m.cpu_seconds:.2f}", common.human(read or 0), f"{m.max_rss_kib // 1024}"])
-        print(f"\nthin volume {common.human(size)}, {chunk >> 10} KiB thin chunks, changes in {cluster >> 10} KiB clusters: "
+        print(f"\nthin volume {common.human(size)}, {chunk >> 10} KiB thin chunks, changes in {cluster >> 10} KiB clusters, "
+              f"repository chunks {repo_chunk >> 10} KiB: "
               f"{len(changed)} chunks ({common.human(changed_bytes)}) rewritten, NEW {'warm' if args.warm else 'cold'}\n")
         common.print_table(["mode", "seconds", "cpu s", "bytes read", "peak RSS MiB"], rows)
         speed = results["backup, full hash scan"]["seconds"] / results["backup, thin-aware"]["seconds"]
         diff_speed = results["diff, OLD and NEW compared"]["seconds"] / results["diff, thin-aware"]["seconds"]
         backup_read = results["backup, thin-aware"]["bytes_read"] or 0
         diff_read = results["diff, thin-aware"]["bytes_read"] or 0
-        backup_bound = repo_chunks * (1 << 20) + size // 100
+        backup_bound = repo_chunks * repo_chunk + size // 100
         targets = {
             "thin-aware backup vs full scan": {"ratio": speed, "target": ">= 20x", "met": speed >= 20},
             "thin-aware diff vs full diff": {"ratio": diff_speed, "target": "(no target)", "met": None},
@@ -237,13 +252,13 @@ def cmd_thin(args):
               f"{'met' if speed >= 20 else 'MISSED'}")
         print(f"  thin-aware diff {diff_speed:.1f}x faster than comparing OLD and NEW")
         print(f"  bytes read by the thin-aware backup: {common.human(backup_read)}; the {repo_chunks} "
-              f"1 MiB repository chunks the changes touch plus 1% hold {common.human(backup_bound)}: "
+              f"repository chunks the changes touch plus 1% hold {common.human(backup_bound)}: "
               f"{'met' if targets['bytes read, backup']['met'] else 'MISSED'}")
         print(f"  bytes read by the thin-aware diff: {common.human(diff_read)}; changed thin chunks "
               f"{common.human(changed_bytes)} plus 1%: {'met' if targets['bytes read, diff']['met'] else 'MISSED'}")
         if load_warning:
             print(f"  note: {load_warning}")
-        scenarios[f"{cluster >> 10}K clusters"] = {
+        scenarios[f"{cluster >> 10}K clusters, {repo_chunk >> 10}K repository chunks"] = {
             "changed_chunks": len(changed),
             "results": results,
             "targets": targets,
