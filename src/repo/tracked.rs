@@ -343,10 +343,10 @@ impl Planner<'_> {
         let n = len.div_ceil(self.chunk_size);
         let previous = self.previous.take(n);
         let mut plans = Vec::with_capacity(n);
-        for (i, slot) in (0..n).zip(0..) {
+        for i in 0..n {
             let start = offset + (i * self.chunk_size) as u64;
             let end = (start + self.chunk_size as u64).min(self.size);
-            let plan = self.plan_chunk(start, end, previous.get(slot).copied())?;
+            let plan = self.plan_chunk(start, end, previous.get(i).copied())?;
             match plan {
                 Plan::Reuse(id) => {
                     self.stats.chunks_reused += 1;
