@@ -11,6 +11,7 @@
 
 pub mod apply;
 pub mod create;
+pub mod from_snapshot;
 pub mod inspect;
 pub mod source;
 pub mod tracked;
@@ -25,6 +26,7 @@ use crate::io::IoError;
 
 pub use apply::{apply_in_place, apply_stream, ApplyOptions, ApplySummary, CheckBase};
 pub use create::{create_delta, DiffOptions, DiffSummary, OutputFormat};
+pub use from_snapshot::create_delta_from_snapshot;
 pub use inspect::{inspect, inspect_stream, DeltaInfo};
 pub use source::{DeltaKind, DeltaSource};
 pub use tracked::create_tracked_delta;
@@ -89,6 +91,14 @@ pub enum DeltaError {
     /// Writing the delta file failed.
     #[error("writing the delta failed")]
     Write(#[source] std::io::Error),
+    /// A repository snapshot cannot serve as OLD.
+    #[error("snapshot {snapshot} cannot serve as OLD: {detail}")]
+    BaseUnusable {
+        /// Its id.
+        snapshot: String,
+        /// Why.
+        detail: String,
+    },
     /// The change tracker failed or reported nonsense.
     #[error(transparent)]
     Tracking(#[from] crate::change::tracked::TrackError),

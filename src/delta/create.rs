@@ -104,7 +104,7 @@ const RECORDS_IN_FLIGHT: usize = 16;
 /// leaves unchanged are candidates, so an interrupted in-place apply still
 /// passes the sample check when rerun.
 #[derive(Debug, Default)]
-struct Sampler {
+pub(super) struct Sampler {
     /// Max-heap on the key: the root is the first to go.
     heap: std::collections::BinaryHeap<(u64, u64, Digest)>,
 }
@@ -119,11 +119,11 @@ pub fn sample_key(block: u64) -> u64 {
 }
 
 impl Sampler {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         Sampler::default()
     }
 
-    fn offer(&mut self, block: u64, data: &[u8]) {
+    pub(super) fn offer(&mut self, block: u64, data: &[u8]) {
         let key = sample_key(block);
         if self.heap.len() >= SAMPLE_TARGET && self.heap.peek().is_some_and(|top| key >= top.0) {
             return;
@@ -134,7 +134,7 @@ impl Sampler {
         }
     }
 
-    fn into_samples(self) -> Vec<Sample> {
+    pub(super) fn into_samples(self) -> Vec<Sample> {
         let mut samples: Vec<Sample> = self
             .heap
             .into_iter()

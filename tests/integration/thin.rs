@@ -744,3 +744,96 @@ fn tracker_failures_and_bad_lists_are_one_error_line() {
     );
     assert!(stderr(&out).contains("OLD_ID,NEW_ID"), "{}", stderr(&out));
 }
+
+/// The fourth change source for `diff`: a repository snapshot as OLD. NEW
+/// is compared chunk by chunk with the snapshot's ids; the snapshot gives
+/// the OLD digest and base samples, so every base check works.
+#[test]
+fn diff_from_a_snapshot_needs_no_old_image() {
+    let f = fixture(128, 1024);
+    let repo = f.path("repo");
+    init(&repo);
+    backup(&repo, &f.old, &[]);
+    let delta = f.path("s.delta");
+    let out = common::run_ok(
+        common::diskdelta()
+            .args(["diff", "--json", "--from-snapshot", "vol", "-r"])
+            .arg(&repo)
+            .arg(&f.new)
+            .arg("-o")
+            .arg(&delta),
+    );
+    let v = json(&out);
+    assert_eq!(v["change_tracked"], false);
+    assert_eq!(
+        v["old_digest"].as_str(),
+        Some(image_digest(&f.old).as_str())
+    );
+    assert_eq!(
+        v["new_digest"].as_str(),
+        Some(image_digest(&f.new).as_str())
+    );
+    // Only the chunks that differ are carried.
+    assert!(v["changed_bytes"].as_u64().expect("changed") <= f.touched_repo_chunks(MIB) * MIB);
+    let info = json(&common::run_ok(
+        common::diskdelta().arg("info").arg(&delta).arg("--json"),
+    ));
+    assert!(
+        info["base_samples"].as_u64().expect("samples") > 0,
+        "{info}"
+    );
+    for check in ["sample", "full"] {
+        let target = f.path("t.img");
+        std::fs::copy(&f.old, &target).expect("copy");
+        common::run_ok(
+            common::diskdelta()
+                .arg("apply")
+                .arg(&delta)
+                .arg("--in-place")
+                .arg(&target)
+                .args(["--check-base", check]),
+        );
+        assert_same_file(&target, &f.new);
+    }
+    let wrong = common::write_file(
+        f.dir.path(),
+        "wrong.img",
+        &common::pseudo_random(f.pool.size() as usize, 7),
+    );
+    let out = common::run_fail(
+        common::diskdelta()
+            .arg("apply")
+            .arg(&delta)
+            .arg("--in-place")
+            .arg(&wrong),
+    );
+    assert!(
+        stderr(&out).contains("does not match the delta"),
+        "{}",
+        stderr(&out)
+    );
+
+    // A snapshot without an image digest cannot be OLD.
+    let small = f.path("small");
+    common::run_ok(
+        common::diskdelta()
+            .args(["init", "-q", "--chunk-size", "64K", "-r"])
+            .arg(&small),
+    );
+    backup(&small, &f.old, &f.thin_args("1,1"));
+    backup(&small, &f.new, &f.thin_args("1,2"));
+    let out = common::run_fail(
+        common::diskdelta()
+            .args(["diff", "--from-snapshot", "vol", "-r"])
+            .arg(&small)
+            .arg(&f.new)
+            .arg("-o")
+            .arg(f.path("x.delta")),
+    );
+    assert!(
+        stderr(&out).contains("records no image digest"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!f.path("x.delta").exists());
+}

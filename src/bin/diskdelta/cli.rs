@@ -96,6 +96,12 @@ pub struct DiffArgs {
     /// so `apply --in-place --check-base sample` can check the base.
     #[arg(long, value_name = "OLD")]
     pub base_sample: Option<PathBuf>,
+    /// OLD is this repository snapshot (id, prefix or name) instead of an
+    /// image: only NEW is given and read.
+    #[arg(long, value_name = "SNAPSHOT", conflicts_with_all = ["changed_ranges", "thin_metadata", "lvm", "base_sample"])]
+    pub from_snapshot: Option<String>,
+    #[command(flatten)]
+    pub repo: RepoArg,
     #[command(flatten)]
     pub common: Common,
 }

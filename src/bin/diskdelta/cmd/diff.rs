@@ -4,8 +4,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use diskdelta::delta::create_tracked_delta;
 use diskdelta::delta::inspect_stream;
+use diskdelta::delta::{create_delta_from_snapshot, create_tracked_delta};
 use diskdelta::io::{Input, InputOptions, Output, OutputKind};
 use diskdelta::units::human_bytes;
 use diskdelta::{create_delta, BlockSize, Compression, DiffOptions, OutputFormat};
@@ -61,6 +61,9 @@ pub fn run(args: DiffArgs) -> anyhow::Result<()> {
     };
     if args.tracking.any() {
         return run_tracked(args, block_size, compression, format);
+    }
+    if args.from_snapshot.is_some() {
+        return run_from_snapshot(args, compression, format);
     }
     if args.base_sample.is_some() {
         bail!("--base-sample goes with change tracking (--changed-ranges, --thin-metadata, --lvm)");
@@ -172,6 +175,45 @@ fn run_tracked(
     // thin_delta's output was read to its end.
     drop(tracker);
     result.with_context(|| format!("change tracker: {what}"))
+}
+
+/// `diff --from-snapshot SNAPSHOT NEW`: OLD is a repository snapshot.
+fn run_from_snapshot(
+    args: DiffArgs,
+    compression: Compression,
+    format: OutputFormat,
+) -> anyhow::Result<()> {
+    let [new_path] = args.images.as_slice() else {
+        bail!("with --from-snapshot, give only NEW: the snapshot is OLD");
+    };
+    if format != OutputFormat::Native {
+        bail!("deltas from a snapshot are written in the diskdelta format only");
+    }
+    let spec = args.from_snapshot.clone().unwrap_or_default();
+    let repo = super::open_repo(&args.repo, false)?;
+    let snap = repo.resolve(&spec)?;
+    let out_path = args.output.clone().unwrap_or_else(|| PathBuf::from("-"));
+    super::check_binary_stdout(&out_path)?;
+    let new = Input::open(
+        new_path,
+        &InputOptions {
+            direct: args.direct,
+        },
+    )?;
+    if super::same_file(&out_path, new.file()) {
+        bail!(
+            "refusing to overwrite NEW ({}) with the delta",
+            new.path().display()
+        );
+    }
+    let progress = Progress::start("diff", new.size(), args.common.quiet);
+    let options = DiffOptions {
+        progress: Some(progress.counter()),
+        ..diff_options(&args, BlockSize::DEFAULT, compression, format)
+    };
+    publish(&args, &out_path, progress, format, |output| {
+        create_delta_from_snapshot(&snap, new, output, &options)
+    })
 }
 
 fn publish(
