@@ -56,6 +56,15 @@
 //!   new index file for everything that remains, and only then deletes the
 //!   old index files, and last the packs nothing refers to any more. A gc
 //!   killed at any point leaves a valid repository (with extra objects).
+//!
+//! # Damaged index files
+//! Packs describe themselves (their trailing tables), so an index file
+//! that fails its checksum loses nothing. Backups and restores skip it,
+//! say so, and read the tables of the packs no intact index lists (a
+//! backup also writes an index file for them, as for a dead backup's
+//! orphans). gc, under its exclusive lock, indexes those packs from their
+//! tables instead of deleting them as orphans, writes its new index file,
+//! and then deletes the damaged one. `verify` stays strict and reports it.
 
 pub mod backend;
 pub mod backup;
@@ -440,6 +449,69 @@ impl Repository {
         Ok(index)
     }
 
+    /// Like [`Self::load_index`], but a damaged index file is skipped and
+    /// its key returned instead of failing: its packs describe themselves
+    /// (their trailers), so [`Self::index_unlisted_packs`] or
+    /// [`Self::adopt_orphan_packs`] bring their chunks back. For backup,
+    /// restore and gc; `verify` stays strict and reports the file.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn load_index_lenient(&self) -> Result<(Index, Vec<String>), RepoError> {
+        let mut index = Index::default();
+        let mut damaged = Vec::new();
+        for obj in self.backend.list("index/")? {
+            let bytes = match self.backend.get(&obj.key) {
+                Ok(b) => b,
+                Err(e) if e.is_not_found() => continue,
+                Err(e) => return Err(e.into()),
+            };
+            let Ok(records) = pack_index::decode(&bytes) else {
+                damaged.push(obj.key.clone());
+                continue;
+            };
+            if let Some(id) = id_from_key(&obj.key, IndexId::from_hex) {
+                index.add_file(id);
+            }
+            for r in records {
+                index.add_pack(r.pack, &r.entries);
+            }
+        }
+        Ok((index, damaged))
+    }
+
+    /// Adds to `index`, in memory only, the packs no index file lists,
+    /// from their own tables (for readers, which must not write); returns
+    /// how many.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn index_unlisted_packs(&self, index: &mut Index) -> Result<usize, RepoError> {
+        let records = self.unlisted_pack_records(index)?;
+        for r in &records {
+            index.add_pack(r.pack, &r.entries);
+        }
+        Ok(records.len())
+    }
+
+    /// The tables of the packs `index` does not list (unreadable ones are
+    /// skipped: `verify` reports them).
+    fn unlisted_pack_records(&self, index: &Index) -> Result<Vec<PackRecord>, RepoError> {
+        let mut records = Vec::new();
+        for (id, len) in self.list_packs()? {
+            if index.has_pack(&id) {
+                continue;
+            }
+            match self.read_pack_table(&id, len) {
+                Ok(entries) => records.push(PackRecord { pack: id, entries }),
+                Err(RepoError::Backend(e)) if e.is_not_found() => continue,
+                Err(RepoError::Pack { .. }) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(records)
+    }
+
     /// Every pack in storage with its size.
     ///
     /// # Errors
@@ -488,18 +560,7 @@ impl Repository {
     /// Storage failures. A pack with a damaged trailer is skipped (and
     /// reported by `verify`), not fatal.
     pub fn adopt_orphan_packs(&self, index: &mut Index) -> Result<usize, RepoError> {
-        let mut records = Vec::new();
-        for (id, len) in self.list_packs()? {
-            if index.has_pack(&id) {
-                continue;
-            }
-            match self.read_pack_table(&id, len) {
-                Ok(entries) => records.push(PackRecord { pack: id, entries }),
-                Err(RepoError::Backend(e)) if e.is_not_found() => continue,
-                Err(RepoError::Pack { .. }) => continue,
-                Err(e) => return Err(e),
-            }
-        }
+        let records = self.unlisted_pack_records(index)?;
         if records.is_empty() {
             return Ok(0);
         }

@@ -229,6 +229,8 @@ pub struct BackupSession {
     _lock: Lock,
     /// Stale locks seen while locking, to report.
     pub stale_locks: Vec<String>,
+    /// Index files that could not be read (their packs were adopted).
+    pub damaged_index_files: Vec<String>,
 }
 
 /// Counts of the sink.
@@ -256,7 +258,9 @@ impl BackupSession {
             false,
             &format!("backup {}", options.source),
         )?;
-        let mut index = repo.load_index()?;
+        // A damaged index file must not stop backups: its packs are
+        // adopted from their own tables like those of a killed backup.
+        let (mut index, damaged_index_files) = repo.load_index_lenient()?;
         let adopted = repo.adopt_orphan_packs(&mut index)?;
         let parent = repo
             .latest(&options.name)?
@@ -275,6 +279,7 @@ impl BackupSession {
             started,
             adopted,
             stale_locks: lock.stale.clone(),
+            damaged_index_files,
             _lock: lock,
         })
     }

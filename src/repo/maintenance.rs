@@ -117,20 +117,24 @@ fn with_causes(e: &dyn std::error::Error) -> String {
 }
 
 /// Reads all index files with their per-pack records.
-fn index_records(repo: &Repository) -> Result<Vec<(IndexId, Vec<PackRecord>)>, RepoError> {
+/// Every readable index file with its records, and the keys of those that
+/// cannot be decoded.
+type IndexFiles = (Vec<(IndexId, Vec<PackRecord>)>, Vec<String>);
+
+fn index_records(repo: &Repository) -> Result<IndexFiles, RepoError> {
     let mut out = Vec::new();
+    let mut damaged = Vec::new();
     for obj in repo.backend().list("index/")? {
         let Some(id) = obj.key.rsplit('/').next().and_then(IndexId::from_hex) else {
             continue;
         };
         let bytes = repo.backend().get(&obj.key)?;
-        let records = pack_index::decode(&bytes).map_err(|source| RepoError::Index {
-            key: obj.key.clone(),
-            source,
-        })?;
-        out.push((id, records));
+        match pack_index::decode(&bytes) {
+            Ok(records) => out.push((id, records)),
+            Err(_) => damaged.push(obj.key.clone()),
+        }
     }
-    Ok(out)
+    Ok((out, damaged))
 }
 
 fn decode_blob(
@@ -340,6 +344,9 @@ pub struct GcReport {
     pub temporaries_removed: usize,
     /// Stale locks seen.
     pub stale_locks: Vec<String>,
+    /// Index files that could not be read, replaced by the new index
+    /// (their packs were read from their own tables).
+    pub damaged_index_files: Vec<String>,
 }
 
 /// gc removes temporary files of killed writers once they are this old.
@@ -393,7 +400,7 @@ fn gc_locked(repo: &Repository, dry_run: bool) -> Result<GcReport, RepoError> {
     };
     let snaps = repo.snapshots_strict()?;
     let referenced = referenced_chunks(&snaps)?;
-    let files = index_records(repo)?;
+    let (files, damaged) = index_records(repo)?;
     // One record per pack; a chunk lives in the first pack that lists it.
     let mut packs: Vec<PackRecord> = Vec::new();
     let mut seen_packs: HashSet<PackId, IdBuildHasher> = HashSet::default();
@@ -405,6 +412,26 @@ fn gc_locked(repo: &Repository, dry_run: bool) -> Result<GcReport, RepoError> {
         }
     }
     let stored: HashMap<PackId, u64, IdBuildHasher> = repo.list_packs()?.into_iter().collect();
+    if !damaged.is_empty() {
+        // A damaged index file may have listed any unlisted pack: read
+        // their own tables rather than deleting them as orphans. The new
+        // index written below replaces the damaged files.
+        let mut unlisted: Vec<(&PackId, &u64)> = stored
+            .iter()
+            .filter(|(p, _)| !seen_packs.contains(*p))
+            .collect();
+        unlisted.sort();
+        for (pack, len) in unlisted {
+            if let Ok(entries) = repo.read_pack_table(pack, *len) {
+                seen_packs.insert(*pack);
+                packs.push(PackRecord {
+                    pack: *pack,
+                    entries,
+                });
+            }
+        }
+    }
+    report.damaged_index_files = damaged.clone();
     let mut owner: HashSet<ChunkId, IdBuildHasher> = HashSet::default();
     let mut keep = Vec::new();
     let mut repack = Vec::new();
@@ -509,6 +536,15 @@ fn gc_locked(repo: &Repository, dry_run: bool) -> Result<GcReport, RepoError> {
     for (id, _) in &files {
         if Some(*id) != new_index {
             repo.backend().delete(&index_key(id))?;
+        }
+    }
+    for key in &damaged {
+        repo.backend().delete(key)?;
+        // The new index can have the very name of a damaged file (same
+        // records, same id): put_if_absent kept the damaged bytes, so
+        // write it again now that the name is free.
+        if new_index.is_some_and(|id| index_key(&id) == *key) {
+            repo.write_index(&keep)?;
         }
     }
     // A repacked pack can come out identical to a pack that is already

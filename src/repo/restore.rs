@@ -60,6 +60,9 @@ pub struct RestoreSummary {
     pub chunks_unchanged: u64,
     /// Wall time.
     pub seconds: f64,
+    /// Index files that could not be read; their packs were read from
+    /// their own tables instead.
+    pub damaged_index_files: Vec<String>,
 }
 
 /// Reads, decodes and verifies the chunks `ids` (non-zero) into `out`,
@@ -406,7 +409,10 @@ pub fn restore(
             "snapshot chunk size {chunk_size} is not supported"
         )));
     }
-    let index = repo.load_index()?;
+    let (mut index, damaged_index_files) = repo.load_index_lenient()?;
+    if !damaged_index_files.is_empty() {
+        repo.index_unlisted_packs(&mut index)?;
+    }
     check_restorable(repo, snap, &index)?;
     output.require_capacity(snap.meta.size)?;
     output.set_sparse(output.kind() == OutputKind::File);
@@ -423,6 +429,7 @@ pub fn restore(
     let mut summary = RestoreSummary {
         snapshot: snap.id.to_hex(),
         size: snap.meta.size,
+        damaged_index_files: damaged_index_files.clone(),
         ..RestoreSummary::default()
     };
     let index = &index;
@@ -594,7 +601,10 @@ pub fn restore_in_place(
     let started = Instant::now();
     let chunk_size = snap.meta.chunk_size as usize;
     let size = snap.meta.size;
-    let index = repo.load_index()?;
+    let (mut index, damaged_index_files) = repo.load_index_lenient()?;
+    if !damaged_index_files.is_empty() {
+        repo.index_unlisted_packs(&mut index)?;
+    }
     check_restorable(repo, snap, &index)?;
     let target = Output::open_or_create_in_place(target_path)?;
     match target.kind() {
@@ -631,6 +641,7 @@ pub fn restore_in_place(
     let mut summary = RestoreSummary {
         snapshot: snap.id.to_hex(),
         size,
+        damaged_index_files: damaged_index_files.clone(),
         ..RestoreSummary::default()
     };
     let index = &index;

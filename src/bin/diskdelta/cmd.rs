@@ -80,6 +80,16 @@ pub fn warn_stale_locks(lines: &[String], quiet: bool) {
     }
 }
 
+/// Reports index files that could not be read (always: the repository
+/// needs attention even when a command got by without them).
+pub fn warn_damaged_index(keys: &[String]) {
+    for key in keys {
+        eprintln!(
+            "diskdelta: warning: index file {key} is damaged; its packs were read from their own tables (`diskdelta gc` replaces it)"
+        );
+    }
+}
+
 /// Parses `--format NAME` for reading deltas.
 pub fn delta_kind(name: Option<&str>) -> anyhow::Result<Option<DeltaKind>> {
     name.map(|n| {

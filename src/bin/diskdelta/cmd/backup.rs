@@ -175,6 +175,7 @@ fn backup_local(
     options.progress = Some(progress.counter());
     let session = BackupSession::start(repo, options)?;
     super::warn_stale_locks(&session.stale_locks, quiet);
+    super::warn_damaged_index(&session.damaged_index_files);
     let summary = session.run_local(input)?;
     drop(progress);
     Ok(summary)
@@ -204,6 +205,7 @@ fn backup_tracked(
         session_options.progress = Some(progress.counter());
         let session = BackupSession::start(repo, session_options)?;
         super::warn_stale_locks(&session.stale_locks, quiet);
+        super::warn_damaged_index(&session.damaged_index_files);
         match session.tracking_obstacle(tracker.old_thin_id) {
             Some(reason) => reason,
             None => {

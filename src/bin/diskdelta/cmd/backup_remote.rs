@@ -18,6 +18,7 @@ pub fn run(
     let host = loc.host.clone().unwrap_or_default();
     let session = BackupSession::start(repo, options)?;
     super::warn_stale_locks(&session.stale_locks, quiet);
+    super::warn_damaged_index(&session.damaged_index_files);
     let mut conn = Connection::remote(&Remote {
         host,
         rsh: rsh.split_whitespace().map(str::to_string).collect(),

@@ -10,7 +10,7 @@ pub fn run(args: GcArgs) -> anyhow::Result<()> {
     let repo = super::open_repo(&args.repo, false)?;
     let r = maintenance::gc(&repo, args.dry_run)?;
     super::warn_stale_locks(&r.stale_locks, args.common.quiet);
-    let line = format!(
+    let mut line = format!(
         "gc{}: {} packs deleted, {} repacked into {}, {} orphan packs, {} chunks removed, {} freed",
         if r.dry_run { " (dry run)" } else { "" },
         r.packs_deleted,
@@ -20,5 +20,12 @@ pub fn run(args: GcArgs) -> anyhow::Result<()> {
         r.chunks_removed,
         human_bytes(r.bytes_freed)
     );
+    if !r.damaged_index_files.is_empty() {
+        line.push_str(&format!(
+            ", {} damaged index files {} (their packs re-indexed from their own tables)",
+            r.damaged_index_files.len(),
+            if r.dry_run { "to replace" } else { "replaced" }
+        ));
+    }
     report::summary(&args.common, false, &line, &r)
 }

@@ -40,6 +40,7 @@ pub fn run(args: RestoreArgs) -> anyhow::Result<()> {
         }
     };
     drop(progress);
+    super::warn_damaged_index(&summary.damaged_index_files);
     if !summary.digest_checked && !args.common.quiet {
         eprintln!(
             "diskdelta: note: snapshot {} records no image digest (a change-tracked backup with {}-byte chunks): every chunk was checked against its id, the image as a whole could not be",
