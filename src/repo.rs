@@ -427,26 +427,11 @@ impl Repository {
     /// # Errors
     /// Storage failures, damaged index files.
     pub fn load_index(&self) -> Result<Index, RepoError> {
-        let mut index = Index::default();
-        for obj in self.backend.list("index/")? {
-            let bytes = match self.backend.get(&obj.key) {
-                Ok(b) => b,
-                // Deleted by a gc since listing: its content was rewritten.
-                Err(e) if e.is_not_found() => continue,
-                Err(e) => return Err(e.into()),
-            };
-            let records = pack_index::decode(&bytes).map_err(|source| RepoError::Index {
-                key: obj.key.clone(),
-                source,
-            })?;
-            if let Some(id) = id_from_key(&obj.key, IndexId::from_hex) {
-                index.add_file(id);
-            }
-            for r in records {
-                index.add_pack(r.pack, &r.entries);
-            }
+        let (index, damaged) = self.read_index_files()?;
+        match damaged.into_iter().next() {
+            Some((key, source)) => Err(RepoError::Index { key, source }),
+            None => Ok(index),
         }
-        Ok(index)
     }
 
     /// Like [`Self::load_index`], but a damaged index file is skipped and
@@ -458,17 +443,29 @@ impl Repository {
     /// # Errors
     /// Storage failures.
     pub fn load_index_lenient(&self) -> Result<(Index, Vec<String>), RepoError> {
+        let (index, damaged) = self.read_index_files()?;
+        Ok((index, damaged.into_iter().map(|(key, _)| key).collect()))
+    }
+
+    /// The index of every intact index file, and the damaged ones with why.
+    fn read_index_files(
+        &self,
+    ) -> Result<(Index, Vec<(String, pack_index::IndexFormatError)>), RepoError> {
         let mut index = Index::default();
         let mut damaged = Vec::new();
         for obj in self.backend.list("index/")? {
             let bytes = match self.backend.get(&obj.key) {
                 Ok(b) => b,
+                // Deleted by a gc since listing: its content was rewritten.
                 Err(e) if e.is_not_found() => continue,
                 Err(e) => return Err(e.into()),
             };
-            let Ok(records) = pack_index::decode(&bytes) else {
-                damaged.push(obj.key.clone());
-                continue;
+            let records = match pack_index::decode(&bytes) {
+                Ok(r) => r,
+                Err(e) => {
+                    damaged.push((obj.key.clone(), e));
+                    continue;
+                }
             };
             if let Some(id) = id_from_key(&obj.key, IndexId::from_hex) {
                 index.add_file(id);

@@ -159,6 +159,29 @@ fn apply_in_place(delta: &Path, target: &Path) -> Output {
     )
 }
 
+/// Applies `delta` in place onto pseudo-random bytes, which are not OLD:
+/// the apply must fail before writing. Returns the untouched target.
+fn refuses_a_wrong_base(f: &Fixture, delta: &Path, seed: u64) -> PathBuf {
+    let wrong = common::write_file(
+        f.dir.path(),
+        "wrong.img",
+        &common::pseudo_random(f.pool.size() as usize, seed),
+    );
+    let out = common::run_fail(
+        common::diskdelta()
+            .arg("apply")
+            .arg(delta)
+            .arg("--in-place")
+            .arg(&wrong),
+    );
+    assert!(
+        stderr(&out).contains("does not match the delta"),
+        "{}",
+        stderr(&out)
+    );
+    wrong
+}
+
 fn assert_same_file(a: &Path, b: &Path) {
     let (x, y) = (
         std::fs::read(a).expect("read"),
@@ -262,23 +285,7 @@ fn base_sample_lets_an_in_place_apply_check_its_base() {
     assert_same_file(&target, &f.new);
 
     // A base that is not OLD is refused before anything is written.
-    let wrong = common::write_file(
-        f.dir.path(),
-        "wrong.img",
-        &common::pseudo_random(f.pool.size() as usize, 99),
-    );
-    let out = common::run_fail(
-        common::diskdelta()
-            .arg("apply")
-            .arg(&delta)
-            .arg("--in-place")
-            .arg(&wrong),
-    );
-    assert!(
-        stderr(&out).contains("does not match the delta"),
-        "{}",
-        stderr(&out)
-    );
+    let wrong = refuses_a_wrong_base(&f, &delta, 99);
     assert_eq!(
         std::fs::read(&wrong).expect("read"),
         common::pseudo_random(f.pool.size() as usize, 99)
@@ -795,23 +802,7 @@ fn diff_from_a_snapshot_needs_no_old_image() {
         );
         assert_same_file(&target, &f.new);
     }
-    let wrong = common::write_file(
-        f.dir.path(),
-        "wrong.img",
-        &common::pseudo_random(f.pool.size() as usize, 7),
-    );
-    let out = common::run_fail(
-        common::diskdelta()
-            .arg("apply")
-            .arg(&delta)
-            .arg("--in-place")
-            .arg(&wrong),
-    );
-    assert!(
-        stderr(&out).contains("does not match the delta"),
-        "{}",
-        stderr(&out)
-    );
+    refuses_a_wrong_base(&f, &delta, 7);
 
     // A snapshot without an image digest cannot be OLD.
     let small = f.path("small");
