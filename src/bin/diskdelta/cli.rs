@@ -69,7 +69,7 @@ pub struct Common {
 pub struct DiffArgs {
     /// OLD NEW: the base image (full older copy) and the changed image, `-`
     /// for stdin. With change tracking (--changed-ranges, --thin-*, --lvm)
-    /// only NEW is given.
+    /// or --from-snapshot only NEW is given.
     #[arg(required = true, num_args = 1..=2, value_name = "OLD NEW")]
     pub images: Vec<PathBuf>,
     /// Where to write the delta (default: stdout).
