@@ -224,10 +224,7 @@ fn backup_tracked(
                     Err(diskdelta::repo::RepoError::Tracking(e)) => {
                         format!("the change tracker failed: {e}")
                     }
-                    Err(e) => {
-                        return Err(anyhow::Error::new(e)
-                            .context(format!("change tracker: {}", tracker.what)))
-                    }
+                    Err(e) => return Err(e.into()),
                 }
             }
         }

@@ -6,7 +6,7 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use diskdelta::delta::inspect_stream;
 use diskdelta::delta::{create_delta_from_snapshot, create_tracked_delta};
-use diskdelta::io::{Input, InputOptions, Output, OutputKind};
+use diskdelta::io::{Input, InputKind, InputOptions, Output, OutputKind};
 use diskdelta::units::human_bytes;
 use diskdelta::{create_delta, BlockSize, Compression, DiffOptions, OutputFormat};
 use serde::Serialize;
@@ -147,6 +147,12 @@ fn run_tracked(
         direct: args.direct,
     };
     let new = Input::open(new_path, &input_options)?;
+    if !matches!(new.kind(), InputKind::File | InputKind::BlockDevice) {
+        bail!(
+            "{}: change tracking reads NEW at the changed offsets: give a file or block device, not a pipe",
+            new.path().display()
+        );
+    }
     let base = match &args.base_sample {
         Some(p) => Some(Input::open(p, &input_options)?),
         None => None,
@@ -166,7 +172,6 @@ fn run_tracked(
         progress: Some(progress.counter()),
         ..diff_options(&args, block_size, compression, format)
     };
-    let what = tracker.what.clone();
     let runs = std::mem::replace(&mut tracker.runs, Box::new(std::iter::empty()));
     let result = publish(&args, &out_path, progress, format, |output| {
         create_tracked_delta(runs, new, base, output, &options)
@@ -174,7 +179,7 @@ fn run_tracked(
     // The metadata snapshot (LVM mode) is released only now, after
     // thin_delta's output was read to its end.
     drop(tracker);
-    result.with_context(|| format!("change tracker: {what}"))
+    result
 }
 
 /// `diff --from-snapshot SNAPSHOT NEW`: OLD is a repository snapshot.
