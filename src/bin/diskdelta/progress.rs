@@ -2,11 +2,19 @@
 
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+/// Every bar of the process, stacked: `backup` runs several sources in
+/// parallel, one bar each, and bars drawn on their own would overwrite
+/// each other's line.
+fn bars() -> &'static MultiProgress {
+    static BARS: OnceLock<MultiProgress> = OnceLock::new();
+    BARS.get_or_init(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(10)))
+}
 
 /// A running progress bar; finished on drop.
 pub struct Progress {
@@ -37,7 +45,7 @@ impl Progress {
                         .unwrap_or_else(|_| ProgressStyle::default_spinner()),
                 ),
             };
-            bar.set_draw_target(ProgressDrawTarget::stderr_with_hz(10));
+            let bar = bars().add(bar);
             bar.set_message(message.to_string());
             let (counter, stop, total_cell) = (counter.clone(), stop.clone(), total_cell.clone());
             std::thread::spawn(move || {
@@ -59,6 +67,7 @@ impl Progress {
                     std::thread::sleep(Duration::from_millis(100));
                 }
                 bar.finish_and_clear();
+                bars().remove(&bar);
             })
         });
         Progress {
