@@ -241,7 +241,6 @@ struct Job {
 
 struct Done {
     seq: u64,
-    offset: u64,
     data: Vec<u8>,
     zero: bool,
     segments: Vec<(blake3::Hash, usize)>,
@@ -372,7 +371,6 @@ impl Done {
     ) -> Done {
         Done {
             seq: job.seq,
-            offset: job.offset,
             data,
             zero,
             segments,
@@ -381,6 +379,25 @@ impl Done {
             written,
         }
     }
+}
+
+/// Hands the workers' results to `each` in unit order, as they complete;
+/// false when some unit never arrived (a worker stopped).
+fn in_unit_order(
+    done: Receiver<Result<Done, RepoError>>,
+    mut each: impl FnMut(Done) -> Result<(), RepoError>,
+) -> Result<bool, RepoError> {
+    let mut pending = BTreeMap::new();
+    let mut next = 0u64;
+    for d in done {
+        let d = d?;
+        pending.insert(d.seq, d);
+        while let Some(d) = pending.remove(&next) {
+            next += 1;
+            each(d)?;
+        }
+    }
+    Ok(pending.is_empty())
 }
 
 fn threads(n: usize) -> usize {
@@ -450,38 +467,31 @@ pub fn restore(
         }
         drop(job_rx);
         drop(done_tx);
-        let mut pending = BTreeMap::new();
-        let mut next = 0u64;
-        for done in done_rx.iter() {
-            let done = done?;
-            pending.insert(done.seq, done);
-            while let Some(d) = pending.remove(&next) {
-                next += 1;
-                if let Some(ordered) = ordered.as_mut() {
-                    if d.zero {
-                        let len: usize = d.segments.iter().map(|s| s.1).sum();
-                        ordered.append_zeros(len as u64)?;
-                    } else {
-                        ordered.append(&d.data)?;
-                        summary.bytes_written += d.data.len() as u64;
-                    }
-                }
-                summary.bytes_written += d.written;
-                summary.chunks_fetched += d.fetched;
-                for (h, l) in &d.segments {
-                    hasher.push_segment(h, *l);
-                }
-                if let Some(p) = &options.progress {
+        let complete = in_unit_order(done_rx, |d| {
+            if let Some(ordered) = ordered.as_mut() {
+                if d.zero {
                     let len: usize = d.segments.iter().map(|s| s.1).sum();
-                    p.fetch_add(len as u64, Ordering::Relaxed);
+                    ordered.append_zeros(len as u64)?;
+                } else {
+                    ordered.append(&d.data)?;
+                    summary.bytes_written += d.data.len() as u64;
                 }
-                let _ = d.offset;
             }
-        }
+            summary.bytes_written += d.written;
+            summary.chunks_fetched += d.fetched;
+            for (h, l) in &d.segments {
+                hasher.push_segment(h, *l);
+            }
+            if let Some(p) = &options.progress {
+                let len: usize = d.segments.iter().map(|s| s.1).sum();
+                p.fetch_add(len as u64, Ordering::Relaxed);
+            }
+            Ok(())
+        })?;
         feeder
             .join()
             .unwrap_or(Err(RepoError::Internal("feeder thread panicked")))?;
-        if !pending.is_empty() || hasher.len() != snap.meta.size {
+        if !complete || hasher.len() != snap.meta.size {
             return Err(RepoError::Internal("restore ended early"));
         }
         Ok(())
@@ -569,7 +579,6 @@ fn in_place_worker(
             let segments = unit_segments(data, &job.ids, chunk_size);
             Ok(Done {
                 seq: job.seq,
-                offset: job.offset,
                 data: Vec::new(),
                 zero: false,
                 segments,
@@ -678,21 +687,15 @@ pub fn restore_in_place(
         }
         drop(work_rx);
         drop(done_tx);
-        let mut pending = BTreeMap::new();
-        let mut next = 0u64;
-        for done in done_rx.iter() {
-            let done = done?;
-            pending.insert(done.seq, done);
-            while let Some(d) = pending.remove(&next) {
-                next += 1;
-                summary.chunks_fetched += d.fetched;
-                summary.chunks_unchanged += d.unchanged;
-                summary.bytes_written += d.written;
-                for (h, l) in &d.segments {
-                    hasher.push_segment(h, *l);
-                }
+        in_unit_order(done_rx, |d| {
+            summary.chunks_fetched += d.fetched;
+            summary.chunks_unchanged += d.unchanged;
+            summary.bytes_written += d.written;
+            for (h, l) in &d.segments {
+                hasher.push_segment(h, *l);
             }
-        }
+            Ok(())
+        })?;
         feeder
             .join()
             .unwrap_or(Err(RepoError::Internal("feeder thread panicked")))?;

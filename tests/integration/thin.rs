@@ -84,6 +84,12 @@ fn fixture(sectors: u64, blocks: u64) -> Fixture {
 }
 
 impl Fixture {
+    /// A loop device holding the image at `image` (`None`: skip the test).
+    fn loop_device(&self, test: &str, image: &Path) -> Option<LoopDevice> {
+        let bytes = std::fs::read(image).expect("read image");
+        LoopDevice::attach(test, &bytes, self.pool.size())
+    }
+
     fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
@@ -147,6 +153,14 @@ fn restore(repo: &Path, out: &Path) {
             .arg("-o")
             .arg(out),
     );
+}
+
+/// Restores the latest snapshot of `vol` to `name` in the fixture's
+/// directory and checks it is NEW.
+fn assert_restores_new(f: &Fixture, repo: &Path, name: &str) {
+    let restored = f.path(name);
+    restore(repo, &restored);
+    assert_same_file(&restored, &f.new);
 }
 
 fn apply_in_place(delta: &Path, target: &Path) -> Output {
@@ -577,9 +591,7 @@ fn a_complete_range_list_backs_up_incrementally() {
     assert!(
         s["bytes_read"].as_u64().expect("bytes_read") <= f.touched_repo_chunks(MIB) * MIB + 8 * MIB
     );
-    let restored = f.path("r.img");
-    restore(&repo, &restored);
-    assert_same_file(&restored, &f.new);
+    assert_restores_new(&f, &repo, "r.img");
 }
 
 /// The kernel's own count of bytes read from NEW, through a loop device
@@ -587,12 +599,7 @@ fn a_complete_range_list_backs_up_incrementally() {
 #[test]
 fn the_kernel_sees_only_changed_chunks_read() {
     let f = fixture(128, 1024);
-    let new_image = std::fs::read(&f.new).expect("read");
-    let Some(dev) = LoopDevice::attach(
-        "the_kernel_sees_only_changed_chunks_read",
-        &new_image,
-        f.pool.size(),
-    ) else {
+    let Some(dev) = f.loop_device("the_kernel_sees_only_changed_chunks_read", &f.new) else {
         return;
     };
     let name = dev
@@ -647,9 +654,7 @@ fn the_kernel_sees_only_changed_chunks_read() {
         read <= bound + f.pool.size() / 100,
         "the kernel read {read} bytes of NEW; the chunks changes touch hold {bound}"
     );
-    let restored = f.path("restored.img");
-    restore(&repo, &restored);
-    assert_same_file(&restored, &f.new);
+    assert_restores_new(&f, &repo, "restored.img");
 }
 
 /// lvpatch's job: zero records become discards on a device, so a thin
@@ -659,11 +664,9 @@ fn the_kernel_sees_only_changed_chunks_read() {
 fn in_place_apply_onto_a_device_discards_unmapped_ranges() {
     use std::os::unix::fs::MetadataExt;
     let f = fixture(128, 256);
-    let old_image = std::fs::read(&f.old).expect("read");
-    let Some(dev) = LoopDevice::attach(
+    let Some(dev) = f.loop_device(
         "in_place_apply_onto_a_device_discards_unmapped_ranges",
-        &old_image,
-        f.pool.size(),
+        &f.old,
     ) else {
         return;
     };
