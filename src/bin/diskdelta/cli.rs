@@ -202,7 +202,23 @@ pub struct SyncArgs {
     /// Target: a file (created if missing) or block device, local or
     /// [user@]host:path; an existing directory gets SRC's file name.
     pub dst: String,
-    /// ssh command and flags for remote ends.
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+    /// Comparison block size (power of two, 512 to 1M); see docs/formats/wire.md
+    /// for how the default was chosen.
+    #[arg(short, long, value_name = "SIZE", default_value = "16K")]
+    pub block_size: String,
+    /// Report what would change; write nothing.
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+/// How to reach remote hosts (`sync`, `backup`).
+#[derive(Debug, Args)]
+pub struct RemoteArgs {
+    /// ssh command and flags for remote hosts.
     #[arg(
         short = 'e',
         long = "rsh",
@@ -214,15 +230,6 @@ pub struct SyncArgs {
     /// The diskdelta binary on remote hosts.
     #[arg(long, value_name = "PATH", default_value = "diskdelta")]
     pub remote_path: String,
-    /// Comparison block size (power of two, 512 to 1M); see docs/formats/wire.md
-    /// for how the default was chosen.
-    #[arg(short, long, value_name = "SIZE", default_value = "16K")]
-    pub block_size: String,
-    /// Report what would change; write nothing.
-    #[arg(short = 'n', long)]
-    pub dry_run: bool,
-    #[command(flatten)]
-    pub common: Common,
 }
 
 /// Where the repository is.
@@ -269,18 +276,8 @@ pub struct BackupArgs {
     /// Record this time instead of now (RFC 3339 or YYYY-MM-DD).
     #[arg(long, value_name = "TIME")]
     pub time: Option<String>,
-    /// ssh command and flags for remote sources.
-    #[arg(
-        short = 'e',
-        long = "rsh",
-        value_name = "CMD",
-        env = "DISKDELTA_RSH",
-        default_value = "ssh"
-    )]
-    pub rsh: String,
-    /// The diskdelta binary on remote hosts.
-    #[arg(long, value_name = "PATH", default_value = "diskdelta")]
-    pub remote_path: String,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
     /// Worker threads per source (default: one per core).
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,

@@ -28,11 +28,16 @@ fn connect(loc: &Location, args: &SyncArgs, role: &str) -> anyhow::Result<Connec
     Ok(match &loc.host {
         None => Connection::local(role),
         Some(host) => {
-            let rsh: Vec<String> = args.rsh.split_whitespace().map(str::to_string).collect();
+            let rsh: Vec<String> = args
+                .remote
+                .rsh
+                .split_whitespace()
+                .map(str::to_string)
+                .collect();
             Connection::remote(&Remote {
                 host: host.clone(),
                 rsh,
-                remote_path: args.remote_path.clone(),
+                remote_path: args.remote.remote_path.clone(),
                 sudo: false,
             })?
         }
