@@ -334,8 +334,14 @@ pub struct GcReport {
     pub orphan_packs_deleted: usize,
     /// New packs written by repacking.
     pub packs_written: usize,
-    /// Chunks no snapshot refers to any more, removed.
+    /// Chunks no snapshot refers to any more (and second copies of a
+    /// chunk), removed.
     pub chunks_removed: u64,
+    /// Such chunks left where they are, in packs that are mostly live
+    /// (rewriting a pack for them would cost more than it frees).
+    pub chunks_left: u64,
+    /// Their stored bytes.
+    pub bytes_left: u64,
     /// Bytes freed.
     pub bytes_freed: u64,
     /// Index files replaced.
@@ -449,15 +455,19 @@ fn gc_locked(repo: &Repository, dry_run: bool) -> Result<GcReport, RepoError> {
             if referenced.contains(&e.id) && owner.insert(e.id) {
                 live += u64::from(e.stored_len);
                 live_entries.push(*e);
-            } else if !referenced.contains(&e.id) {
-                report.chunks_removed += 1;
             }
         }
+        // Unreferenced chunks and second copies of a chunk.
+        let dead = (r.entries.len() - live_entries.len()) as u64;
         if live == 0 {
+            report.chunks_removed += dead;
             delete.push(r.pack);
         } else if total > 0 && (live as f64) < REPACK_LIVE_BELOW * total as f64 {
+            report.chunks_removed += dead;
             repack.push((r.pack, live_entries));
         } else {
+            report.chunks_left += dead;
+            report.bytes_left += total - live;
             keep.push(r.clone());
         }
     }

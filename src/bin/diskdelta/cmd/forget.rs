@@ -48,10 +48,12 @@ pub fn run(args: ForgetArgs) -> anyhow::Result<()> {
         r.removed,
         match &r.prune {
             Some(g) => format!(
-                ", prune: {} packs deleted, {} repacked, {} freed",
+                ", prune: {} packs deleted, {} repacked, {} chunks removed, {} freed{}",
                 g.packs_deleted,
                 g.packs_repacked,
-                diskdelta::units::human_bytes(g.bytes_freed)
+                g.chunks_removed,
+                diskdelta::units::human_bytes(g.bytes_freed),
+                super::gc::left_in_packs(g)
             ),
             None => String::new(),
         }

@@ -20,6 +20,7 @@ pub fn run(args: GcArgs) -> anyhow::Result<()> {
         r.chunks_removed,
         human_bytes(r.bytes_freed)
     );
+    line.push_str(&left_in_packs(&r));
     if !r.damaged_index_files.is_empty() {
         line.push_str(&format!(
             ", {} damaged index files {} (their packs re-indexed from their own tables)",
@@ -28,4 +29,18 @@ pub fn run(args: GcArgs) -> anyhow::Result<()> {
         ));
     }
     report::summary(&args.common, false, &line, &r)
+}
+
+/// The garbage gc leaves in packs that are mostly live, for the summary
+/// line; empty when there is none.
+pub fn left_in_packs(r: &maintenance::GcReport) -> String {
+    if r.chunks_left == 0 {
+        return String::new();
+    }
+    format!(
+        " ({} unreferenced chunks, {}, {} in packs that are mostly live)",
+        r.chunks_left,
+        human_bytes(r.bytes_left),
+        if r.dry_run { "would stay" } else { "stay" }
+    )
 }
