@@ -193,7 +193,7 @@ impl Connection {
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner),
             );
-            for line in held {
+            for line in held.iter().filter(|l| !is_error_line(l)) {
                 eprintln!("{}: {line}", remote.host);
             }
         }
@@ -382,6 +382,13 @@ fn spawn_reader(stdout: ChildStdout, replies: Sender<Message>, counter: Arc<Atom
         });
 }
 
+/// The remote side's own error line: the error also reaches us as a
+/// message (or, when the remote side dies, as the last stderr line kept
+/// to explain the failure), so forwarding it would say it twice.
+fn is_error_line(line: &str) -> bool {
+    line.starts_with("diskdelta: error:")
+}
+
 fn spawn_stderr(
     stderr: std::process::ChildStderr,
     host: String,
@@ -395,7 +402,7 @@ fn spawn_stderr(
             let _closed = closed_tx;
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { return };
-                if live.load(Ordering::Relaxed) {
+                if live.load(Ordering::Relaxed) && !is_error_line(&line) {
                     eprintln!("{host}: {line}");
                 }
                 let mut h = held

@@ -175,6 +175,12 @@ fn remote_failures_leave_the_repository_valid() {
     let out = common::run_fail(repo_cmd(&sshd, &repo, &common::bin()).arg(remote(&sshd, &missing)));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no such.img"), "{err}");
+    assert_eq!(
+        err.lines().count(),
+        1,
+        "one error line, not the remote side's too: {err}"
+    );
+    assert!(err.starts_with("diskdelta: error: "), "{err}");
     let out = common::run_fail(
         repo_cmd(&sshd, &repo, Path::new("/nonexistent/diskdelta")).arg(remote(&sshd, &missing)),
     );

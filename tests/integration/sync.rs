@@ -195,6 +195,10 @@ fn error_line(out: &Output, needles: &[&str], what: &str) -> String {
             host.ends_with("@127.0.0.1"),
             "{what}: only the remote side's lines, prefixed with its host, may come before the error: {err:?}"
         );
+        assert!(
+            !line.contains("diskdelta: error:"),
+            "{what}: the remote side's error must be said once, in the error line: {err:?}"
+        );
     }
     for needle in needles {
         assert!(
