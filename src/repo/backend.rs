@@ -141,14 +141,27 @@ const DIRECT_READ_MIN: u64 = 256 << 10;
 /// Larger range reads go through the page cache (no buffer that big).
 const DIRECT_READ_MAX: u64 = 64 << 20;
 
+/// Runs `f` on a `DIRECT_ALIGN`-aligned buffer of `len` bytes, kept per
+/// thread and reused: fresh memory for every pack costs page faults.
+fn with_aligned_buffer<R>(len: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
+    thread_local! {
+        static BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    BUFFER.with(|cell| {
+        let mut buf = cell.borrow_mut();
+        if buf.len() < len + DIRECT_ALIGN {
+            buf.resize(len + DIRECT_ALIGN, 0);
+        }
+        let first = buf.as_ptr().align_offset(DIRECT_ALIGN);
+        f(&mut buf[first..first + len])
+    })
+}
+
 /// Reads `len` bytes at `offset` of `path` (fewer at the end of the file)
 /// with `O_DIRECT`, through a reused aligned buffer; `None` where the file
 /// system refuses it, so the caller reads normally.
 fn read_direct(path: &Path, offset: u64, len: u64) -> Option<Vec<u8>> {
     use std::os::unix::fs::{FileExt, OpenOptionsExt};
-    thread_local! {
-        static BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-    }
     let file = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_DIRECT)
@@ -158,13 +171,7 @@ fn read_direct(path: &Path, offset: u64, len: u64) -> Option<Vec<u8>> {
     let start = offset / align * align;
     let end = (offset + len).div_ceil(align) * align;
     let span = (end - start) as usize;
-    BUFFER.with(|cell| {
-        let mut buf = cell.borrow_mut();
-        if buf.len() < span + DIRECT_ALIGN {
-            buf.resize(span + DIRECT_ALIGN, 0);
-        }
-        let first = buf.as_ptr().align_offset(DIRECT_ALIGN);
-        let window = &mut buf[first..first + span];
+    with_aligned_buffer(span, |window| {
         let mut got = 0;
         while got < span {
             match file.read_at(&mut window[got..], start + got as u64) {
@@ -201,9 +208,6 @@ const DIRECT_WRITE_PIECE: usize = 4 << 20;
 /// which reports the error if it persists.
 fn write_direct(path: &Path, file: &File, data: &[u8]) -> bool {
     use std::os::unix::fs::FileExt;
-    thread_local! {
-        static BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-    }
     let Ok(direct) = OpenOptions::new()
         .write(true)
         .custom_flags(libc::O_DIRECT)
@@ -212,13 +216,7 @@ fn write_direct(path: &Path, file: &File, data: &[u8]) -> bool {
         return false;
     };
     let aligned = data.len() / DIRECT_ALIGN * DIRECT_ALIGN;
-    let written = BUFFER.with(|cell| {
-        let mut buf = cell.borrow_mut();
-        if buf.len() < DIRECT_WRITE_PIECE + DIRECT_ALIGN {
-            buf.resize(DIRECT_WRITE_PIECE + DIRECT_ALIGN, 0);
-        }
-        let first = buf.as_ptr().align_offset(DIRECT_ALIGN);
-        let window = &mut buf[first..first + DIRECT_WRITE_PIECE];
+    let written = with_aligned_buffer(DIRECT_WRITE_PIECE, |window| {
         let mut at = 0;
         while at < aligned {
             let n = (aligned - at).min(DIRECT_WRITE_PIECE);

@@ -2,10 +2,13 @@
 //! place onto a target that holds an older version.
 //!
 //! ```text
-//!  feeder ──> workers (one per core)                         ──> writer (this thread)
-//!  unit of     read blobs (one range read per run of blobs       in image order: write,
-//!  4 MiB +     adjacent in a pack), decompress, check each       image digest, then
-//!  its ids     chunk's BLAKE3, segment hashes for the digest     commit after it matches
+//!  feeder ──> workers (one per core)                         ──> collector (this thread)
+//!  unit of     read blobs (one range read per run of blobs       in image order: image
+//!  4 MiB +     adjacent in a pack), decompress, check each       digest (and the writes of
+//!  its ids     chunk's BLAKE3, segment hashes for the digest     a stream); commit after
+//!                  │                                             the digest matches
+//!                  └──> placers (files, devices): write each unit at its offset
+//!                       (`O_DIRECT` on new files), return its buffer to the pool
 //! ```
 //!
 //! In place, workers also read the target's unit, compare chunk ids and
@@ -28,7 +31,7 @@ use crate::format::pack::Encoding;
 use crate::format::snapshot::Snapshot;
 use crate::id::{ChunkId, IdBuildHasher, PackId};
 use crate::io::output::{Output, OutputKind};
-use crate::io::reader::{ChunkReader, ReaderOptions};
+use crate::io::reader::{AlignedBuf, ChunkReader, ReaderOptions};
 use crate::io::{Input, InputOptions};
 
 /// How to restore.
@@ -285,14 +288,45 @@ fn feed(snap: &Snapshot, chunk_size: usize, jobs: Sender<Job>) -> Result<(), Rep
     Ok(())
 }
 
-/// Restores units: fetches and verifies their chunks, then writes them
-/// itself when the output takes writes at any offset (`positional`), or
-/// hands them to the ordered writer otherwise.
+/// A unit's bytes on their way to a positional output.
+struct Placement {
+    offset: u64,
+    len: usize,
+    buf: AlignedBuf,
+}
+
+/// Where workers put restored units of a positional output: buffers come
+/// from `pool` and go, filled, to the placers.
+struct Placing<'a> {
+    output: &'a Output,
+    pool: Receiver<AlignedBuf>,
+    placements: Sender<Placement>,
+}
+
+/// Writes units at their offsets, then hands their buffers back. Writes
+/// to disk block (`O_DIRECT`, devices): with placers of their own, the
+/// workers keep every core decoding while several writes are in flight.
+fn placer(
+    output: &Output,
+    placements: Receiver<Placement>,
+    pool: Sender<AlignedBuf>,
+) -> Result<(), RepoError> {
+    for p in placements {
+        output.place(p.offset, &p.buf.as_slice()[..p.len])?;
+        // The pool only closes when the workers stopped.
+        let _ = pool.send(p.buf);
+    }
+    Ok(())
+}
+
+/// Restores units: fetches and verifies their chunks, then passes them
+/// to the placers when the output takes writes at any offset, or to the
+/// ordered writer otherwise.
 fn worker(
     repo: &Repository,
     index: &Index,
     chunk_size: usize,
-    positional: Option<&Output>,
+    placing: Option<Placing<'_>>,
     jobs: Receiver<Job>,
     done: Sender<Result<Done, RepoError>>,
 ) {
@@ -300,17 +334,12 @@ fn worker(
         let _ = done.send(Err(RepoError::Internal("zstd setup failed")));
         return;
     };
-    // Positional writers reuse one buffer: a fresh 4 MiB per unit costs
-    // page faults that show up as much as the decompression itself.
-    // Aligned, so that a file output can take it with O_DIRECT.
-    let mut reused =
-        crate::io::reader::AlignedBuf::new(if positional.is_some() { UNIT_SIZE } else { 0 });
     for job in jobs {
         let result = (|| {
             let zero = job.ids.iter().all(ChunkId::is_zero_marker);
             if zero {
-                if let Some(out) = positional {
-                    out.place_zeros(job.offset, job.len as u64)?;
+                if let Some(p) = &placing {
+                    p.output.place_zeros(job.offset, job.len as u64)?;
                 }
                 let segments = (0..job.len.div_ceil(SEGMENT_SIZE))
                     .map(|i| {
@@ -321,11 +350,20 @@ fn worker(
                 return Ok(Done::of(&job, Vec::new(), true, segments, 0, 0));
             }
             let mut owned = Vec::new();
-            let data = if positional.is_some() {
-                &mut reused.as_mut_slice()[..job.len]
-            } else {
-                owned.resize(job.len, 0);
-                &mut owned[..]
+            let mut buf = match &placing {
+                Some(p) => Some(
+                    p.pool
+                        .recv()
+                        .map_err(|_| RepoError::Internal("restore writers stopped"))?,
+                ),
+                None => None,
+            };
+            let data = match buf.as_mut() {
+                Some(b) => &mut b.as_mut_slice()[..job.len],
+                None => {
+                    owned.resize(job.len, 0);
+                    &mut owned[..]
+                }
             };
             let mut wanted = Vec::with_capacity(job.ids.len());
             for (i, id) in job.ids.iter().enumerate() {
@@ -338,11 +376,18 @@ fn worker(
             }
             fetch_chunks(repo, index, &wanted, chunk_size, data, &mut decompressor)?;
             let segments = unit_segments(data, &job.ids, chunk_size);
-            let written = if let Some(out) = positional {
-                out.place(job.offset, data)?;
-                job.len as u64
-            } else {
-                0
+            let written = match (&placing, buf) {
+                (Some(p), Some(buf)) => {
+                    p.placements
+                        .send(Placement {
+                            offset: job.offset,
+                            len: job.len,
+                            buf,
+                        })
+                        .map_err(|_| RepoError::Internal("restore writers stopped"))?;
+                    job.len as u64
+                }
+                _ => 0,
             };
             Ok(Done::of(
                 &job,
@@ -400,6 +445,10 @@ fn in_unit_order(
     Ok(pending.is_empty())
 }
 
+/// Writer threads of a positional output (see [`placer`]): enough to keep
+/// a disk's queue busy while the workers decode.
+const PLACERS: usize = 4;
+
 fn threads(n: usize) -> usize {
     if n == 0 {
         std::thread::available_parallelism().map_or(2, |n| n.get())
@@ -433,13 +482,10 @@ pub fn restore(
     check_restorable(repo, snap, &index)?;
     output.require_capacity(snap.meta.size)?;
     output.set_sparse(output.kind() == OutputKind::File);
-    let direct = output.kind() == OutputKind::File && output.use_direct_placement();
-    // A direct write blocks its worker until the disk has the data: twice
-    // as many workers as cores keep the cores busy meanwhile.
-    let threads = match (options.threads, direct) {
-        (0, true) => threads(0) * 2,
-        (n, _) => threads(n),
-    };
+    if output.kind() == OutputKind::File {
+        output.use_direct_placement();
+    }
+    let threads = threads(options.threads);
     let (job_tx, job_rx) = bounded::<Job>(threads);
     let (done_tx, done_rx) = bounded::<Result<Done, RepoError>>(threads * 2);
     let mut hasher = ImageHasher::new();
@@ -460,12 +506,34 @@ pub fn restore(
     };
     let written = std::thread::scope(|s| -> Result<(), RepoError> {
         let feeder = s.spawn(move || feed(snap, chunk_size, job_tx));
+        // A buffer per worker and per placer, and as many again queued.
+        let placers = if positional.is_some() { PLACERS } else { 0 };
+        let (pool_tx, pool_rx) = bounded::<AlignedBuf>(2 * (threads + placers));
+        let (place_tx, place_rx) = bounded::<Placement>(threads + placers);
+        for _ in 0..2 * (threads + placers) {
+            if positional.is_some() {
+                let _ = pool_tx.send(AlignedBuf::new(UNIT_SIZE));
+            }
+        }
+        let mut placer_threads = Vec::new();
+        if let Some(out) = positional {
+            for _ in 0..placers {
+                let (rx, pool) = (place_rx.clone(), pool_tx.clone());
+                placer_threads.push(s.spawn(move || placer(out, rx, pool)));
+            }
+        }
+        drop((pool_tx, place_rx));
         for _ in 0..threads {
             let jobs = job_rx.clone();
             let done = done_tx.clone();
-            s.spawn(move || worker(repo, index, chunk_size, positional, jobs, done));
+            let placing = positional.map(|output| Placing {
+                output,
+                pool: pool_rx.clone(),
+                placements: place_tx.clone(),
+            });
+            s.spawn(move || worker(repo, index, chunk_size, placing, jobs, done));
         }
-        drop(job_rx);
+        drop((job_rx, pool_rx, place_tx));
         drop(done_tx);
         let complete = in_unit_order(done_rx, |d| {
             if let Some(ordered) = ordered.as_mut() {
@@ -487,7 +555,13 @@ pub fn restore(
                 p.fetch_add(len as u64, Ordering::Relaxed);
             }
             Ok(())
-        })?;
+        });
+        // A placer's failure is the cause of a worker's "writers stopped".
+        for t in placer_threads {
+            t.join()
+                .unwrap_or(Err(RepoError::Internal("restore writer panicked")))?;
+        }
+        let complete = complete?;
         feeder
             .join()
             .unwrap_or(Err(RepoError::Internal("feeder thread panicked")))?;
