@@ -633,11 +633,23 @@ def _write_reference(image, root, logs, repeat):
     """What writing the restored image costs here without any tool: `dd
     bs=1M` (every byte through user space, like a restore that writes
     zeros too) and `cp --sparse=always --reflink=never` (the kernel copies
-    the data extents only). Same conditions as a restore; best of repeat."""
+    the data extents only), both left in the page cache; then the same
+    made durable as a restore makes its output before it appears: `cp`
+    followed by `sync FILE`, and `dd oflag=direct conv=sparse,fsync` (the
+    data blocks straight to the disk, one stream). Same conditions as a
+    restore; best of repeat."""
     out = os.path.join(root, "reference.img")
     commands = {
         "dd bs=1M": ["dd", f"if={image}", f"of={out}", "bs=1M", "status=none"],
         "cp --sparse=always": ["cp", "--sparse=always", "--reflink=never", image, out],
+        "cp --sparse=always + sync": [
+            "sh", "-c", 'cp --sparse=always --reflink=never "$1" "$2" && sync "$2"', "cp",
+            image, out,
+        ],
+        "dd direct+fsync": [
+            "dd", f"if={image}", f"of={out}", "bs=4M", "oflag=direct", "conv=sparse,fsync",
+            "status=none",
+        ],
     }
     result = []
     for name, argv in commands.items():
@@ -647,7 +659,7 @@ def _write_reference(image, root, logs, repeat):
             common.warm_cache([image])
             common.settle()
             steps, why = common.run_phase(
-                [argv], os.path.join(logs, f"reference-{name.split()[0]}-{i}")
+                [argv], os.path.join(logs, f"reference-{'-'.join(name.replace('+', ' ').split())}-{i}")
             )
             phase.add_run(steps)
             if why:
