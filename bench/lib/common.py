@@ -600,6 +600,21 @@ def load_check():
     return busy, None
 
 
+def report_header(command, size, repeat, machine, busy, load_warning):
+    """The fields every results JSON starts with: what ran, when, where,
+    and how busy the machine was around it."""
+    return {
+        "command": command,
+        "date": now_iso(),
+        "size": size,
+        "repeat": repeat,
+        "machine": machine,
+        "other_cores_before": None if busy is None else round(busy, 2),
+        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+        "load_warning": load_warning,
+    }
+
+
 @dataclass
 class Measurement:
     """One command run: wall seconds, peak RSS in KiB, user + system CPU

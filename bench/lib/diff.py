@@ -209,14 +209,7 @@ def cmd_diff(args):
             )
 
     report = {
-        "command": "diff",
-        "date": common.now_iso(),
-        "size": size,
-        "repeat": args.repeat,
-        "machine": machine,
-        "other_cores_before": None if busy_before is None else round(busy_before, 2),
-        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
-        "load_warning": load_warning,
+        **common.report_header("diff", size, args.repeat, machine, busy_before, load_warning),
         "images": common.image_summaries(images),
         "tools": common.tool_versions(tools, skipped),
         "results": results,

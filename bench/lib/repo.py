@@ -606,14 +606,7 @@ def cmd_repo(args):
             results[t.name] = _summarize(runs[t.name])
     reference = _write_reference(images[-1], root, logs, args.repeat)
     report = {
-        "command": "repo",
-        "date": common.now_iso(),
-        "size": size,
-        "repeat": args.repeat,
-        "machine": machine,
-        "other_cores_before": None if busy is None else round(busy, 2),
-        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
-        "load_warning": load_warning,
+        **common.report_header("repo", size, args.repeat, machine, busy, load_warning),
         "images": common.image_summaries(stamps),
         "steps": [{"phase": k, "image": img, "what": what} for k, img, what in STEPS],
         "tools": common.tool_versions(tools, skipped),
@@ -964,14 +957,7 @@ def cmd_repo_sweep(args):
             _log_run(f"chunk {ch}", r)
     results = [dict(chunk_size=ch, **_summarize(runs[ch])) for ch in chunks]
     report = {
-        "command": "repo-sweep",
-        "date": common.now_iso(),
-        "size": size,
-        "repeat": args.repeat,
-        "machine": machine,
-        "other_cores_before": None if busy is None else round(busy, 2),
-        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
-        "load_warning": load_warning,
+        **common.report_header("repo-sweep", size, args.repeat, machine, busy, load_warning),
         "images": common.image_summaries(stamps),
         "tool": common.tool_versions([tool], {})["diskdelta"],
         "default_chunk_size": DEFAULT_CHUNK,

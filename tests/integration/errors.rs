@@ -35,23 +35,8 @@ fn fails_with(cmd: &mut Command, code: i32, what: &str) -> String {
     err
 }
 
-/// Names of the entries of `dir`, hidden ones included.
-fn entries(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("list {}: {e}", dir.display()))
-        .map(|e| {
-            e.expect("directory entry")
-                .file_name()
-                .to_string_lossy()
-                .into_owned()
-        })
-        .collect();
-    names.sort();
-    names
-}
-
 fn assert_empty_dir(dir: &Path, what: &str) {
-    let left = entries(dir);
+    let left = common::entries(dir);
     assert!(left.is_empty(), "{what}: files left behind: {left:?}");
 }
 
@@ -190,7 +175,7 @@ fn missing_inputs_are_named() {
     );
     assert!(err.contains(&nowhere.display().to_string()), "{err:?}");
 
-    let names = entries(dir.path());
+    let names = common::entries(dir.path());
     assert_eq!(names, ["d", "img"], "nothing else was created");
 }
 
@@ -260,7 +245,7 @@ fn wrong_base_in_stream_mode() {
         "wrong base over an existing output",
     );
     assert_eq!(std::fs::read(&out).expect("read"), b"precious");
-    assert_eq!(entries(&out_dir), ["new.img"]);
+    assert_eq!(common::entries(&out_dir), ["new.img"]);
 
     // The right base works (the fixture is sound).
     std::fs::remove_file(&out).expect("rm");
@@ -473,7 +458,7 @@ fn bad_block_size_and_compression() {
         1,
         "--format xdelta",
     );
-    assert_eq!(entries(dir.path()), ["img"]);
+    assert_eq!(common::entries(dir.path()), ["img"]);
 }
 
 /// A small tmpfs mounted on a fresh directory, unmounted on drop.
@@ -568,7 +553,7 @@ fn full_output_disk() {
     let small_new = common::write_file(dir.path(), "small-new.img", &small);
     let d = fs.path().join("small.delta");
     common::run_ok(diff_cmd(&small_old, &small_new, &d).args(["-q", "--compress", "none"]));
-    assert_eq!(entries(fs.path()), ["small.delta"]);
+    assert_eq!(common::entries(fs.path()), ["small.delta"]);
 }
 
 #[test]

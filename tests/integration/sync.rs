@@ -413,21 +413,6 @@ fn mtime(path: &Path) -> SystemTime {
         .expect("mtime")
 }
 
-/// Hidden and visible names in `dir`, sorted.
-fn entries(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("list {}: {e}", dir.display()))
-        .map(|e| {
-            e.expect("directory entry")
-                .file_name()
-                .to_string_lossy()
-                .into_owned()
-        })
-        .collect();
-    names.sort();
-    names
-}
-
 /// Checks the report of a completed, verified, non-resumed sync against the
 /// reference comparison of `src` and the target's old content.
 fn assert_report(report: &Value, src: &[u8], old_target: &[u8], block: usize) {
@@ -539,7 +524,7 @@ fn local_to_local_reports_exact_changes_at_every_block_size() {
         assert_eq!(num(&again, "changed_blocks"), 0, "{again}");
         assert_eq!(num(&again, "payload_bytes"), 0, "{again}");
     }
-    let mut names = entries(dir.path());
+    let mut names = common::entries(dir.path());
     names.retain(|n| n.starts_with('.'));
     assert!(names.is_empty(), "hidden files left behind: {names:?}");
 }
@@ -1048,8 +1033,8 @@ fn directory_target_gets_the_source_name() {
             .arg(format!("{}:{slash}", sshd.destination())),
     );
     assert_file(&far.join("disk.img"), &changed, "remote dir/");
-    assert_eq!(entries(&far), vec!["disk.img".to_string()]);
-    assert_eq!(entries(&local), vec!["disk.img".to_string()]);
+    assert_eq!(common::entries(&far), vec!["disk.img".to_string()]);
+    assert_eq!(common::entries(&local), vec!["disk.img".to_string()]);
 }
 
 // ---------------------------------------------------------------------------
