@@ -60,6 +60,9 @@ pub struct BackupOptions {
     /// Thin device id of the source, recorded for the next thin-aware
     /// backup's chain check.
     pub thin_id: Option<u64>,
+    /// The snapshot to compare with (id, unique prefix or name), instead
+    /// of the latest of `name`.
+    pub parent: Option<String>,
 }
 
 /// What a backup did.
@@ -262,9 +265,23 @@ impl BackupSession {
         // adopted from their own tables like those of a killed backup.
         let (mut index, damaged_index_files) = repo.load_index_lenient()?;
         let adopted = repo.adopt_orphan_packs(&mut index)?;
-        let parent = repo
-            .latest(&options.name)?
-            .filter(|p| p.meta.chunk_size == repo.chunk_size());
+        let parent = match &options.parent {
+            Some(spec) => {
+                let chosen = repo.resolve(spec)?;
+                if chosen.meta.chunk_size != repo.chunk_size() {
+                    return Err(RepoError::Invalid(format!(
+                        "parent snapshot {} has {}-byte chunks, the repository {}",
+                        chosen.id.short(),
+                        chosen.meta.chunk_size,
+                        repo.chunk_size()
+                    )));
+                }
+                Some(chosen)
+            }
+            None => repo
+                .latest(&options.name)?
+                .filter(|p| p.meta.chunk_size == repo.chunk_size()),
+        };
         Ok(BackupSession {
             repo: repo.clone(),
             index,

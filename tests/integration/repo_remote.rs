@@ -96,6 +96,68 @@ fn remote_incremental_sends_only_changed_chunks() {
 }
 
 #[test]
+fn a_clone_backed_up_with_parent_sends_only_what_differs() {
+    let Some(sshd) = Sshd::start("a_clone_backed_up_with_parent_sends_only_what_differs") else {
+        return;
+    };
+    let dir = common::tempdir();
+    let repo = dir.path().join("repo");
+    init(&repo);
+    let template = common::pseudo_random(8 << 20, 9);
+    let tmpl = common::write_file(dir.path(), "template.img", &template);
+    let first = summaries(&common::run_ok(
+        repo_cmd(&sshd, &repo, &common::bin())
+            .arg(remote(&sshd, &tmpl))
+            .arg("--name")
+            .arg("template"),
+    ));
+    // A clone of the template with two chunks changed.
+    let mut clone = template.clone();
+    for at in [1 << 20, 6 << 20] {
+        clone[at..at + 4096].copy_from_slice(&common::pseudo_random(4096, at as u64));
+    }
+    let vm = common::write_file(dir.path(), "vm.img", &clone);
+    let prefix = &first[0]["snapshot"].as_str().expect("id")[..10];
+    let with_parent = summaries(&common::run_ok(
+        repo_cmd(&sshd, &repo, &common::bin())
+            .arg(remote(&sshd, &vm))
+            .args(["--name", "vm", "--parent", prefix]),
+    ));
+    let s = &with_parent[0];
+    assert_eq!(s["parent"], first[0]["snapshot"], "{s}");
+    assert_eq!(s["reused_chunks"], 126, "{s}");
+    assert_eq!(s["new_chunks"], 2, "{s}");
+    let sent = s["bytes_sent"].as_u64().expect("sent");
+    assert!(sent < 300_000, "a clone with --parent sent {sent} bytes");
+    // Without --parent, a new name has nothing to compare with.
+    let plain = summaries(&common::run_ok(
+        repo_cmd(&sshd, &repo, &common::bin())
+            .arg(remote(&sshd, &vm))
+            .arg("--name")
+            .arg("vm-plain"),
+    ));
+    assert!(
+        plain[0]["bytes_sent"].as_u64().expect("sent") > 7 << 20,
+        "{plain:?}"
+    );
+    let out = dir.path().join("vm.out");
+    restore(&repo, "vm", &out);
+    assert!(
+        std::fs::read(&out).expect("out") == clone,
+        "restored clone differs"
+    );
+    // A parent that does not exist is one clear error, before any read.
+    let out = common::run_fail(
+        repo_cmd(&sshd, &repo, &common::bin())
+            .arg(remote(&sshd, &vm))
+            .args(["--name", "vm2", "--parent", "nosuch"]),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("no snapshot matches \"nosuch\""), "{err}");
+}
+
+#[test]
 fn two_remote_sources_in_parallel_with_sudo_on_one() {
     let Some(sshd) = Sshd::start("two_remote_sources_in_parallel_with_sudo_on_one") else {
         return;

@@ -259,7 +259,8 @@ pub struct InitArgs {
 #[derive(Debug, Args)]
 pub struct BackupArgs {
     /// Images to back up: local files, block devices, `-`, or
-    /// [user@]host:/path. `--name` and `--sudo` after a SOURCE apply to it.
+    /// [user@]host:/path. `--name`, `--parent` and `--sudo` after a SOURCE
+    /// apply to it.
     #[arg(required = true, value_name = "SOURCE")]
     pub sources: Vec<String>,
     #[command(flatten)]
@@ -270,6 +271,10 @@ pub struct BackupArgs {
     /// Run the remote side of the preceding SOURCE under sudo.
     #[arg(long, action = clap::ArgAction::Count)]
     pub sudo: u8,
+    /// Compare with this snapshot (id, prefix or name) instead of the
+    /// name's latest: a clone's first backup then sends only what differs.
+    #[arg(long, value_name = "SNAPSHOT")]
+    pub parent: Vec<String>,
     /// Tag the snapshots (repeatable).
     #[arg(long = "tag", value_name = "TAG")]
     pub tags: Vec<String>,

@@ -20,7 +20,19 @@ use crate::report;
 struct SourceSpec {
     text: String,
     name: Option<String>,
+    parent: Option<String>,
     sudo: bool,
+}
+
+impl SourceSpec {
+    /// The slot of a per-source option that takes a value.
+    fn slot(&mut self, flag: &str) -> Option<&mut Option<String>> {
+        match flag {
+            "--name" => Some(&mut self.name),
+            "--parent" => Some(&mut self.parent),
+            _ => None,
+        }
+    }
 }
 
 /// Options of `backup` that take a value (to skip it when scanning),
@@ -42,12 +54,18 @@ fn value_options() -> Vec<String> {
         .collect()
 }
 
-/// Attaches `--name` and `--sudo` to the SOURCE they follow, from the raw
-/// arguments after `backup` (clap has already validated them).
+/// Attaches `--name`, `--parent` and `--sudo` to the SOURCE they follow,
+/// from the raw arguments after `backup` (clap has already validated them).
 fn associate(raw: &[String], sources: &[String]) -> anyhow::Result<Vec<SourceSpec>> {
     let mut specs: Vec<SourceSpec> = Vec::new();
-    let mut loose_names = Vec::new();
-    let mut loose_sudo = false;
+    // Per-source options given before any SOURCE.
+    let mut loose = SourceSpec {
+        text: String::new(),
+        name: None,
+        parent: None,
+        sudo: false,
+    };
+    let mut loose_count = 0;
     let mut i = 0;
     let mut positional_only = false;
     let value_options = value_options();
@@ -58,6 +76,7 @@ fn associate(raw: &[String], sources: &[String]) -> anyhow::Result<Vec<SourceSpe
             specs.push(SourceSpec {
                 text: arg.clone(),
                 name: None,
+                parent: None,
                 sudo: false,
             });
             continue;
@@ -76,35 +95,40 @@ fn associate(raw: &[String], sources: &[String]) -> anyhow::Result<Vec<SourceSpe
         } else {
             inline
         };
-        match flag {
-            "--name" => {
-                let v = value.unwrap_or_default();
-                match specs.last_mut() {
-                    Some(s) if s.name.is_none() => s.name = Some(v),
-                    Some(_) => bail!("--name given twice for one SOURCE"),
-                    None => loose_names.push(v),
-                }
+        if flag != "--sudo" && loose.slot(flag).is_none() {
+            continue;
+        }
+        let target = match specs.last_mut() {
+            Some(s) => s,
+            None => {
+                loose_count += 1;
+                &mut loose
             }
-            "--sudo" => match specs.last_mut() {
-                Some(s) => s.sudo = true,
-                None => loose_sudo = true,
-            },
-            _ => {}
+        };
+        match target.slot(flag) {
+            None => target.sudo = true,
+            Some(Some(_)) => bail!("{flag} given twice for one SOURCE"),
+            Some(slot) => *slot = Some(value.unwrap_or_default()),
         }
     }
     if specs.iter().map(|s| &s.text).ne(sources.iter()) {
         bail!("could not match SOURCE arguments; put options before `--` and sources after it");
     }
     if specs.len() == 1 {
-        if let Some(n) = loose_names.pop() {
-            if specs[0].name.is_some() || !loose_names.is_empty() {
-                bail!("--name given twice for one SOURCE");
+        let only = &mut specs[0];
+        for flag in ["--name", "--parent"] {
+            if let Some(v) = loose.slot(flag).and_then(Option::take) {
+                match only.slot(flag) {
+                    Some(slot) if slot.is_none() => *slot = Some(v),
+                    _ => bail!("{flag} given twice for one SOURCE"),
+                }
             }
-            specs[0].name = Some(n);
         }
-        specs[0].sudo |= loose_sudo;
-    } else if !loose_names.is_empty() || loose_sudo {
-        bail!("with several SOURCEs, --name and --sudo go right after the SOURCE they belong to");
+        only.sudo |= loose.sudo;
+    } else if loose_count > 0 {
+        bail!(
+            "with several SOURCEs, --name, --parent and --sudo go right after the SOURCE they belong to"
+        );
     }
     Ok(specs)
 }
@@ -309,6 +333,7 @@ pub fn run(args: BackupArgs) -> anyhow::Result<()> {
                         threads: args.threads.unwrap_or(0),
                         expected_size: None,
                         thin_id: None,
+                        parent: spec.parent.clone(),
                     };
                     match &loc.host {
                         None if args.tracking.any() => {
@@ -377,10 +402,7 @@ pub fn import(args: ImportArgs) -> anyhow::Result<()> {
         tags: args.tags.clone(),
         time: parse_time(args.time.as_deref())?,
         time_nanos: 0,
-        progress: None,
-        threads: 0,
-        expected_size: None,
-        thin_id: None,
+        ..BackupOptions::default()
     };
     let summary = backup_local(&repo, &args.image, options, args.common.quiet)
         .with_context(|| format!("import of {} failed", args.image.display()))?;
@@ -469,6 +491,32 @@ mod tests {
         let raw = s(&["--name", "n", "--tag", "t", "img"]);
         let specs = associate(&raw, &s(&["img"])).expect("ok");
         assert_eq!(specs[0].name.as_deref(), Some("n"));
+    }
+
+    #[test]
+    fn parents_follow_their_source_like_names() {
+        let raw = s(&["a", "--parent", "p1", "--name", "na", "b", "--parent=p2"]);
+        let specs = associate(&raw, &s(&["a", "b"])).expect("ok");
+        assert_eq!(specs[0].parent.as_deref(), Some("p1"));
+        assert_eq!(specs[0].name.as_deref(), Some("na"));
+        assert_eq!(specs[1].parent.as_deref(), Some("p2"));
+        assert_eq!(specs[1].name, None);
+        let raw = s(&["--parent", "p", "--tag", "t", "img", "--name", "n"]);
+        let specs = associate(&raw, &s(&["img"])).expect("one source");
+        assert_eq!(specs[0].parent.as_deref(), Some("p"));
+        assert_eq!(specs[0].name.as_deref(), Some("n"));
+        for raw in [
+            s(&["--parent", "p", "a", "b"]),
+            s(&["a", "--parent", "p", "--parent", "q"]),
+            s(&["--parent", "p", "a", "--parent", "q"]),
+        ] {
+            let sources: Vec<String> = raw
+                .iter()
+                .filter(|a| a.len() == 1 && *a != "p" && *a != "q")
+                .cloned()
+                .collect();
+            assert!(associate(&raw, &sources).is_err(), "{raw:?}");
+        }
     }
 
     #[test]
