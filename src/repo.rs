@@ -46,6 +46,9 @@
 //!   holder. It is **stale** when its process is gone (same host, no such
 //!   pid) or it has not been refreshed for [`lock::STALE_AFTER`]. Stale
 //!   locks are reported and ignored; `unlock` deletes them.
+//! - A lock is deleted when its holder is done, and also when the process
+//!   is interrupted (SIGINT, SIGTERM, SIGHUP): only a killed or crashed
+//!   process leaves a stale lock behind.
 //!
 //! # Garbage-collection invariants
 //! - gc runs only under the exclusive lock, so no backup is writing: every

@@ -1,5 +1,6 @@
-//! Temporary outputs to remove, and commands to run (such as releasing a
-//! thin pool's metadata snapshot), when the process is interrupted.
+//! Temporary outputs to remove, commands to run (such as releasing a thin
+//! pool's metadata snapshot) and releases to make (such as a repository
+//! lock's), when the process is interrupted.
 //!
 //! [`Output`](super::Output) registers the temporary name of a file it is
 //! writing and unregisters it when the file is renamed into place or
@@ -12,6 +13,10 @@ use std::sync::Mutex;
 
 static TEMPORARY: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 static COMMANDS: Mutex<Vec<(String, Vec<String>)>> = Mutex::new(Vec::new());
+
+/// A release registered with [`register_release`].
+type Release = Box<dyn Fn() + Send>;
+static RELEASES: Mutex<Vec<(u64, Release)>> = Mutex::new(Vec::new());
 
 fn registry() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
     TEMPORARY
@@ -71,6 +76,36 @@ pub fn run_registered_commands() -> usize {
         .count()
 }
 
+fn releases() -> std::sync::MutexGuard<'static, Vec<(u64, Release)>> {
+    RELEASES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Remembers something to release if the process is interrupted; returns
+/// the handle to forget it with [`unregister_release`].
+pub fn register_release(release: impl Fn() + Send + 'static) -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let id = NEXT.fetch_add(1, Ordering::Relaxed);
+    releases().push((id, Box::new(release)));
+    id
+}
+
+/// Forgets a release (the owner released it itself).
+pub fn unregister_release(id: u64) {
+    releases().retain(|(i, _)| *i != id);
+}
+
+/// Makes every registered release once; returns how many there were.
+pub fn run_registered_releases() -> usize {
+    let list = std::mem::take(&mut *releases());
+    for (_, release) in &list {
+        release();
+    }
+    list.len()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,5 +138,23 @@ mod tests {
         std::fs::remove_file(&marker).expect("remove");
         run_registered_commands();
         assert!(!marker.exists());
+    }
+
+    #[test]
+    fn registered_releases_run_once() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+        let count = Arc::new(AtomicUsize::new(0));
+        let (a, b) = (count.clone(), count.clone());
+        register_release(move || {
+            a.fetch_add(1, Ordering::SeqCst);
+        });
+        let forgotten = register_release(move || {
+            b.fetch_add(100, Ordering::SeqCst);
+        });
+        unregister_release(forgotten);
+        run_registered_releases();
+        run_registered_releases();
+        assert_eq!(count.load(Ordering::SeqCst), 1);
     }
 }

@@ -111,6 +111,8 @@ pub struct Lock {
     key: Arc<std::sync::Mutex<String>>,
     stop: Option<Sender<()>>,
     refresher: Option<JoinHandle<()>>,
+    /// The removal registered for an interrupted process (Ctrl-C).
+    release: u64,
     /// Stale locks seen (and ignored) while locking, one line each.
     pub stale: Vec<String>,
 }
@@ -188,11 +190,12 @@ impl Lock {
                                 time: time::now(),
                                 ..info.clone()
                             };
+                            // Held throughout, so that a release on
+                            // interruption sees either lock, never neither.
+                            let Ok(mut k) = key.lock() else { return };
                             if let Ok(new_key) = write_lock(backend.as_ref(), &fresh) {
-                                if let Ok(mut k) = key.lock() {
-                                    let old = std::mem::replace(&mut *k, new_key);
-                                    let _ = backend.delete(&old);
-                                }
+                                let old = std::mem::replace(&mut *k, new_key);
+                                let _ = backend.delete(&old);
                             }
                         }
                         _ => return,
@@ -200,11 +203,22 @@ impl Lock {
                 })
                 .ok()
         };
+        // Interrupted, the process exits without dropping the lock: it
+        // would stay behind as stale until `unlock`.
+        let release = {
+            let (backend, key) = (backend.clone(), key.clone());
+            crate::io::cleanup::register_release(move || {
+                if let Ok(k) = key.lock() {
+                    let _ = backend.delete(&k);
+                }
+            })
+        };
         Ok(Lock {
             backend,
             key,
             stop: Some(stop),
             refresher,
+            release,
             stale,
         })
     }
@@ -212,6 +226,7 @@ impl Lock {
 
 impl Drop for Lock {
     fn drop(&mut self) {
+        crate::io::cleanup::unregister_release(self.release);
         drop(self.stop.take());
         if let Some(t) = self.refresher.take() {
             let _ = t.join();

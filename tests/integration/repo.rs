@@ -1225,6 +1225,53 @@ fn kill_9(child: &mut Child) -> bool {
     running
 }
 
+/// Ctrl-C (or SIGTERM) in the middle of a backup exits 130 and takes the
+/// backup's lock with it: the next gc finds no stale lock to complain of.
+/// The source is a pipe fed halfway and held open, so the backup is
+/// certainly mid-stream when the signal comes.
+#[test]
+fn an_interrupted_backup_releases_its_lock() {
+    use std::io::Write;
+    let repo = Repo::small_chunks();
+    let img = random(8 * MIB, 77, 0);
+    for signal in ["-INT", "-TERM"] {
+        let mut child = repo
+            .cmd(&["backup", "-q", "-", "--name", "piped"])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn backup");
+        let mut feed = child.stdin.take().expect("stdin");
+        feed.write_all(&img[..4 * MIB]).expect("feed half");
+        let started = Instant::now();
+        while repo.objects("locks").is_empty() {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "no lock appeared"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let status = Command::new("kill")
+            .arg(signal)
+            .arg(child.id().to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success());
+        let out = child.wait_with_output().expect("wait");
+        drop(feed);
+        assert_eq!(out.status.code(), Some(130), "{signal}");
+        assert!(
+            repo.objects("locks").is_empty(),
+            "{signal}: lock left behind"
+        );
+        let gc = common::run_ok(&mut repo.cmd(&["gc"]));
+        let err = String::from_utf8_lossy(&gc.stderr);
+        assert!(!err.contains("stale"), "{signal}: {err}");
+        assert!(repo.snapshots().is_empty());
+        repo.verify_ok(true);
+    }
+}
+
 #[test]
 fn backups_killed_at_random_points_leave_a_valid_repository() {
     let repo = Repo::small_chunks();

@@ -71,6 +71,7 @@ fn handle_interrupts() {
             if unsafe { libc::sigwait(&set, &mut signal) } == 0 {
                 diskdelta::io::cleanup::remove_registered();
                 diskdelta::io::cleanup::run_registered_commands();
+                diskdelta::io::cleanup::run_registered_releases();
                 eprintln!("diskdelta: interrupted");
                 std::process::exit(EXIT_INTERRUPTED);
             }
