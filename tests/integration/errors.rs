@@ -628,20 +628,10 @@ fn interrupted_apply_leaves_nothing_behind() {
             .open(&fifo)
             .expect("open fifo");
         feed.write_all(&old[..4 << 20]).expect("feed half of OLD");
-        let started = std::time::Instant::now();
-        while std::fs::read_dir(&out_dir).expect("list").next().is_none() {
-            assert!(
-                started.elapsed().as_secs() < 20,
-                "no temporary output appeared"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-        let status = std::process::Command::new("kill")
-            .arg(signal)
-            .arg(child.id().to_string())
-            .status()
-            .expect("kill");
-        assert!(status.success());
+        common::wait_until("a temporary output", || {
+            std::fs::read_dir(&out_dir).expect("list").next().is_some()
+        });
+        common::send_signal(child.id(), signal);
         let out = child.wait_with_output().expect("wait");
         drop(feed);
         assert_eq!(out.status.code(), Some(130), "{signal}");

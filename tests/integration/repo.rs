@@ -1243,20 +1243,8 @@ fn an_interrupted_backup_releases_its_lock() {
             .expect("spawn backup");
         let mut feed = child.stdin.take().expect("stdin");
         feed.write_all(&img[..4 * MIB]).expect("feed half");
-        let started = Instant::now();
-        while repo.objects("locks").is_empty() {
-            assert!(
-                started.elapsed() < Duration::from_secs(20),
-                "no lock appeared"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let status = Command::new("kill")
-            .arg(signal)
-            .arg(child.id().to_string())
-            .status()
-            .expect("kill");
-        assert!(status.success());
+        common::wait_until("a lock", || !repo.objects("locks").is_empty());
+        common::send_signal(child.id(), signal);
         let out = child.wait_with_output().expect("wait");
         drop(feed);
         assert_eq!(out.status.code(), Some(130), "{signal}");
