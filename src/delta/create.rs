@@ -124,11 +124,20 @@ impl Sampler {
     }
 
     pub(super) fn offer(&mut self, block: u64, data: &[u8]) {
+        self.offer_with(block, || Digest::of(data));
+    }
+
+    /// [`Sampler::offer`] of a block whose BLAKE3 is known.
+    pub(super) fn offer_digest(&mut self, block: u64, digest: Digest) {
+        self.offer_with(block, || digest);
+    }
+
+    fn offer_with(&mut self, block: u64, digest: impl FnOnce() -> Digest) {
         let key = sample_key(block);
         if self.heap.len() >= SAMPLE_TARGET && self.heap.peek().is_some_and(|top| key >= top.0) {
             return;
         }
-        self.heap.push((key, block, Digest::of(data)));
+        self.heap.push((key, block, digest()));
         if self.heap.len() > SAMPLE_TARGET {
             self.heap.pop();
         }

@@ -15,7 +15,7 @@ use super::create::{
     write_delta, Compared, DiffOptions, DiffSummary, ExtentBuilder, ExtentSink, Sampler,
 };
 use super::DeltaError;
-use crate::digest::{is_zero, Digest};
+use crate::digest::{is_zero, Digest, SEGMENT_SIZE};
 use crate::format::delta::{Header, WRITER_RECORD_LEN};
 use crate::format::snapshot::Snapshot;
 use crate::id::ChunkId;
@@ -100,8 +100,14 @@ pub fn create_delta_from_snapshot<W: std::io::Write + Send>(
                 } else {
                     Some(&unit.data()[at..at + len])
                 };
+                // At 1 MiB the reader's digest segments are the chunks:
+                // their hashes are the chunk ids, no second pass.
+                let known = (chunk == SEGMENT_SIZE && len == chunk)
+                    .then(|| unit.segment_hash(at / SEGMENT_SIZE).map(|h| ChunkId::from(*h)))
+                    .flatten();
                 let offset = unit.offset + at as u64;
-                if !compare.chunk(&mut sink, index, offset, len, piece, previous) {
+                let piece = Piece { offset, len, bytes: piece, known };
+                if !compare.chunk(&mut sink, index, piece, previous) {
                     reader.abandon();
                     return Ok(None);
                 }
@@ -135,18 +141,32 @@ struct Comparer {
     old_size: u64,
 }
 
+/// One chunk of NEW.
+struct Piece<'a> {
+    offset: u64,
+    len: usize,
+    /// Its bytes; `None` for a hole (zeros).
+    bytes: Option<&'a [u8]>,
+    /// Its BLAKE3 when the reader already computed it.
+    known: Option<ChunkId>,
+}
+
 impl Comparer {
-    /// Compares one chunk of NEW (`piece`, or zeros when it is a hole)
-    /// with the snapshot's id for it; false when the writer stopped.
+    /// Compares one chunk of NEW with the snapshot's id for it; false when
+    /// the writer stopped.
     fn chunk(
         &mut self,
         sink: &mut ExtentSink,
         index: u64,
-        offset: u64,
-        len: usize,
-        piece: Option<&[u8]>,
+        piece: Piece<'_>,
         previous: Option<ChunkId>,
     ) -> bool {
+        let Piece {
+            offset,
+            len,
+            bytes: piece,
+            known,
+        } = piece;
         // OLD's bytes here: the snapshot's chunk (shorter at OLD's end),
         // then zeros past OLD's end, as the delta format defines NEW.
         let old_len = self.old_size.saturating_sub(offset).min(len as u64) as usize;
@@ -160,14 +180,23 @@ impl Comparer {
                 let head_same = if id.is_zero_marker() {
                     is_zero(head)
                 } else {
-                    ChunkId::of(head) == id
+                    match known {
+                        Some(k) if old_len == len => k == id,
+                        _ => ChunkId::of(head) == id,
+                    }
                 };
                 head_same && is_zero(tail)
             }
         };
         if same {
             if let (Some(bytes), true) = (piece, len == self.chunk && old_len == self.chunk) {
-                self.sampler.offer(index, bytes);
+                match previous {
+                    // Same bytes: the snapshot's id is their BLAKE3.
+                    Some(id) if !id.is_zero_marker() => {
+                        self.sampler.offer_digest(index, Digest::from_bytes(*id.as_bytes()));
+                    }
+                    _ => self.sampler.offer(index, bytes),
+                }
             }
             let flushed = self.builder.flush();
             return sink.send(flushed);
