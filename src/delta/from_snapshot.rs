@@ -103,10 +103,18 @@ pub fn create_delta_from_snapshot<W: std::io::Write + Send>(
                 // At 1 MiB the reader's digest segments are the chunks:
                 // their hashes are the chunk ids, no second pass.
                 let known = (chunk == SEGMENT_SIZE && len == chunk)
-                    .then(|| unit.segment_hash(at / SEGMENT_SIZE).map(|h| ChunkId::from(*h)))
+                    .then(|| {
+                        unit.segment_hash(at / SEGMENT_SIZE)
+                            .map(|h| ChunkId::from(*h))
+                    })
                     .flatten();
                 let offset = unit.offset + at as u64;
-                let piece = Piece { offset, len, bytes: piece, known };
+                let piece = Piece {
+                    offset,
+                    len,
+                    bytes: piece,
+                    known,
+                };
                 if !compare.chunk(&mut sink, index, piece, previous) {
                     reader.abandon();
                     return Ok(None);
@@ -193,7 +201,8 @@ impl Comparer {
                 match previous {
                     // Same bytes: the snapshot's id is their BLAKE3.
                     Some(id) if !id.is_zero_marker() => {
-                        self.sampler.offer_digest(index, Digest::from_bytes(*id.as_bytes()));
+                        self.sampler
+                            .offer_digest(index, Digest::from_bytes(*id.as_bytes()));
                     }
                     _ => self.sampler.offer(index, bytes),
                 }
