@@ -135,6 +135,22 @@ impl Fixture {
     }
 }
 
+/// `diskdelta diff TRACKER... NEW -o OUT`.
+fn tracked_diff(
+    tracker: impl IntoIterator<Item = impl AsRef<std::ffi::OsStr>>,
+    new: &Path,
+    out: &Path,
+) -> std::process::Command {
+    let mut cmd = common::diskdelta();
+    cmd.arg("diff").args(tracker).arg(new).arg("-o").arg(out);
+    cmd
+}
+
+/// `--changed-ranges LIST`.
+fn ranges_args(list: &Path) -> Vec<String> {
+    vec!["--changed-ranges".into(), list.display().to_string()]
+}
+
 fn init(repo: &Path) {
     common::run_ok(
         common::diskdelta()
@@ -216,15 +232,7 @@ fn image_digest(path: &Path) -> String {
 fn diff_from_thin_metadata_reads_only_changed_chunks_and_applies() {
     let f = fixture(128, 1024);
     let delta = f.path("d.delta");
-    let out = common::run_ok(
-        common::diskdelta()
-            .arg("diff")
-            .args(f.thin_args("1,2"))
-            .arg(&f.new)
-            .arg("-o")
-            .arg(&delta)
-            .arg("--json"),
-    );
+    let out = common::run_ok(tracked_diff(f.thin_args("1,2"), &f.new, &delta).arg("--json"));
     let v = json(&out);
     assert_eq!(v["change_tracked"], true);
     assert_eq!(v["old_digest"], Value::Null);
@@ -311,14 +319,7 @@ fn plain_and_verbose_thin_delta_xml_and_range_lists_all_work() {
     let f = fixture(128, 512);
     let run_delta = |args: &[String]| -> Vec<u8> {
         let d = f.path("x.delta");
-        common::run_ok(
-            common::diskdelta()
-                .arg("diff")
-                .args(args)
-                .arg(&f.new)
-                .arg("-o")
-                .arg(&d),
-        );
+        common::run_ok(&mut tracked_diff(args, &f.new, &d));
         std::fs::read(&d).expect("read delta")
     };
     let from_metadata = run_delta(&f.thin_args("1,2"));
@@ -351,15 +352,7 @@ fn plain_and_verbose_thin_delta_xml_and_range_lists_all_work() {
         .collect();
     let list = common::write_file(f.dir.path(), "ranges.txt", list.as_bytes());
     let d = f.path("list.delta");
-    common::run_ok(
-        common::diskdelta()
-            .arg("diff")
-            .arg("--changed-ranges")
-            .arg(&list)
-            .arg(&f.new)
-            .arg("-o")
-            .arg(&d),
-    );
+    common::run_ok(&mut tracked_diff(ranges_args(&list), &f.new, &d));
     let target = f.path("t.img");
     std::fs::copy(&f.old, &target).expect("copy");
     apply_in_place(&d, &target);
@@ -621,14 +614,7 @@ fn the_kernel_sees_only_changed_chunks_read() {
     };
     let before = sectors_read();
     let delta = f.path("d.delta");
-    common::run_ok(
-        common::diskdelta()
-            .arg("diff")
-            .args(f.thin_args("1,2"))
-            .arg(dev.path())
-            .arg("-o")
-            .arg(&delta),
-    );
+    common::run_ok(&mut tracked_diff(f.thin_args("1,2"), dev.path(), &delta));
     let read = (sectors_read() - before) * 512;
     let changed = f.changed_mapped_bytes();
     assert!(
@@ -671,14 +657,7 @@ fn in_place_apply_onto_a_device_discards_unmapped_ranges() {
         return;
     };
     let delta = f.path("d.delta");
-    common::run_ok(
-        common::diskdelta()
-            .arg("diff")
-            .args(f.thin_args("1,2"))
-            .arg(&f.new)
-            .arg("-o")
-            .arg(&delta),
-    );
+    common::run_ok(&mut tracked_diff(f.thin_args("1,2"), &f.new, &delta));
     let allocated_before = std::fs::metadata(dev.backing()).expect("stat").blocks();
     apply_in_place(&delta, dev.path());
     assert!(
@@ -701,14 +680,7 @@ fn in_place_apply_onto_a_device_discards_unmapped_ranges() {
 fn tracker_failures_and_bad_lists_are_one_error_line() {
     let f = fixture(128, 64);
     let out_path = f.path("d.delta");
-    let out = common::run_fail(
-        common::diskdelta()
-            .arg("diff")
-            .args(f.thin_args("1,99"))
-            .arg(&f.new)
-            .arg("-o")
-            .arg(&out_path),
-    );
+    let out = common::run_fail(&mut tracked_diff(f.thin_args("1,99"), &f.new, &out_path));
     let err = stderr(&out);
     assert!(
         err.trim().lines().count() == 1 && err.contains("thin_delta"),
@@ -717,15 +689,7 @@ fn tracker_failures_and_bad_lists_are_one_error_line() {
     assert!(!out_path.exists());
 
     let bad = common::write_file(f.dir.path(), "bad.txt", b"0 65536\nsixty 4\n");
-    let out = common::run_fail(
-        common::diskdelta()
-            .arg("diff")
-            .arg("--changed-ranges")
-            .arg(&bad)
-            .arg(&f.new)
-            .arg("-o")
-            .arg(&out_path),
-    );
+    let out = common::run_fail(&mut tracked_diff(ranges_args(&bad), &f.new, &out_path));
     let err = stderr(&out);
     assert!(
         err.contains("line 2") && err.contains("bad offset"),
@@ -744,14 +708,7 @@ fn tracker_failures_and_bad_lists_are_one_error_line() {
             .arg(&out_path),
     );
     assert!(stderr(&out).contains("give only NEW"), "{}", stderr(&out));
-    let out = common::run_fail(
-        common::diskdelta()
-            .arg("diff")
-            .args(f.thin_args("x"))
-            .arg(&f.new)
-            .arg("-o")
-            .arg(&out_path),
-    );
+    let out = common::run_fail(&mut tracked_diff(f.thin_args("x"), &f.new, &out_path));
     assert!(stderr(&out).contains("OLD_ID,NEW_ID"), "{}", stderr(&out));
 }
 
