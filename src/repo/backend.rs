@@ -144,16 +144,16 @@ const DIRECT_READ_MAX: u64 = 64 << 20;
 /// Runs `f` on a `DIRECT_ALIGN`-aligned buffer of `len` bytes, kept per
 /// thread and reused: fresh memory for every pack costs page faults.
 fn with_aligned_buffer<R>(len: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
+    use crate::io::reader::AlignedBuf;
     thread_local! {
-        static BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        static BUFFER: std::cell::RefCell<AlignedBuf> = std::cell::RefCell::new(AlignedBuf::new(0));
     }
     BUFFER.with(|cell| {
         let mut buf = cell.borrow_mut();
-        if buf.len() < len + DIRECT_ALIGN {
-            buf.resize(len + DIRECT_ALIGN, 0);
+        if buf.capacity() < len {
+            *buf = AlignedBuf::new(len);
         }
-        let first = buf.as_ptr().align_offset(DIRECT_ALIGN);
-        f(&mut buf[first..first + len])
+        f(&mut buf.as_mut_slice()[..len])
     })
 }
 
