@@ -25,6 +25,7 @@ pub mod digest;
 pub mod format;
 pub mod id;
 pub mod io;
+pub mod pipeline;
 pub mod repo;
 pub mod sync;
 pub mod units;

@@ -64,6 +64,14 @@ pub enum SyncError {
     /// A message out of place.
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// A peer sent nothing for longer than the idle timeout.
+    #[error("no data from {peer} for {seconds} s: the connection is stalled (timeout set by DISKDELTA_TIMEOUT)")]
+    Stalled {
+        /// Who.
+        peer: String,
+        /// The timeout.
+        seconds: u64,
+    },
     /// A peer went away.
     #[error("connection to {peer} lost")]
     Disconnected {

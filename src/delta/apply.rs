@@ -27,6 +27,7 @@ use crate::format::delta::Trailer;
 use crate::format::{Extent, ExtentData};
 use crate::io::reader::{AlignedBuf, Chunk, ReaderOptions, DEFAULT_CHUNK_SIZE};
 use crate::io::{ChunkReader, Input, InputKind, InputOptions, IoError, Output, OutputKind};
+use crate::pipeline::{self, Cancel};
 
 /// How much of the base to check before changing a target in place.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -294,10 +295,12 @@ pub fn apply_stream(
     }
     let base_path = base.path().to_path_buf();
     let out_path = output.path().to_path_buf();
+    let cancel = Cancel::new();
     let mut old = ChunkReader::spawn(
         base,
         ReaderOptions {
             digest: kind.has_checksums(),
+            cancel: Some(cancel.clone()),
             ..ReaderOptions::default()
         },
     );
@@ -315,8 +318,10 @@ pub fn apply_stream(
     let (chunk_tx, chunk_rx) = bounded::<Chunk>(2);
     let (recycle_tx, recycle_rx) = bounded::<AlignedBuf>(4);
     let progress = options.progress.clone();
-    let result = std::thread::scope(|scope| {
-        let writer = scope.spawn(move || writer_loop(output, chunk_rx, recycle_tx, progress));
+    let result = pipeline::scope(&cancel, |stages| {
+        let writer = stages.spawn("writer", move || {
+            writer_loop(output, chunk_rx, recycle_tx, progress)
+        });
         let produced = produce_new(&mut old, &mut queue, chunk_tx, &recycle_rx);
         let written = writer.join().map_err(|_| DeltaError::Panic("writer"))?;
         // A writer failure (disk full) stops the producer too; report its cause.

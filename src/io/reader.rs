@@ -19,6 +19,7 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 
 use super::{sparse, Input, InputKind, IoError};
 use crate::digest::{hash_segment, zero_segment, Digest, ImageHasher, SEGMENT_SIZE};
+use crate::pipeline::Cancel;
 
 /// Default chunk size: large enough for sequential throughput, a multiple
 /// of every block size up to 4 MiB and of the digest segment.
@@ -176,6 +177,9 @@ pub struct ReaderOptions {
     pub start: u64,
     /// Added to as bytes are read (for progress bars).
     pub progress: Option<Arc<AtomicU64>>,
+    /// The pipeline's stop signal: when it fires, the reader stops waiting
+    /// for buffers and ends.
+    pub cancel: Option<Cancel>,
 }
 
 impl Default for ReaderOptions {
@@ -187,6 +191,7 @@ impl Default for ReaderOptions {
             limit: None,
             start: 0,
             progress: None,
+            cancel: None,
         }
     }
 }
@@ -212,17 +217,27 @@ impl Recycler {
 }
 
 /// A source being read ahead on its own thread.
+///
+/// The reader waits for recycled buffers; a consumer that fails may never
+/// return them. So [`ChunkReader::abandon`], and dropping the reader, fire
+/// the reader's own stop signal before joining the thread (a child of
+/// [`ReaderOptions::cancel`], so the pipeline's signal stops it as well).
 #[derive(Debug)]
 pub struct ChunkReader {
     chunks: Receiver<Result<Chunk, IoError>>,
     recycle: Sender<AlignedBuf>,
     thread: Option<JoinHandle<Result<ReadSummary, IoError>>>,
     path: PathBuf,
+    cancel: Cancel,
 }
 
 impl ChunkReader {
     /// Starts reading `input` on a new thread.
     pub fn spawn(input: Input, options: ReaderOptions) -> ChunkReader {
+        let cancel = options
+            .cancel
+            .as_ref()
+            .map_or_else(Cancel::new, Cancel::child);
         let depth = options.depth.max(2);
         let (chunk_tx, chunks) = bounded(depth);
         let (recycle, free) = bounded(depth);
@@ -233,13 +248,17 @@ impl ChunkReader {
         let path = input.path().to_path_buf();
         let thread = std::thread::Builder::new()
             .name(format!("read {}", path.display()))
-            .spawn(move || read_loop(input, options, chunk_tx, free));
+            .spawn({
+                let cancel = cancel.clone();
+                move || read_loop(input, options, chunk_tx, free, &cancel)
+            });
         match thread {
             Ok(handle) => ChunkReader {
                 chunks,
                 recycle,
                 thread: Some(handle),
                 path,
+                cancel,
             },
             Err(source) => {
                 let (tx, chunks) = bounded(1);
@@ -253,14 +272,21 @@ impl ChunkReader {
                     recycle,
                     thread: None,
                     path,
+                    cancel,
                 }
             }
         }
     }
 
-    /// The next chunk in order, `None` at the end of the source.
+    /// The next chunk in order, `None` at the end of the source; an error
+    /// when the reader was stopped before the end.
     pub fn next_chunk(&mut self) -> Option<Result<Chunk, IoError>> {
-        self.chunks.recv().ok()
+        match self.chunks.recv() {
+            Ok(chunk) => Some(chunk),
+            // A stopped reader is not the end of the source.
+            Err(_) if self.cancel.is_cancelled() => Some(Err(stopped(&self.path, 0))),
+            Err(_) => None,
+        }
     }
 
     /// Returns a chunk's buffer to the reader.
@@ -298,6 +324,15 @@ impl ChunkReader {
 
     /// Stops reading early and waits for the thread.
     pub fn abandon(mut self) {
+        self.stop();
+    }
+
+    /// Releases everything the thread may wait on, then joins it.
+    fn stop(&mut self) {
+        if self.thread.is_none() {
+            return;
+        }
+        self.cancel.cancel();
         let (_, empty) = bounded(0);
         drop(std::mem::replace(&mut self.chunks, empty));
         let _ = self.join();
@@ -319,6 +354,12 @@ impl ChunkReader {
                 source: std::io::Error::other("not running"),
             }),
         }
+    }
+}
+
+impl Drop for ChunkReader {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
@@ -353,6 +394,16 @@ fn digest_segments(
         }
         segments.push(Some(hash));
         at = end;
+    }
+}
+
+/// The reader was stopped (its consumer left or the pipeline was
+/// cancelled) before the end of the source.
+fn stopped(path: &std::path::Path, offset: u64) -> IoError {
+    IoError::Read {
+        path: path.to_path_buf(),
+        offset,
+        source: std::io::Error::new(std::io::ErrorKind::Interrupted, "reading was stopped"),
     }
 }
 
@@ -413,6 +464,7 @@ fn read_loop(
     options: ReaderOptions,
     chunks: Sender<Result<Chunk, IoError>>,
     free: Receiver<AlignedBuf>,
+    cancel: &Cancel,
 ) -> Result<ReadSummary, IoError> {
     let kind = input.kind();
     let path = input.path().to_path_buf();
@@ -438,8 +490,9 @@ fn read_loop(
     // Start of the next data region at or after `offset`, for sparse files.
     let mut data_from = 0u64;
     let result = loop {
-        let Ok(mut buf) = free.recv() else {
-            break Ok(());
+        let mut buf = match cancel.recv(&free) {
+            Ok(buf) => buf,
+            Err(_) => break Err(stopped(&path, offset)),
         };
         let want = match end {
             Some(end) => (end - offset).min(buf.capacity() as u64) as usize,
@@ -457,7 +510,7 @@ fn read_loop(
                         offset,
                         source,
                     };
-                    let _ = chunks.send(Err(err));
+                    let _ = cancel.send(&chunks, Err(err));
                     break Ok(());
                 }
             }
@@ -493,7 +546,7 @@ fn read_loop(
                         offset,
                         source,
                     };
-                    let _ = chunks.send(Err(err));
+                    let _ = cancel.send(&chunks, Err(err));
                     break Ok(());
                 }
             };
@@ -506,7 +559,7 @@ fn read_loop(
                         "source shrank while being read",
                     ),
                 };
-                let _ = chunks.send(Err(err));
+                let _ = cancel.send(&chunks, Err(err));
                 break Ok(());
             }
             if filled == 0 {
@@ -535,14 +588,15 @@ fn read_loop(
             p.fetch_add(len, Ordering::Relaxed);
         }
         offset += len;
-        if chunks.send(Ok(chunk)).is_err() {
-            break Ok(());
+        if cancel.send(&chunks, Ok(chunk)).is_err() {
+            break Err(stopped(&path, offset));
         }
         if len < want as u64 {
             break Ok(());
         }
     };
-    result.map(|()| ReadSummary {
+    result?;
+    Ok(ReadSummary {
         bytes: offset
             - if kind == InputKind::Stream {
                 0

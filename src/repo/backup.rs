@@ -29,6 +29,7 @@ use crate::format::snapshot::{Snapshot, SnapshotMeta, SnapshotWriter};
 use crate::id::{ChunkId, IdBuildHasher};
 use crate::io::reader::{ChunkReader, ReaderOptions, Recycler};
 use crate::io::Input;
+use crate::pipeline::{self, Cancel};
 
 /// Packs are closed once they hold this many bytes.
 pub const PACK_TARGET: usize = 32 << 20;
@@ -229,6 +230,8 @@ pub struct BackupSession {
     time: i64,
     nanos: u32,
     adopted: usize,
+    /// Stops every stage of this backup's pipelines when one fails.
+    cancel: Cancel,
     _lock: Lock,
     /// Stale locks seen while locking, to report.
     pub stale_locks: Vec<String>,
@@ -297,6 +300,7 @@ impl BackupSession {
             adopted,
             stale_locks: lock.stale.clone(),
             damaged_index_files,
+            cancel: Cancel::new(),
             _lock: lock,
         })
     }
@@ -319,6 +323,12 @@ impl BackupSession {
     /// The repository's index.
     pub fn index(&self) -> &Index {
         &self.index
+    }
+
+    /// The stop signal of this backup's pipelines: sources feeding
+    /// [`Self::commit`] watch it in their blocking waits.
+    pub fn cancel(&self) -> &Cancel {
+        &self.cancel
     }
 
     /// The chunk size.
@@ -354,27 +364,31 @@ impl BackupSession {
         // Uploaded packs' buffers go back to the sink for the next packs.
         let (spare_tx, spare_rx) = bounded::<Vec<u8>>(1);
         let backend = self.repo.backend().clone();
-        let (sink_result, upload_result) = std::thread::scope(|s| {
-            let uploader = s.spawn(move || -> Result<(Vec<PackRecord>, u64), RepoError> {
+        let cancel = &self.cancel;
+        let ((writer, stats, hasher), (records, pack_bytes)) = pipeline::scope(cancel, |s| {
+            let uploader = s.spawn("uploader", move || -> Result<_, RepoError> {
                 let mut records = Vec::new();
                 let mut bytes = 0u64;
-                for builder in pack_rx {
+                while let Ok(builder) = cancel.recv(&pack_rx) {
                     let (data, id, entries) = builder.finish();
                     backend.put_if_absent(&pack_key(&id), &data)?;
                     bytes += data.len() as u64;
                     records.push(PackRecord { pack: id, entries });
                     let _ = spare_tx.try_send(data);
                 }
+                if cancel.is_cancelled() {
+                    return Err(RepoError::Internal("backup stopped"));
+                }
                 Ok((records, bytes))
             });
-            let sink = run_sink(&self.index, units, pack_tx, &spare_rx);
+            let sink = run_sink(&self.index, units, pack_tx, &spare_rx, cancel);
             let uploaded = uploader
                 .join()
                 .unwrap_or(Err(RepoError::Internal("uploader thread panicked")));
-            (sink, uploaded)
-        });
-        let (writer, stats, hasher) = sink_result?;
-        let (records, pack_bytes) = upload_result?;
+            // The uploader's failure is the cause of the sink's "uploader stopped".
+            let uploaded = uploaded?;
+            Ok::<_, RepoError>((sink?, uploaded))
+        })?;
         let (size, digest, bytes_read, bytes_sent) = result()?;
         let digest = match digest {
             Some(d) => Some(d),
@@ -467,6 +481,7 @@ impl BackupSession {
                 depth: threads + 3,
                 digest: false,
                 progress: self.options.progress.clone(),
+                cancel: Some(self.cancel.clone()),
                 ..ReaderOptions::default()
             },
         );
@@ -476,17 +491,21 @@ impl BackupSession {
         let (work_tx, work_rx) = bounded::<Work>(threads);
         let dedup = Dedup::new(Some(&self.index));
         let parent = self.parent.as_ref();
-        std::thread::scope(|s| {
+        let cancel = &self.cancel;
+        pipeline::scope(cancel, |s| {
             for _ in 0..threads {
                 let work_rx = work_rx.clone();
                 let unit_tx = unit_tx.clone();
                 let recycler = recycler.clone();
                 let dedup = &dedup;
-                s.spawn(move || worker(work_rx, unit_tx, recycler, dedup, chunk_size, level));
+                s.spawn("worker", move || -> Result<(), RepoError> {
+                    worker(work_rx, unit_tx, recycler, dedup, chunk_size, level, cancel);
+                    Ok(())
+                });
             }
             drop(unit_tx);
             drop(work_rx);
-            let feeder = s.spawn(move || -> Result<(u64, u64), RepoError> {
+            let feeder = s.spawn("feeder", move || -> Result<(u64, u64), RepoError> {
                 let mut prev_ids = PreviousIds::new(parent)?;
                 let mut bytes_read = 0u64;
                 let mut seq = 0u64;
@@ -502,7 +521,7 @@ impl BackupSession {
                     if !chunk.hole {
                         bytes_read += chunk.len as u64;
                     }
-                    if work_tx.send((seq, chunk, prev)).is_err() {
+                    if cancel.send(&work_tx, (seq, chunk, prev)).is_err() {
                         reader.abandon();
                         return Err(RepoError::Internal("backup workers stopped"));
                     }
@@ -578,11 +597,12 @@ fn worker(
     dedup: &Dedup<'_>,
     chunk_size: usize,
     level: i32,
+    cancel: &Cancel,
 ) {
     let Ok(mut compressor) = zstd::bulk::Compressor::new(level) else {
         return;
     };
-    for (seq, chunk, prev) in work {
+    while let Ok((seq, chunk, prev)) = cancel.recv(&work) {
         if chunk.hole {
             let n = chunk.len.div_ceil(chunk_size);
             let chunks = (0..n).map(|_| ChunkOutcome::Zero).collect();
@@ -593,14 +613,12 @@ fn worker(
                 })
                 .collect();
             recycler.recycle(chunk);
-            if units
-                .send(Unit {
-                    seq,
-                    chunks,
-                    segments,
-                })
-                .is_err()
-            {
+            let unit = Unit {
+                seq,
+                chunks,
+                segments,
+            };
+            if cancel.send(&units, unit).is_err() {
                 return;
             }
             continue;
@@ -629,14 +647,12 @@ fn worker(
             &mut compressor,
         );
         recycler.recycle(chunk);
-        if units
-            .send(Unit {
-                seq,
-                chunks: outcomes,
-                segments,
-            })
-            .is_err()
-        {
+        let unit = Unit {
+            seq,
+            chunks: outcomes,
+            segments,
+        };
+        if cancel.send(&units, unit).is_err() {
             return;
         }
     }
@@ -649,6 +665,7 @@ fn run_sink(
     units: Receiver<Unit>,
     packs: Sender<PackBuilder>,
     spare: &Receiver<Vec<u8>>,
+    cancel: &Cancel,
 ) -> Result<(SnapshotWriter, SinkStats, ImageHasher), RepoError> {
     // A pack holds PACK_TARGET plus at most one chunk (4 MiB) and its table.
     let fresh = || Vec::with_capacity(PACK_TARGET + (5 << 20));
@@ -660,7 +677,7 @@ fn run_sink(
     let mut next = 0u64;
     let mut pack = PackBuilder::reusing(fresh());
     let mut stored: HashSet<ChunkId, IdBuildHasher> = HashSet::default();
-    for unit in units {
+    while let Ok(unit) = cancel.recv(&units) {
         pending.insert(unit.seq, unit);
         while let Some(unit) = pending.remove(&next) {
             next += 1;
@@ -695,7 +712,7 @@ fn run_sink(
                             let next =
                                 PackBuilder::reusing(spare.try_recv().unwrap_or_else(|_| fresh()));
                             let full = std::mem::replace(&mut pack, next);
-                            if packs.send(full).is_err() {
+                            if cancel.send(&packs, full).is_err() {
                                 return Err(RepoError::Internal("uploader stopped"));
                             }
                         }
@@ -704,10 +721,13 @@ fn run_sink(
             }
         }
     }
+    if cancel.is_cancelled() {
+        return Err(RepoError::Internal("backup stopped"));
+    }
     if !pending.is_empty() {
         return Err(RepoError::Internal("a unit of the image is missing"));
     }
-    if !pack.is_empty() && packs.send(pack).is_err() {
+    if !pack.is_empty() && cancel.send(&packs, pack).is_err() {
         return Err(RepoError::Internal("uploader stopped"));
     }
     Ok((writer, stats, hasher))

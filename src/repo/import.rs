@@ -63,11 +63,11 @@ pub fn import_manifest(
             let path = format!("/dev/fd/{}", reader.as_raw_fd());
             Input::open(Path::new(&path), &InputOptions::default())
         };
+        // The feeder blocks on the pipe until its last read end closes:
+        // ours goes now, the input's when the backup ends, on every path.
+        drop(reader);
         let result = match input {
-            Ok(input) => {
-                drop(reader);
-                session.run_local(input)
-            }
+            Ok(input) => session.run_local(input),
             Err(e) => Err(e.into()),
         };
         let fed = feeder.join().unwrap_or(Ok(()));

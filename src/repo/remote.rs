@@ -29,6 +29,7 @@ use crate::format::pack::Encoding;
 use crate::id::ChunkId;
 use crate::io::reader::{Chunk, ChunkReader, ReaderOptions, Recycler};
 use crate::io::{Input, InputKind, InputOptions};
+use crate::pipeline::{self, Cancel};
 use crate::sync::connection::Connection;
 use crate::sync::message::{ChunkEntry, Message, ObjectKind, VERSION};
 use crate::sync::SyncError;
@@ -96,12 +97,14 @@ pub fn serve_backup_source(
         resume_chain: [0; 32],
     })?;
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let cancel = Cancel::new();
     let mut reader = ChunkReader::spawn(
         input,
         ReaderOptions {
             chunk_size: UNIT_SIZE,
             depth: threads + 3,
             digest: true,
+            cancel: Some(cancel.clone()),
             ..ReaderOptions::default()
         },
     );
@@ -110,17 +113,17 @@ pub fn serve_backup_source(
     let (done_tx, done_rx) = bounded::<(u64, Vec<ChunkOutcome>)>(threads * 2);
     let dedup = Dedup::new(None);
     let mut bytes_read = 0u64;
-    std::thread::scope(|s| -> Result<(), SyncError> {
+    pipeline::scope(&cancel, |s| -> Result<(), SyncError> {
+        let cancel = &cancel;
         for _ in 0..threads {
             let work = work_rx.clone();
             let done = done_tx.clone();
             let recycler: Recycler = recycler.clone();
             let dedup = &dedup;
-            s.spawn(move || {
-                let Ok(mut compressor) = zstd::bulk::Compressor::new(REMOTE_LEVEL) else {
-                    return;
-                };
-                for (seq, chunk, prev) in work {
+            s.spawn("worker", move || -> Result<(), SyncError> {
+                let mut compressor = zstd::bulk::Compressor::new(REMOTE_LEVEL)
+                    .map_err(|e| SyncError::Protocol(format!("zstd setup failed: {e}")))?;
+                while let Ok((seq, chunk, prev)) = cancel.recv(&work) {
                     let outcomes = if chunk.hole {
                         (0..chunk.len.div_ceil(chunk_size))
                             .map(|_| ChunkOutcome::Zero)
@@ -142,18 +145,19 @@ pub fn serve_backup_source(
                         )
                     };
                     recycler.recycle(chunk);
-                    if done.send((seq, outcomes)).is_err() {
-                        return;
+                    if cancel.send(&done, (seq, outcomes)).is_err() {
+                        break;
                     }
                 }
+                Ok(())
             });
         }
         drop(work_rx);
         drop(done_tx);
-        let collector = s.spawn(move || -> Result<(), SyncError> {
+        let collector = s.spawn("collector", move || -> Result<(), SyncError> {
             let mut pending = BTreeMap::new();
             let mut next = 0u64;
-            for (seq, outcomes) in done_rx {
+            while let Ok((seq, outcomes)) = cancel.recv(&done_rx) {
                 pending.insert(seq, outcomes);
                 while let Some(o) = pending.remove(&next) {
                     send(Message::Chunks {
@@ -167,7 +171,7 @@ pub fn serve_backup_source(
         });
         let mut expected = 0u64;
         let mut final_size = None;
-        while let Ok(m) = requests.recv() {
+        while let Ok(m) = cancel.recv(requests) {
             match m {
                 Message::Want { seq, prev } => {
                     if seq != expected {
@@ -189,7 +193,7 @@ pub fn serve_backup_source(
                         bytes_read += chunk.len as u64;
                     }
                     let prev = prev.into_iter().map(ChunkId::from_bytes).collect();
-                    if work_tx.send((seq, chunk, prev)).is_err() {
+                    if cancel.send(&work_tx, (seq, chunk, prev)).is_err() {
                         break;
                     }
                 }

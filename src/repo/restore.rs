@@ -33,6 +33,7 @@ use crate::id::{ChunkId, IdBuildHasher, PackId};
 use crate::io::output::{Output, OutputKind};
 use crate::io::reader::{AlignedBuf, ChunkReader, ReaderOptions};
 use crate::io::{Input, InputOptions};
+use crate::pipeline::{self, Cancel};
 
 /// How to restore.
 #[derive(Debug, Clone, Default)]
@@ -252,7 +253,12 @@ struct Done {
     written: u64,
 }
 
-fn feed(snap: &Snapshot, chunk_size: usize, jobs: Sender<Job>) -> Result<(), RepoError> {
+fn feed(
+    snap: &Snapshot,
+    chunk_size: usize,
+    jobs: Sender<Job>,
+    cancel: &Cancel,
+) -> Result<(), RepoError> {
     let per_unit = UNIT_SIZE / chunk_size;
     let mut ids = snap
         .chunk_ids()
@@ -271,15 +277,13 @@ fn feed(snap: &Snapshot, chunk_size: usize, jobs: Sender<Job>) -> Result<(), Rep
                 None => return Err(RepoError::Internal("snapshot list ended early")),
             }
         }
-        if jobs
-            .send(Job {
-                seq,
-                offset,
-                len,
-                ids: unit,
-            })
-            .is_err()
-        {
+        let job = Job {
+            seq,
+            offset,
+            len,
+            ids: unit,
+        };
+        if cancel.send(&jobs, job).is_err() {
             return Ok(());
         }
         offset += len as u64;
@@ -310,11 +314,12 @@ fn placer(
     output: &Output,
     placements: Receiver<Placement>,
     pool: Sender<AlignedBuf>,
+    cancel: &Cancel,
 ) -> Result<(), RepoError> {
-    for p in placements {
+    while let Ok(p) = cancel.recv(&placements) {
         output.place(p.offset, &p.buf.as_slice()[..p.len])?;
         // The pool only closes when the workers stopped.
-        let _ = pool.send(p.buf);
+        let _ = cancel.send(&pool, p.buf);
     }
     Ok(())
 }
@@ -329,12 +334,13 @@ fn worker(
     placing: Option<Placing<'_>>,
     jobs: Receiver<Job>,
     done: Sender<Result<Done, RepoError>>,
+    cancel: &Cancel,
 ) {
     let Ok(mut decompressor) = zstd::bulk::Decompressor::new() else {
-        let _ = done.send(Err(RepoError::Internal("zstd setup failed")));
+        let _ = cancel.send(&done, Err(RepoError::Internal("zstd setup failed")));
         return;
     };
-    for job in jobs {
+    while let Ok(job) = cancel.recv(&jobs) {
         let result = (|| {
             let zero = job.ids.iter().all(ChunkId::is_zero_marker);
             if zero {
@@ -352,8 +358,8 @@ fn worker(
             let mut owned = Vec::new();
             let mut buf = match &placing {
                 Some(p) => Some(
-                    p.pool
-                        .recv()
+                    cancel
+                        .recv(&p.pool)
                         .map_err(|_| RepoError::Internal("restore writers stopped"))?,
                 ),
                 None => None,
@@ -378,12 +384,13 @@ fn worker(
             let segments = unit_segments(data, &job.ids, chunk_size);
             let written = match (&placing, buf) {
                 (Some(p), Some(buf)) => {
-                    p.placements
-                        .send(Placement {
-                            offset: job.offset,
-                            len: job.len,
-                            buf,
-                        })
+                    let placement = Placement {
+                        offset: job.offset,
+                        len: job.len,
+                        buf,
+                    };
+                    cancel
+                        .send(&p.placements, placement)
                         .map_err(|_| RepoError::Internal("restore writers stopped"))?;
                     job.len as u64
                 }
@@ -399,7 +406,7 @@ fn worker(
             ))
         })();
         let failed = result.is_err();
-        if done.send(result).is_err() || failed {
+        if cancel.send(&done, result).is_err() || failed {
             return;
         }
     }
@@ -504,8 +511,12 @@ pub fn restore(
     } else {
         (None, Some(&mut output))
     };
-    let written = std::thread::scope(|s| -> Result<(), RepoError> {
-        let feeder = s.spawn(move || feed(snap, chunk_size, job_tx));
+    let cancel = Cancel::new();
+    let written = pipeline::scope(&cancel, |s| -> Result<(), RepoError> {
+        let feeder = s.spawn("feeder", {
+            let cancel = s.cancel().clone();
+            move || feed(snap, chunk_size, job_tx, &cancel)
+        });
         // A buffer per worker and per placer, and as many again queued.
         let placers = if positional.is_some() { PLACERS } else { 0 };
         let (pool_tx, pool_rx) = bounded::<AlignedBuf>(2 * (threads + placers));
@@ -519,7 +530,8 @@ pub fn restore(
         if let Some(out) = positional {
             for _ in 0..placers {
                 let (rx, pool) = (place_rx.clone(), pool_tx.clone());
-                placer_threads.push(s.spawn(move || placer(out, rx, pool)));
+                let cancel = s.cancel().clone();
+                placer_threads.push(s.spawn("placer", move || placer(out, rx, pool, &cancel)));
             }
         }
         drop((pool_tx, place_rx));
@@ -531,7 +543,11 @@ pub fn restore(
                 pool: pool_rx.clone(),
                 placements: place_tx.clone(),
             });
-            s.spawn(move || worker(repo, index, chunk_size, placing, jobs, done));
+            let cancel = s.cancel().clone();
+            s.spawn("worker", move || -> Result<(), RepoError> {
+                worker(repo, index, chunk_size, placing, jobs, done, &cancel);
+                Ok(())
+            });
         }
         drop((job_rx, pool_rx, place_tx));
         drop(done_tx);
@@ -598,20 +614,33 @@ fn check_digest(snap: &Snapshot, digest: &Digest, what: &str) -> Result<bool, Re
     Ok(true)
 }
 
+/// An in-place worker's channels: units of the target paired with their
+/// jobs in, buffers back to the target's reader, results out.
+struct InPlaceLinks<'a> {
+    work: Receiver<(Job, crate::io::reader::Chunk)>,
+    recycler: crate::io::reader::Recycler,
+    done: Sender<Result<Done, RepoError>>,
+    cancel: &'a Cancel,
+}
+
 fn in_place_worker(
     repo: &Repository,
     index: &Index,
     target: &Output,
     chunk_size: usize,
-    work: Receiver<(Job, crate::io::reader::Chunk)>,
-    recycler: crate::io::reader::Recycler,
-    done: Sender<Result<Done, RepoError>>,
+    links: InPlaceLinks<'_>,
 ) {
+    let InPlaceLinks {
+        work,
+        recycler,
+        done,
+        cancel,
+    } = links;
     let Ok(mut decompressor) = zstd::bulk::Decompressor::new() else {
-        let _ = done.send(Err(RepoError::Internal("zstd setup failed")));
+        let _ = cancel.send(&done, Err(RepoError::Internal("zstd setup failed")));
         return;
     };
-    for (job, mut chunk) in work {
+    while let Ok((job, mut chunk)) = cancel.recv(&work) {
         let result = (|| {
             chunk.materialize();
             let mut fetched = 0;
@@ -663,7 +692,7 @@ fn in_place_worker(
         })();
         recycler.recycle(chunk);
         let failed = result.is_err();
-        if done.send(result).is_err() || failed {
+        if cancel.send(&done, result).is_err() || failed {
             return;
         }
     }
@@ -705,6 +734,7 @@ pub fn restore_in_place(
     }
     let input = Input::open(target_path, &InputOptions::default())?;
     let threads = threads(options.threads);
+    let cancel = Cancel::new();
     let mut reader = ChunkReader::spawn(
         input,
         ReaderOptions {
@@ -713,6 +743,7 @@ pub fn restore_in_place(
             digest: false,
             limit: Some(size),
             progress: options.progress.clone(),
+            cancel: Some(cancel.clone()),
             ..ReaderOptions::default()
         },
     );
@@ -729,10 +760,14 @@ pub fn restore_in_place(
     };
     let index = &index;
     let target_ref = &target;
-    let result = std::thread::scope(|s| -> Result<(), RepoError> {
-        let feeder = s.spawn(move || feed(snap, chunk_size, job_tx));
-        let pairer = s.spawn(move || -> Result<(), RepoError> {
-            for job in job_rx {
+    let result = pipeline::scope(&cancel, |s| -> Result<(), RepoError> {
+        let feeder = s.spawn("feeder", {
+            let cancel = s.cancel().clone();
+            move || feed(snap, chunk_size, job_tx, &cancel)
+        });
+        let pairing = s.cancel().clone();
+        let pairer = s.spawn("target reader", move || -> Result<(), RepoError> {
+            while let Ok(job) = pairing.recv(&job_rx) {
                 let chunk = match reader.next_chunk() {
                     Some(Ok(c)) => c,
                     Some(Err(e)) => {
@@ -744,7 +779,7 @@ pub fn restore_in_place(
                 if chunk.offset != job.offset || chunk.len != job.len {
                     return Err(RepoError::Internal("target read out of step"));
                 }
-                if work_tx.send((job, chunk)).is_err() {
+                if pairing.send(&work_tx, (job, chunk)).is_err() {
                     break;
                 }
             }
@@ -755,8 +790,16 @@ pub fn restore_in_place(
             let work = work_rx.clone();
             let done = done_tx.clone();
             let recycler = recycler.clone();
-            s.spawn(move || {
-                in_place_worker(repo, index, target_ref, chunk_size, work, recycler, done)
+            let cancel = s.cancel().clone();
+            s.spawn("worker", move || -> Result<(), RepoError> {
+                let links = InPlaceLinks {
+                    work,
+                    recycler,
+                    done,
+                    cancel: &cancel,
+                };
+                in_place_worker(repo, index, target_ref, chunk_size, links);
+                Ok(())
             });
         }
         drop(work_rx);

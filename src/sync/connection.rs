@@ -83,6 +83,21 @@ impl std::fmt::Debug for Connection {
 /// Requests queued to one endpoint before the driver blocks.
 const REQUEST_QUEUE: usize = 256;
 
+/// How long a peer may stay silent before the connection counts as
+/// stalled, unless `DISKDELTA_TIMEOUT` (seconds, 0 = never) says otherwise.
+/// Every message of a healthy peer comes within a region's hashing or a
+/// window's worth of chunks, seconds even on slow disks.
+const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 300;
+
+/// The idle timeout of connections, `None` for none.
+pub fn idle_timeout() -> Option<std::time::Duration> {
+    let secs = std::env::var("DISKDELTA_TIMEOUT")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(DEFAULT_IDLE_TIMEOUT_SECS);
+    (secs > 0).then(|| std::time::Duration::from_secs(secs))
+}
+
 /// How long a failure waits for ssh's last stderr lines after it exited.
 const STDERR_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -159,6 +174,11 @@ impl Connection {
         })
     }
 
+    /// True for an endpoint reached over ssh.
+    pub fn is_remote(&self) -> bool {
+        matches!(self.kind, Kind::Remote { .. })
+    }
+
     /// Who this is, for messages.
     pub fn name(&self) -> &str {
         &self.name
@@ -217,9 +237,28 @@ impl Connection {
     /// # Errors
     /// The peer's error, or why it went away.
     pub fn recv(&mut self) -> Result<Message, SyncError> {
-        match self.replies.recv() {
+        let received = match idle_timeout() {
+            Some(limit) => self.replies.recv_timeout(limit).map_err(|e| e.is_timeout()),
+            None => self.replies.recv().map_err(|_| false),
+        };
+        match received {
             Ok(m) => self.check(m),
-            Err(_) => Err(self.failure()),
+            Err(true) => Err(self.stalled()),
+            Err(false) => Err(self.failure()),
+        }
+    }
+
+    /// The peer said nothing for the idle timeout: stops it (so that its
+    /// pipes close and no thread stays blocked on them) and says so.
+    pub fn stalled(&mut self) -> SyncError {
+        self.requests = None;
+        if let Kind::Remote { child, .. } = &mut self.kind {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        SyncError::Stalled {
+            peer: self.name.clone(),
+            seconds: idle_timeout().map_or(0, |d| d.as_secs()),
         }
     }
 

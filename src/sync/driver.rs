@@ -225,6 +225,8 @@ pub fn run(
             end: source.size,
             chain,
         })?;
+        let idle = crate::sync::connection::idle_timeout()
+            .unwrap_or(std::time::Duration::from_secs(u64::MAX / 4));
         while session.next_release < session.end {
             select! {
                 recv(src.replies()) -> m => {
@@ -234,6 +236,10 @@ pub fn run(
                 recv(dst.replies()) -> m => {
                     let m = match m { Ok(m) => dst.check(m)?, Err(_) => return Err(dst.failure()) };
                     session.on_target(m, src, dst)?;
+                }
+                default(idle) => {
+                    // Neither end spoke: the one owed a reply is stalled.
+                    return Err(if dst.is_remote() && !src.is_remote() { dst.stalled() } else { src.stalled() });
                 }
             }
         }

@@ -112,3 +112,28 @@ pub fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
 }
+
+/// Runs a command with its output captured; kills it and fails the test
+/// when it has not exited within `seconds`, so that a hang is a failure
+/// rather than a stuck test run.
+pub fn run_within(cmd: &mut Command, seconds: u64) -> Output {
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn command");
+    let started = std::time::Instant::now();
+    loop {
+        match child.try_wait().expect("wait for command") {
+            Some(_) => return child.wait_with_output().expect("collect output"),
+            None if started.elapsed().as_secs() >= seconds => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("command {cmd:?} hung: no exit within {seconds} s");
+            }
+            None => std::thread::sleep(std::time::Duration::from_millis(10)),
+        }
+    }
+}

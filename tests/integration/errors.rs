@@ -348,6 +348,92 @@ fn flips_spread_over_a_larger_delta() {
     });
 }
 
+/// A 64 MiB pair with 2% of it changed in 64 KiB clusters, so that the
+/// delta has many records and apply's pipeline is full when a bad record
+/// is found.
+fn large_pair(dir: &Path) -> (PathBuf, PathBuf, Vec<u8>) {
+    let size = 64 * MIB;
+    let old = common::pseudo_random(size, 105);
+    let mut new = old.clone();
+    for (i, at) in (0..size).step_by(3 * MIB + 4 * KIB).enumerate() {
+        let end = (at + 64 * KIB).min(size);
+        if i % 3 == 0 {
+            new[at..end].fill(0);
+        } else {
+            new[at..end].copy_from_slice(&common::pseudo_random(end - at, 200 + i as u64));
+        }
+    }
+    let old_path = common::write_file(dir, "old.img", &old);
+    let new_path = common::write_file(dir, "new.img", &new);
+    let d = dir.join("d");
+    common::run_ok(diff_cmd(&old_path, &new_path, &d).arg("-q"));
+    let delta = std::fs::read(&d).expect("read");
+    std::fs::remove_file(&d).expect("remove delta");
+    (old_path, new_path, delta)
+}
+
+/// A flipped byte anywhere in the delta of a large pair is refused at once
+/// by stream and in-place apply: the pipeline releases the reader's
+/// buffers before it joins the reader (a flip deep in the delta used to
+/// leave the OLD reader waiting for a buffer forever).
+#[test]
+fn flips_in_a_large_delta_never_hang() {
+    let dir = common::tempdir();
+    let (old_path, _new, delta) = large_pair(dir.path());
+    let old = std::fs::read(&old_path).expect("read OLD");
+    let len = delta.len();
+    let positions: Vec<usize> = (0..60).map(|i| 8 + i * (len - 9) / 59).collect();
+    let target = dir.path().join("target.img");
+    for &pos in &positions {
+        let mut bad = delta.clone();
+        bad[pos] ^= 0x20;
+        let what = format!("byte {pos}/{len}");
+        let bad_path = common::write_file(dir.path(), "bad.delta", &bad);
+        let out = dir.path().join("out.img");
+        let applied = common::run_within(&mut apply_cmd(&bad_path, &old_path, &out), 60);
+        assert_eq!(applied.status.code(), Some(EXIT_INTEGRITY), "apply {what}");
+        assert_one_line_error(&applied, &format!("apply {what}"));
+        assert!(!out.exists(), "apply {what}: output exists");
+        std::fs::copy(&old_path, &target).expect("copy target");
+        let mut in_place = common::diskdelta();
+        in_place
+            .arg("apply")
+            .arg(&bad_path)
+            .arg("--in-place")
+            .arg(&target);
+        let applied = common::run_within(&mut in_place, 60);
+        assert_eq!(
+            applied.status.code(),
+            Some(EXIT_INTEGRITY),
+            "in place {what}"
+        );
+        assert_one_line_error(&applied, &format!("in place {what}"));
+        assert!(
+            std::fs::read(&target).expect("read target") == old,
+            "in place {what}: the target changed"
+        );
+    }
+}
+
+/// A delta cut short anywhere is refused without a hang, and the stream
+/// output never appears.
+#[test]
+fn truncations_of_a_large_delta_never_hang() {
+    let dir = common::tempdir();
+    let (old_path, _new, delta) = large_pair(dir.path());
+    let len = delta.len();
+    for i in 0..40 {
+        let cut = 1 + i * (len - 2) / 39;
+        let what = format!("cut at {cut}/{len}");
+        let bad_path = common::write_file(dir.path(), "cut.delta", &delta[..cut]);
+        let out = dir.path().join("out.img");
+        let applied = common::run_within(&mut apply_cmd(&bad_path, &old_path, &out), 60);
+        assert!(!applied.status.success(), "apply {what} succeeded");
+        assert_one_line_error(&applied, &format!("apply {what}"));
+        assert!(!out.exists(), "apply {what}: output exists");
+    }
+}
+
 #[test]
 fn unknown_version_is_named() {
     let dir = common::tempdir();
