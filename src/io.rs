@@ -71,6 +71,13 @@ pub enum IoError {
         /// What it is.
         kind: &'static str,
     },
+    /// Reading stopped before the end because the pipeline was cancelled
+    /// (some other stage failed: that failure is the cause).
+    #[error("reading {path} was stopped")]
+    Stopped {
+        /// What was being read.
+        path: PathBuf,
+    },
     /// The target is smaller than what must be written to it.
     #[error("{path} is too small: {size} bytes, needs {needed}")]
     TooSmall {
@@ -91,7 +98,15 @@ impl IoError {
             | IoError::Read { source, .. }
             | IoError::Write { source, .. }
             | IoError::Op { source, .. } => Some(source),
-            IoError::Unsupported { .. } | IoError::TooSmall { .. } => None,
+            IoError::Unsupported { .. } | IoError::TooSmall { .. } | IoError::Stopped { .. } => {
+                None
+            }
         }
+    }
+}
+
+impl crate::pipeline::Consequence for IoError {
+    fn is_consequence(&self) -> bool {
+        matches!(self, IoError::Stopped { .. })
     }
 }

@@ -303,11 +303,63 @@ where
     })
 }
 
+/// An error that may be only the consequence of another stage's failure:
+/// the stage stopped because the cancel fired or a channel closed. Users
+/// must be told the cause, never the consequence.
+pub trait Consequence {
+    /// True for "stopped because something else failed".
+    fn is_consequence(&self) -> bool;
+}
+
+/// Both results, or the error that caused the failure: an error that is
+/// not a consequence wins over one that is, else the first.
+///
+/// # Errors
+/// The cause among the two errors.
+pub fn both<A, B, E: Consequence>(a: Result<A, E>, b: Result<B, E>) -> Result<(A, B), E> {
+    match (a, b) {
+        (Ok(a), Ok(b)) => Ok((a, b)),
+        (Err(e), Ok(_)) | (Ok(_), Err(e)) => Err(e),
+        (Err(a), Err(b)) if a.is_consequence() && !b.is_consequence() => Err(b),
+        (Err(a), Err(_)) => Err(a),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crossbeam_channel::bounded;
     use std::time::Duration;
+
+    #[derive(Debug, PartialEq)]
+    enum E {
+        Cause,
+        Stopped,
+    }
+
+    impl Consequence for E {
+        fn is_consequence(&self) -> bool {
+            *self == E::Stopped
+        }
+    }
+
+    #[test]
+    fn both_reports_the_cause_not_the_consequence() {
+        assert_eq!(
+            both::<(), (), _>(Err(E::Stopped), Err(E::Cause)),
+            Err(E::Cause)
+        );
+        assert_eq!(
+            both::<(), (), _>(Err(E::Cause), Err(E::Stopped)),
+            Err(E::Cause)
+        );
+        assert_eq!(
+            both::<(), (), _>(Err(E::Stopped), Err(E::Stopped)),
+            Err(E::Stopped)
+        );
+        assert_eq!(both::<(), u8, _>(Err(E::Stopped), Ok(1)), Err(E::Stopped));
+        assert_eq!(both::<u8, u8, E>(Ok(1), Ok(2)), Ok((1, 2)));
+    }
 
     #[test]
     fn cancel_wakes_a_blocked_receiver() {

@@ -219,6 +219,9 @@ pub enum RepoError {
     /// A worker thread failed without an error of its own.
     #[error("internal error: {0}")]
     Internal(&'static str),
+    /// A stage stopped because another one failed (that one is the cause).
+    #[error("{0} stopped")]
+    Stopped(&'static str),
 }
 
 impl RepoError {
@@ -235,6 +238,16 @@ impl RepoError {
                 | RepoError::Index { .. }
                 | RepoError::Snapshot { .. }
         )
+    }
+}
+
+impl crate::pipeline::Consequence for RepoError {
+    fn is_consequence(&self) -> bool {
+        match self {
+            RepoError::Stopped(_) => true,
+            RepoError::Io(e) => crate::pipeline::Consequence::is_consequence(e),
+            _ => false,
+        }
     }
 }
 

@@ -10,6 +10,7 @@ DISKDELTA_PACKAGES=(
   openssh-server openssh-client  # a real sshd on 127.0.0.1 for remote tests
   sudo                # backup --sudo runs the remote side under sudo
   thin-provisioning-tools  # thin_delta for --thin-metadata/--lvm; thin_restore in tests
+  fuse3 python3-fuse  # the EIO file system of the fault suite (scripts/fault-campaign)
 )
 
 ensure_packages() {

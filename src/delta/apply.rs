@@ -337,6 +337,12 @@ pub fn apply_stream(
             return Err(e);
         }
     };
+    // Buffers the writer handed back after the producer stopped belong to
+    // OLD's reader: without them it cannot read OLD's rest (a NEW shorter
+    // than OLD stops early) and `finish` would wait forever.
+    while let Ok(buf) = recycle_rx.try_recv() {
+        old.recycle_buf(buf);
+    }
     let old_summary = old.finish()?;
     let source = queue
         .end

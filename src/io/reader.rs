@@ -284,7 +284,7 @@ impl ChunkReader {
         match self.chunks.recv() {
             Ok(chunk) => Some(chunk),
             // A stopped reader is not the end of the source.
-            Err(_) if self.cancel.is_cancelled() => Some(Err(stopped(&self.path, 0))),
+            Err(_) if self.cancel.is_cancelled() => Some(Err(stopped(&self.path))),
             Err(_) => None,
         }
     }
@@ -399,11 +399,9 @@ fn digest_segments(
 
 /// The reader was stopped (its consumer left or the pipeline was
 /// cancelled) before the end of the source.
-fn stopped(path: &std::path::Path, offset: u64) -> IoError {
-    IoError::Read {
+fn stopped(path: &std::path::Path) -> IoError {
+    IoError::Stopped {
         path: path.to_path_buf(),
-        offset,
-        source: std::io::Error::new(std::io::ErrorKind::Interrupted, "reading was stopped"),
     }
 }
 
@@ -492,7 +490,7 @@ fn read_loop(
     let result = loop {
         let mut buf = match cancel.recv(&free) {
             Ok(buf) => buf,
-            Err(_) => break Err(stopped(&path, offset)),
+            Err(_) => break Err(stopped(&path)),
         };
         let want = match end {
             Some(end) => (end - offset).min(buf.capacity() as u64) as usize,
@@ -589,7 +587,7 @@ fn read_loop(
         }
         offset += len;
         if cancel.send(&chunks, Ok(chunk)).is_err() {
-            break Err(stopped(&path, offset));
+            break Err(stopped(&path));
         }
         if len < want as u64 {
             break Ok(());

@@ -365,7 +365,7 @@ impl BackupSession {
         let (spare_tx, spare_rx) = bounded::<Vec<u8>>(1);
         let backend = self.repo.backend().clone();
         let cancel = &self.cancel;
-        let ((writer, stats, hasher), (records, pack_bytes)) = pipeline::scope(cancel, |s| {
+        let stored = pipeline::scope(cancel, |s| {
             let uploader = s.spawn("uploader", move || -> Result<_, RepoError> {
                 let mut records = Vec::new();
                 let mut bytes = 0u64;
@@ -377,7 +377,7 @@ impl BackupSession {
                     let _ = spare_tx.try_send(data);
                 }
                 if cancel.is_cancelled() {
-                    return Err(RepoError::Internal("backup stopped"));
+                    return Err(RepoError::Stopped("backup"));
                 }
                 Ok((records, bytes))
             });
@@ -385,11 +385,14 @@ impl BackupSession {
             let uploaded = uploader
                 .join()
                 .unwrap_or(Err(RepoError::Internal("uploader thread panicked")));
-            // The uploader's failure is the cause of the sink's "uploader stopped".
-            let uploaded = uploaded?;
-            Ok::<_, RepoError>((sink?, uploaded))
-        })?;
-        let (size, digest, bytes_read, bytes_sent) = result()?;
+            pipeline::both(sink, uploaded)
+        });
+        // The producer behind `units` (joined by `result`) may have failed
+        // first: its error is then the cause of the sink's "stopped".
+        let (
+            ((writer, stats, hasher), (records, pack_bytes)),
+            (size, digest, bytes_read, bytes_sent),
+        ) = pipeline::both(stored, result())?;
         let digest = match digest {
             Some(d) => Some(d),
             None if hasher.len() == size => Some(hasher.finalize()),
@@ -523,7 +526,7 @@ impl BackupSession {
                     }
                     if cancel.send(&work_tx, (seq, chunk, prev)).is_err() {
                         reader.abandon();
-                        return Err(RepoError::Internal("backup workers stopped"));
+                        return Err(RepoError::Stopped("backup workers"));
                     }
                     seq += 1;
                 }
@@ -713,7 +716,7 @@ fn run_sink(
                                 PackBuilder::reusing(spare.try_recv().unwrap_or_else(|_| fresh()));
                             let full = std::mem::replace(&mut pack, next);
                             if cancel.send(&packs, full).is_err() {
-                                return Err(RepoError::Internal("uploader stopped"));
+                                return Err(RepoError::Stopped("uploader"));
                             }
                         }
                     }
@@ -722,13 +725,13 @@ fn run_sink(
         }
     }
     if cancel.is_cancelled() {
-        return Err(RepoError::Internal("backup stopped"));
+        return Err(RepoError::Stopped("backup"));
     }
     if !pending.is_empty() {
         return Err(RepoError::Internal("a unit of the image is missing"));
     }
     if !pack.is_empty() && cancel.send(&packs, pack).is_err() {
-        return Err(RepoError::Internal("uploader stopped"));
+        return Err(RepoError::Stopped("uploader"));
     }
     Ok((writer, stats, hasher))
 }

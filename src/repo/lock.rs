@@ -158,7 +158,16 @@ impl Lock {
         };
         for other in others.into_iter().filter(|o| o.key != key) {
             let Some(other_info) = other.info else {
-                stale.push(format!("{}: unreadable lock", other.key));
+                // A damaged lock may be a live backup's: only shared
+                // holders, which delete nothing, may go past it.
+                if exclusive {
+                    conflict = Some(format!(
+                        "unreadable lock {} (`diskdelta unlock` removes it once no backup runs)",
+                        other.key
+                    ));
+                } else {
+                    stale.push(format!("{}: unreadable lock", other.key));
+                }
                 continue;
             };
             if let Some(reason) = other_info.stale_reason(now) {

@@ -312,7 +312,7 @@ pub fn run_remote(
                             })
                             .is_err()
                         {
-                            return Err(RepoError::Internal("backup sink stopped"));
+                            return Err(RepoError::Stopped("backup sink"));
                         }
                         received += 1;
                     }

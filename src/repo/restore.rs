@@ -360,7 +360,7 @@ fn worker(
                 Some(p) => Some(
                     cancel
                         .recv(&p.pool)
-                        .map_err(|_| RepoError::Internal("restore writers stopped"))?,
+                        .map_err(|_| RepoError::Stopped("restore writers"))?,
                 ),
                 None => None,
             };
@@ -391,7 +391,7 @@ fn worker(
                     };
                     cancel
                         .send(&p.placements, placement)
-                        .map_err(|_| RepoError::Internal("restore writers stopped"))?;
+                        .map_err(|_| RepoError::Stopped("restore writers"))?;
                     job.len as u64
                 }
                 _ => 0,

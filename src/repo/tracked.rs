@@ -196,7 +196,7 @@ impl BackupSession {
                         })
                         .is_err()
                     {
-                        return Err(RepoError::Internal("backup workers stopped"));
+                        return Err(RepoError::Stopped("backup workers"));
                     }
                     if let Some(p) = &progress {
                         p.fetch_add(len as u64, std::sync::atomic::Ordering::Relaxed);

@@ -437,7 +437,18 @@ fn start_scanner(
     };
     std::thread::Builder::new()
         .name("scan".into())
-        .spawn(move || scan(input, start, end, size, block, &shared, &replies))
+        .spawn(move || {
+            let result = scan(input, start, end, size, block, &shared, &replies);
+            // The request loop only sees the scanner's result at Finish;
+            // the driver, waiting for regions, must hear of a read error now.
+            if let Err(e) = &result {
+                let _ = replies.send(Message::Error {
+                    code: e.code() as u32,
+                    message: super::error_chain(e),
+                });
+            }
+            result
+        })
         .map_err(|e| SyncError::Protocol(format!("cannot start scanner: {e}")))
 }
 

@@ -6,6 +6,11 @@
 //! fsynced, atomically (temporary name, fsync, rename), at most every few
 //! seconds. A rerun against the same source (same identity, size and block
 //! size) starts there; anything else starts from the beginning.
+//!
+//! A damaged state file would be worse than none: a larger `offset` skips
+//! blocks that were never written, and both ends would still agree. So the
+//! file carries `check`, a keyed hash of all other fields, and a state whose
+//! check does not match is ignored like a missing one.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -26,6 +31,12 @@ fn save_every() -> Duration {
         .map_or(Duration::from_secs(2), Duration::from_millis)
 }
 
+/// The version written; files of other versions are not resumed from.
+const STATE_VERSION: u32 = 2;
+
+/// Key context of [`StateFile::check`].
+const CHECK_CONTEXT: &str = "diskdelta sync resume state v2";
+
 #[derive(Debug, Serialize, Deserialize)]
 struct StateFile {
     version: u32,
@@ -40,6 +51,28 @@ struct StateFile {
     target_dev: u64,
     #[serde(default)]
     target_ino: u64,
+    /// Hex of [`StateFile::expected_check`].
+    #[serde(default)]
+    check: String,
+}
+
+impl StateFile {
+    /// BLAKE3 `derive_key` over every other field, fixed-width and in
+    /// declaration order (the hex fields as their text).
+    fn expected_check(&self) -> String {
+        let mut hasher = blake3::Hasher::new_derive_key(CHECK_CONTEXT);
+        hasher.update(&self.version.to_le_bytes());
+        for text in [&self.source_id, &self.chain] {
+            hasher.update(&(text.len() as u64).to_le_bytes());
+            hasher.update(text.as_bytes());
+        }
+        hasher.update(&self.source_size.to_le_bytes());
+        hasher.update(&self.block.to_le_bytes());
+        hasher.update(&self.offset.to_le_bytes());
+        hasher.update(&self.target_dev.to_le_bytes());
+        hasher.update(&self.target_ino.to_le_bytes());
+        hasher.finalize().to_hex().to_string()
+    }
 }
 
 /// Resume bookkeeping of one target.
@@ -54,6 +87,35 @@ pub struct ResumeState {
     saved: Instant,
     target_dev: u64,
     target_ino: u64,
+}
+
+/// What a state file records, as [`state_text`] encodes it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct StateFields {
+    pub source_id: [u8; 32],
+    pub source_size: u64,
+    pub block: u32,
+    pub offset: u64,
+    pub chain: [u8; 32],
+    pub target_dev: u64,
+    pub target_ino: u64,
+}
+
+/// The JSON text of a state file, with its check.
+pub(super) fn state_text(fields: &StateFields) -> Result<String, SyncError> {
+    let mut file = StateFile {
+        version: STATE_VERSION,
+        source_id: Digest::from_bytes(fields.source_id).to_hex(),
+        source_size: fields.source_size,
+        block: fields.block,
+        offset: fields.offset,
+        chain: Digest::from_bytes(fields.chain).to_hex(),
+        target_dev: fields.target_dev,
+        target_ino: fields.target_ino,
+        check: String::new(),
+    };
+    file.check = file.expected_check();
+    serde_json::to_string(&file).map_err(|e| SyncError::Protocol(e.to_string()))
 }
 
 /// Where the state of `target` is kept.
@@ -103,7 +165,8 @@ impl ResumeState {
         };
         let id = Digest::from_hex(&file.source_id);
         let chain = Digest::from_hex(&file.chain);
-        if file.version == 1
+        if file.version == STATE_VERSION
+            && file.check == file.expected_check()
             && id.map(|d| *d.as_bytes()) == Some(source_id)
             && file.source_size == source_size
             && file.block == block
@@ -151,17 +214,15 @@ impl ResumeState {
     }
 
     fn save(&self) -> Result<(), SyncError> {
-        let file = StateFile {
-            version: 1,
-            source_id: Digest::from_bytes(self.source_id).to_hex(),
+        let text = state_text(&StateFields {
+            source_id: self.source_id,
             source_size: self.source_size,
             block: self.block,
             offset: self.offset,
-            chain: Digest::from_bytes(self.chain).to_hex(),
+            chain: self.chain,
             target_dev: self.target_dev,
             target_ino: self.target_ino,
-        };
-        let text = serde_json::to_string(&file).map_err(|e| SyncError::Protocol(e.to_string()))?;
+        })?;
         let tmp = self.path.with_extension("diskdelta-sync.tmp");
         let io = |op: &'static str| {
             let path = self.path.clone();

@@ -17,7 +17,7 @@ use super::message::{
     wire_hash, Encoding, ErrorCode, Message, ObjectKind, WireHash, OPEN_CREATE, OPEN_DRY_RUN,
     VERSION,
 };
-use super::state::state_path;
+use super::state::{state_path, state_text, StateFields};
 use super::SyncError;
 use crate::change::merkle::{zero_leaf, REGION_SIZE};
 
@@ -726,16 +726,26 @@ fn source_identity_follows_the_file_and_its_mtime() {
 
 /// Writes a resume state file for `target` as an interrupted run would.
 fn write_state(target: &Path, source_id: [u8; 32], size: u64, block: u32, offset: u64) {
+    std::fs::write(
+        state_path(target),
+        state_for(target, source_id, size, block, offset),
+    )
+    .expect("write state");
+}
+
+fn state_for(target: &Path, source_id: [u8; 32], size: u64, block: u32, offset: u64) -> String {
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(target).expect("stat target");
-    let text = format!(
-        r#"{{"version":1,"source_id":"{}","source_size":{size},"block":{block},"offset":{offset},"chain":"{}","target_dev":{},"target_ino":{}}}"#,
-        hex::encode(source_id),
-        hex::encode([7u8; 32]),
-        meta.dev(),
-        meta.ino()
-    );
-    std::fs::write(state_path(target), text).expect("write state");
+    state_text(&StateFields {
+        source_id,
+        source_size: size,
+        block,
+        offset,
+        chain: [7u8; 32],
+        target_dev: meta.dev(),
+        target_ino: meta.ino(),
+    })
+    .expect("encode state")
 }
 
 fn resume_from(opened: &Message) -> (u64, [u8; 32]) {
@@ -803,4 +813,44 @@ fn resume_state_is_used_only_for_the_same_source_size_and_block() {
     // Garbage is ignored.
     std::fs::write(state_path(&target), "{not json").expect("write");
     assert_eq!(open(id, size, 4096, OPEN_CREATE).0, 0, "corrupt state");
+}
+
+#[test]
+fn a_resume_state_whose_check_does_not_match_is_ignored() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let target: PathBuf = dir.path().join("t.img");
+    let size = 3 * REGION_SIZE;
+    std::fs::File::create(&target)
+        .and_then(|f| f.set_len(size))
+        .expect("create target");
+    let id = [3u8; 32];
+    let open = || {
+        let e = Endpoint::start();
+        let opened = e.open_target(&target, "x", 4096, OPEN_CREATE, size, id);
+        drop(e);
+        resume_from(&opened).0
+    };
+    let good = state_for(&target, id, size, 4096, REGION_SIZE);
+    std::fs::write(state_path(&target), &good).expect("write");
+    assert_eq!(open(), REGION_SIZE, "an intact state resumes");
+    // The dangerous damage: a larger offset would skip unwritten blocks.
+    let moved = good.replace(
+        &format!("\"offset\":{REGION_SIZE}"),
+        &format!("\"offset\":{}", 2 * REGION_SIZE),
+    );
+    assert_ne!(moved, good);
+    std::fs::write(state_path(&target), moved).expect("write");
+    assert_eq!(open(), 0, "offset changed under an old check");
+    // Every single-character change is refused or harmless.
+    for (i, c) in good.char_indices() {
+        let replacement = if c == '0' { '1' } else { '0' };
+        let mut damaged = good.clone();
+        damaged.replace_range(i..i + c.len_utf8(), &replacement.to_string());
+        std::fs::write(state_path(&target), &damaged).expect("write");
+        assert_eq!(open(), 0, "character {i} of {good} changed");
+    }
+    // A version 1 file (no check) starts from the beginning.
+    let v1 = good.replace("\"version\":2", "\"version\":1");
+    std::fs::write(state_path(&target), v1).expect("write");
+    assert_eq!(open(), 0, "version 1 state");
 }

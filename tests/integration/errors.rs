@@ -725,3 +725,30 @@ fn interrupted_apply_leaves_nothing_behind() {
         assert!(left.is_empty(), "{signal}: left behind {left:?}");
     }
 }
+
+/// NEW much shorter than OLD: apply stops producing early, and must still
+/// hand the writer's buffers back to OLD's reader so that it can read (and
+/// verify) the rest of OLD; it used to wait for them forever.
+#[test]
+fn a_new_much_shorter_than_old_applies_without_hanging() {
+    let dir = common::tempdir();
+    let (old_path, new_path, _) = large_pair(dir.path());
+    let new = std::fs::read(&new_path).expect("read NEW");
+    let short = common::write_file(dir.path(), "short.img", &new[..22 * MIB + 12345]);
+    let d = dir.path().join("d");
+    common::run_ok(diff_cmd(&old_path, &short, &d).arg("-q"));
+    let out = dir.path().join("out.img");
+    let result = common::run_within(
+        common::diskdelta()
+            .arg("apply")
+            .arg(&d)
+            .arg("--base")
+            .arg(&old_path)
+            .arg("-o")
+            .arg(&out)
+            .arg("-q"),
+        60,
+    );
+    assert!(result.status.success(), "{result:?}");
+    assert!(std::fs::read(&out).expect("read") == new[..22 * MIB + 12345]);
+}

@@ -1556,14 +1556,25 @@ fn stale_locks_are_reported_and_unlock_removes_them() {
     assert!(!live.exists());
     assert!(repo.objects("locks").is_empty());
 
-    // Unreadable lock objects count as stale.
+    // An unreadable lock may be a live backup's, damaged: a backup goes
+    // past it, gc (which deletes) refuses until `unlock` removes it.
     let junk = repo
         .path
         .join("locks")
         .join("0123456789abcdef0123456789abcdef");
     std::fs::write(&junk, b"not json").expect("write junk lock");
-    common::run_ok(&mut repo.cmd(&["gc", "-q"]));
+    common::run_ok(repo.cmd(&["backup", "--name", "s", "-q"]).arg(&path));
+    let refused = repo.cmd(&["gc", "-q"]).output().expect("run gc");
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    let err = stderr(&refused);
+    assert!(
+        err.contains("unreadable lock")
+            && err.contains("diskdelta unlock")
+            && err.lines().count() == 1,
+        "{err}"
+    );
     common::run_ok(&mut repo.cmd(&["unlock", "-q"]));
+    common::run_ok(&mut repo.cmd(&["gc", "-q"]));
     assert!(!junk.exists());
     repo.assert_restores("s", &img);
 }

@@ -28,7 +28,6 @@ fn main() -> ExitCode {
     handle_interrupts();
     match cmd::run(args) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("diskdelta: error: {err:#}");
             let integrity = err.chain().any(|e| {
@@ -76,11 +75,4 @@ fn handle_interrupts() {
                 std::process::exit(EXIT_INTERRUPTED);
             }
         });
-}
-
-fn is_broken_pipe(err: &anyhow::Error) -> bool {
-    err.chain().any(|e| {
-        e.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
-    })
 }
