@@ -804,8 +804,8 @@ def killed(ctx, scratch, command, delay):
 # kind name -> (generator, faults in the suite)
 KINDS = {}
 for _fmt in DELTA_FORMATS:
-    KINDS[f"delta-{_fmt}-flip"] = (delta_faults(_fmt, "flip"), 50 if _fmt in ("native", "v2") else 20)
-    KINDS[f"delta-{_fmt}-cut"] = (delta_faults(_fmt, "cut"), 30 if _fmt in ("native", "v2") else 10)
+    KINDS[f"delta-{_fmt}-flip"] = (delta_faults(_fmt, "flip"), 50)
+    KINDS[f"delta-{_fmt}-cut"] = (delta_faults(_fmt, "cut"), 30 if _fmt in ("native", "v2") else 20)
 for _part in REPO_FILES:
     KINDS[f"{_part}-flip"] = (repo_faults(_part, "flip"), 50)
     KINDS[f"{_part}-cut"] = (repo_faults(_part, "cut"), 20)
