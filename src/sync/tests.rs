@@ -759,20 +759,37 @@ fn resume_from(opened: &Message) -> (u64, [u8; 32]) {
     }
 }
 
-#[test]
-fn resume_state_is_used_only_for_the_same_source_size_and_block() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let target: PathBuf = dir.path().join("t.img");
-    let size = 3 * REGION_SIZE;
+/// A sparse target of `size` bytes in `dir`.
+fn sparse_target(dir: &Path, size: u64) -> PathBuf {
+    let target = dir.join("t.img");
     std::fs::File::create(&target)
         .and_then(|f| f.set_len(size))
         .expect("create target");
+    target
+}
+
+/// Opens `target` on a fresh endpoint; returns the resume point it offers.
+fn resume_point(
+    target: &Path,
+    source_id: [u8; 32],
+    source_size: u64,
+    block: u32,
+    flags: u32,
+) -> (u64, [u8; 32]) {
+    let e = Endpoint::start();
+    let opened = e.open_target(target, "x", block, flags, source_size, source_id);
+    drop(e);
+    resume_from(&opened)
+}
+
+#[test]
+fn resume_state_is_used_only_for_the_same_source_size_and_block() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let size = 3 * REGION_SIZE;
+    let target = sparse_target(dir.path(), size);
     let id = [3u8; 32];
     let open = |source_id: [u8; 32], source_size: u64, block: u32, flags: u32| {
-        let e = Endpoint::start();
-        let opened = e.open_target(&target, "x", block, flags, source_size, source_id);
-        drop(e);
-        resume_from(&opened)
+        resume_point(&target, source_id, source_size, block, flags)
     };
 
     write_state(&target, id, size, 4096, REGION_SIZE);
@@ -818,18 +835,10 @@ fn resume_state_is_used_only_for_the_same_source_size_and_block() {
 #[test]
 fn a_resume_state_whose_check_does_not_match_is_ignored() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let target: PathBuf = dir.path().join("t.img");
     let size = 3 * REGION_SIZE;
-    std::fs::File::create(&target)
-        .and_then(|f| f.set_len(size))
-        .expect("create target");
+    let target = sparse_target(dir.path(), size);
     let id = [3u8; 32];
-    let open = || {
-        let e = Endpoint::start();
-        let opened = e.open_target(&target, "x", 4096, OPEN_CREATE, size, id);
-        drop(e);
-        resume_from(&opened).0
-    };
+    let open = || resume_point(&target, id, size, 4096, OPEN_CREATE).0;
     let good = state_for(&target, id, size, 4096, REGION_SIZE);
     std::fs::write(state_path(&target), &good).expect("write");
     assert_eq!(open(), REGION_SIZE, "an intact state resumes");

@@ -738,17 +738,7 @@ fn a_new_much_shorter_than_old_applies_without_hanging() {
     let d = dir.path().join("d");
     common::run_ok(diff_cmd(&old_path, &short, &d).arg("-q"));
     let out = dir.path().join("out.img");
-    let result = common::run_within(
-        common::diskdelta()
-            .arg("apply")
-            .arg(&d)
-            .arg("--base")
-            .arg(&old_path)
-            .arg("-o")
-            .arg(&out)
-            .arg("-q"),
-        60,
-    );
+    let result = common::run_within(apply_cmd(&d, &old_path, &out).arg("-q"), 60);
     assert!(result.status.success(), "{result:?}");
     assert!(std::fs::read(&out).expect("read") == new[..22 * MIB + 12345]);
 }

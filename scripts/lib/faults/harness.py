@@ -7,7 +7,6 @@ in its own process group, kills the whole group when the timeout passes
 """
 import hashlib
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -202,6 +201,3 @@ def leftovers(directory: str, keep) -> List[str]:
     if not os.path.isdir(directory):
         return []
     return sorted(set(os.listdir(directory)) - set(keep))
-
-
-ERROR_CAUSE = re.compile(r"diskdelta: (error|interrupted)")
