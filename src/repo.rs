@@ -71,8 +71,10 @@
 
 pub mod backend;
 pub mod backup;
+pub mod copy;
 pub mod import;
 pub mod index;
+pub mod location;
 pub mod lock;
 pub mod maintenance;
 pub mod remote;
@@ -347,7 +349,8 @@ impl Repository {
             location: backend.location(),
             reason: e.to_string(),
         })?;
-        if !backend.put_if_absent("config", &bytes)? {
+        // Stores that ignore conditional writes would overwrite: look first.
+        if backend.size("config").is_ok() || !backend.put_if_absent("config", &bytes)? {
             return Err(RepoError::Exists(backend.location()));
         }
         Ok(Repository { backend, config })

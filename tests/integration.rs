@@ -19,6 +19,8 @@ mod repo;
 mod repo_import;
 #[path = "integration/repo_remote.rs"]
 mod repo_remote;
+#[path = "integration/s3.rs"]
+mod s3;
 #[path = "integration/sshd_harness.rs"]
 mod sshd_harness;
 #[path = "integration/sync.rs"]

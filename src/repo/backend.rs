@@ -18,6 +18,8 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+pub mod s3;
+
 /// Failures of a backend operation.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
@@ -37,6 +39,16 @@ pub enum BackendError {
         key: String,
         /// Why.
         source: io::Error,
+    },
+    /// A request to a remote store failed (after its retries).
+    #[error("{op} {key}: {message}")]
+    Remote {
+        /// What was being done.
+        op: &'static str,
+        /// The key or bucket.
+        key: String,
+        /// The store's answer, on one line.
+        message: String,
     },
     /// A key outside the allowed alphabet.
     #[error("invalid repository key {0:?}")]
@@ -101,6 +113,25 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// # Errors
     /// An I/O failure.
     fn delete(&self, key: &str) -> Result<(), BackendError>;
+    /// [`Backend::put_if_absent`] of an owned buffer, which stores that can
+    /// send it without a copy do; gives the buffer back for reuse when it
+    /// is free again.
+    ///
+    /// # Errors
+    /// As [`Backend::put_if_absent`].
+    fn put_if_absent_vec(
+        &self,
+        key: &str,
+        data: Vec<u8>,
+    ) -> Result<(bool, Option<Vec<u8>>), BackendError> {
+        let stored = self.put_if_absent(key, &data)?;
+        Ok((stored, Some(data)))
+    }
+    /// How many puts the repository should keep in flight at once (remote
+    /// stores hide their latency behind several).
+    fn upload_concurrency(&self) -> usize {
+        1
+    }
     /// Removes what writers killed in the middle of a put left behind, if
     /// older than `age`; returns how many. Only called under the exclusive
     /// lock (by gc). The default, for stores where a put leaves nothing
@@ -465,36 +496,80 @@ fn unique_suffix() -> String {
     format!("{nanos:x}-{}", COUNTER.fetch_add(1, Ordering::Relaxed))
 }
 
+/// The conformance suite every backend must pass (run by the unit tests
+/// on a local directory and by the integration tests on S3 servers).
+/// Needs an empty store; panics on the first difference.
+#[doc(hidden)]
+#[allow(clippy::missing_panics_doc)]
+pub fn conformance(b: &dyn Backend) {
+    assert!(b.get("data/aa/x").expect_err("missing").is_not_found());
+    assert!(b.put_if_absent("data/aa/x", b"hello").expect("put"));
+    assert!(!b.put_if_absent("data/aa/x", b"other").expect("second put"));
+    assert_eq!(b.get("data/aa/x").expect("get"), b"hello");
+    assert_eq!(b.get_range("data/aa/x", 1, 3).expect("range"), b"ell");
+    assert_eq!(b.get_range("data/aa/x", 3, 10).expect("range"), b"lo");
+    assert_eq!(b.size("data/aa/x").expect("size"), 5);
+    assert!(b.put_if_absent("data/bb/y", b"").expect("put empty"));
+    assert!(b.put_if_absent("snapshots/s", b"s").expect("put"));
+    let keys: Vec<String> = b
+        .list("data/")
+        .expect("list")
+        .into_iter()
+        .map(|o| o.key)
+        .collect();
+    assert_eq!(keys, vec!["data/aa/x", "data/bb/y"]);
+    assert_eq!(b.list("snap").expect("list").len(), 1);
+    assert!(b.list("locks/").expect("list empty").is_empty());
+    b.delete("data/aa/x").expect("delete");
+    b.delete("data/aa/x").expect("delete again");
+    assert!(b.get("data/aa/x").expect_err("deleted").is_not_found());
+    assert!(b.put_if_absent("../escape", b"x").is_err());
+    assert!(b.put_if_absent("data/.hidden", b"x").is_err());
+    assert!(b
+        .get_range("snapshots/s", 1, 4)
+        .expect("range at the end")
+        .is_empty());
+    assert!(b
+        .get_range("snapshots/s", 9, 4)
+        .expect("range past the end")
+        .is_empty());
+    assert!(b
+        .get_range("data/zz/none", 0, 4)
+        .expect_err("missing")
+        .is_not_found());
+    assert!(b.size("data/zz/none").expect_err("missing").is_not_found());
+    // Objects big enough to be uploaded in parts by remote stores.
+    let big: Vec<u8> = (0..(17u32 << 20) + 12345)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let (stored, _) = b
+        .put_if_absent_vec("data/cc/big", big.clone())
+        .expect("put big");
+    assert!(stored);
+    let (again, _) = b
+        .put_if_absent_vec("data/cc/big", big.clone())
+        .expect("put big again");
+    assert!(!again);
+    assert_eq!(b.size("data/cc/big").expect("size"), big.len() as u64);
+    assert!(b.get("data/cc/big").expect("get big") == big);
+    let at = (16 << 20) - 7;
+    assert!(
+        b.get_range("data/cc/big", at, 100)
+            .expect("range across parts")
+            == big[at as usize..at as usize + 100]
+    );
+    b.delete("data/cc/big").expect("delete big");
+    b.delete("data/bb/y").expect("delete");
+    b.delete("snapshots/s").expect("delete");
+    assert!(
+        b.list("").expect("list all").is_empty(),
+        "objects left behind"
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The conformance suite every backend must pass.
-    pub(crate) fn conformance(b: &dyn Backend) {
-        assert!(b.get("data/aa/x").expect_err("missing").is_not_found());
-        assert!(b.put_if_absent("data/aa/x", b"hello").expect("put"));
-        assert!(!b.put_if_absent("data/aa/x", b"other").expect("second put"));
-        assert_eq!(b.get("data/aa/x").expect("get"), b"hello");
-        assert_eq!(b.get_range("data/aa/x", 1, 3).expect("range"), b"ell");
-        assert_eq!(b.get_range("data/aa/x", 3, 10).expect("range"), b"lo");
-        assert_eq!(b.size("data/aa/x").expect("size"), 5);
-        assert!(b.put_if_absent("data/bb/y", b"").expect("put empty"));
-        assert!(b.put_if_absent("snapshots/s", b"s").expect("put"));
-        let keys: Vec<String> = b
-            .list("data/")
-            .expect("list")
-            .into_iter()
-            .map(|o| o.key)
-            .collect();
-        assert_eq!(keys, vec!["data/aa/x", "data/bb/y"]);
-        assert_eq!(b.list("snap").expect("list").len(), 1);
-        assert!(b.list("locks/").expect("list empty").is_empty());
-        b.delete("data/aa/x").expect("delete");
-        b.delete("data/aa/x").expect("delete again");
-        assert!(b.get("data/aa/x").expect_err("deleted").is_not_found());
-        assert!(b.put_if_absent("../escape", b"x").is_err());
-        assert!(b.put_if_absent("data/.hidden", b"x").is_err());
-    }
 
     #[test]
     fn local_backend_conforms() {

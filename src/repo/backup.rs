@@ -365,26 +365,50 @@ impl BackupSession {
         let (spare_tx, spare_rx) = bounded::<Vec<u8>>(1);
         let backend = self.repo.backend().clone();
         let cancel = &self.cancel;
+        let uploaders = backend.upload_concurrency().max(1);
         let stored = pipeline::scope(cancel, |s| {
-            let uploader = s.spawn("uploader", move || -> Result<_, RepoError> {
-                let mut records = Vec::new();
-                let mut bytes = 0u64;
-                while let Ok(builder) = cancel.recv(&pack_rx) {
-                    let (data, id, entries) = builder.finish();
-                    backend.put_if_absent(&pack_key(&id), &data)?;
-                    bytes += data.len() as u64;
-                    records.push(PackRecord { pack: id, entries });
-                    let _ = spare_tx.try_send(data);
-                }
-                if cancel.is_cancelled() {
-                    return Err(RepoError::Stopped("backup"));
-                }
-                Ok((records, bytes))
-            });
+            // Remote stores hide their latency behind several puts in
+            // flight; each uploader holds at most one pack.
+            let handles: Vec<_> = (0..uploaders)
+                .map(|_| {
+                    let backend = backend.clone();
+                    let pack_rx = pack_rx.clone();
+                    let spare_tx = spare_tx.clone();
+                    s.spawn("uploader", move || -> Result<_, RepoError> {
+                        let mut records = Vec::new();
+                        let mut bytes = 0u64;
+                        while let Ok(builder) = cancel.recv(&pack_rx) {
+                            let (data, id, entries) = builder.finish();
+                            bytes += data.len() as u64;
+                            let (_, spare) = backend.put_if_absent_vec(&pack_key(&id), data)?;
+                            records.push(PackRecord { pack: id, entries });
+                            if let Some(spare) = spare {
+                                let _ = spare_tx.try_send(spare);
+                            }
+                        }
+                        if cancel.is_cancelled() {
+                            return Err(RepoError::Stopped("backup"));
+                        }
+                        Ok((records, bytes))
+                    })
+                })
+                .collect();
+            drop(pack_rx);
+            drop(spare_tx);
             let sink = run_sink(&self.index, units, pack_tx, &spare_rx, cancel);
-            let uploaded = uploader
-                .join()
-                .unwrap_or(Err(RepoError::Internal("uploader thread panicked")));
+            let mut uploaded: Result<(Vec<PackRecord>, u64), RepoError> = Ok((Vec::new(), 0));
+            for handle in handles {
+                let one = handle
+                    .join()
+                    .unwrap_or(Err(RepoError::Internal("uploader thread panicked")));
+                uploaded = match pipeline::both(uploaded, one) {
+                    Ok(((mut records, bytes), (more, more_bytes))) => {
+                        records.extend(more);
+                        Ok((records, bytes + more_bytes))
+                    }
+                    Err(e) => Err(e),
+                };
+            }
             pipeline::both(sink, uploaded)
         });
         // The producer behind `units` (joined by `result`) may have failed

@@ -47,6 +47,8 @@ pub enum Command {
     Forget(ForgetArgs),
     /// Remove stale locks (or all locks with --all).
     Unlock(UnlockArgs),
+    /// Copy snapshots from another repository, sending only missing chunks.
+    Copy(CopyArgs),
     /// Turn a diskdump 0.1.5 store into snapshots.
     ImportDiskdump(ImportDiskdumpArgs),
     /// Serve one end of a sync on stdin/stdout (started by `sync` over ssh).
@@ -235,11 +237,12 @@ pub struct RemoteArgs {
 /// Where the repository is.
 #[derive(Debug, Args, Clone)]
 pub struct RepoArg {
-    /// Repository directory (default: $XDG_DATA_HOME/diskdelta/repo).
+    /// Repository: a directory (default: $XDG_DATA_HOME/diskdelta/repo) or
+    /// s3:http://HOST:PORT/BUCKET/PREFIX, s3:HOST/BUCKET/PREFIX.
     #[arg(
         short = 'r',
         long = "repo",
-        value_name = "PATH",
+        value_name = "LOCATION",
         env = "DISKDELTA_REPO"
     )]
     pub repo: Option<PathBuf>,
@@ -370,6 +373,21 @@ pub struct GcArgs {
     /// Report what would be removed; change nothing.
     #[arg(short = 'n', long)]
     pub dry_run: bool,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+#[derive(Debug, Args)]
+pub struct CopyArgs {
+    /// Snapshots to copy: ids, id prefixes, or names (every snapshot of
+    /// the name); all snapshots when none are given.
+    pub snapshots: Vec<String>,
+    /// The repository to copy from (a directory or s3:...).
+    #[arg(long, value_name = "LOCATION", env = "DISKDELTA_FROM_REPO")]
+    pub from: PathBuf,
+    /// The repository to copy into.
+    #[command(flatten)]
+    pub repo: RepoArg,
     #[command(flatten)]
     pub common: Common,
 }

@@ -4,6 +4,7 @@
 mod apply;
 mod backup;
 mod backup_remote;
+mod copy;
 mod diff;
 mod forget;
 mod gc;
@@ -45,16 +46,21 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Gc(a) => gc::run(a),
         Command::Forget(a) => forget::run(a),
         Command::Unlock(a) => unlock::run(a),
+        Command::Copy(a) => copy::run(a),
         Command::ImportDiskdump(a) => backup::import_diskdump(a),
         Command::Serve => Ok(diskdelta::sync::connection::serve_stdio()?),
     }
 }
 
-/// The repository directory: `-r`, `DISKDELTA_REPO`, or the default.
-pub fn repo_path(arg: &crate::cli::RepoArg) -> anyhow::Result<std::path::PathBuf> {
+/// Where the repository is: `-r`, `DISKDELTA_REPO`, or the default directory.
+pub fn repo_location(
+    arg: &crate::cli::RepoArg,
+) -> anyhow::Result<diskdelta::repo::location::RepoLocation> {
+    use diskdelta::repo::location::{self, RepoLocation};
     match &arg.repo {
-        Some(p) => Ok(p.clone()),
+        Some(p) => Ok(location::parse(p.as_os_str())?),
         None => diskdelta::repo::default_location()
+            .map(RepoLocation::Local)
             .context("no repository given and neither XDG_DATA_HOME nor HOME is set: pass -r PATH"),
     }
 }
@@ -64,11 +70,35 @@ pub fn open_repo(
     arg: &crate::cli::RepoArg,
     create: bool,
 ) -> anyhow::Result<diskdelta::repo::Repository> {
-    let path = repo_path(arg)?;
-    // Only the embedded default is created implicitly; a path the user
-    // typed must exist (a typo must not start a new empty repository).
-    let create = create && arg.repo.is_none();
-    Ok(diskdelta::repo::Repository::open_local(&path, create)?)
+    use diskdelta::repo::location::{self, RepoLocation};
+    use diskdelta::repo::{RepoError, Repository};
+    match repo_location(arg)? {
+        RepoLocation::Local(path) => {
+            // Only the embedded default is created implicitly; a path the
+            // user typed must exist (a typo must not start a new empty
+            // repository).
+            let create = create && arg.repo.is_none();
+            Ok(Repository::open_local(&path, create)?)
+        }
+        loc @ RepoLocation::S3(_) => {
+            let opened = location::open_backend(&loc)?;
+            match Repository::open(opened.backend.clone()) {
+                Err(RepoError::Missing(where_)) => {
+                    if let Some(s3) = &opened.s3 {
+                        if !s3.bucket_exists()? {
+                            bail!(
+                                "bucket {} does not exist at {} (`diskdelta init` creates it)",
+                                s3.options().bucket,
+                                s3.options().endpoint
+                            );
+                        }
+                    }
+                    Err(RepoError::Missing(where_).into())
+                }
+                other => Ok(other?),
+            }
+        }
+    }
 }
 
 /// Prints warnings about stale locks.

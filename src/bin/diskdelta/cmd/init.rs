@@ -1,7 +1,8 @@
 //! `diskdelta init`
 
 use anyhow::Context;
-use diskdelta::repo::{self, backend::LocalBackend, Repository};
+use diskdelta::repo::location::{self, RepoLocation};
+use diskdelta::repo::{self, Repository};
 use diskdelta::units::parse_size;
 use serde::Serialize;
 
@@ -16,31 +17,41 @@ struct InitReport {
 }
 
 pub fn run(args: InitArgs) -> anyhow::Result<()> {
-    let path = super::repo_path(&args.repo)?;
+    let location = super::repo_location(&args.repo)?;
     let chunk_size = match &args.chunk_size {
         Some(t) => repo::check_chunk_size(parse_size(t).context("invalid --chunk-size")?)?,
         None => repo::DEFAULT_CHUNK_SIZE,
     };
-    if let Ok(mut entries) = std::fs::read_dir(&path) {
-        if entries.next().is_some() && !path.join("config").exists() {
-            anyhow::bail!(
-                "{} exists and is not empty; init needs a new or empty directory",
-                path.display()
-            );
+    if let RepoLocation::Local(path) = &location {
+        if let Ok(mut entries) = std::fs::read_dir(path) {
+            if entries.next().is_some() && !path.join("config").exists() {
+                anyhow::bail!(
+                    "{} exists and is not empty; init needs a new or empty directory",
+                    path.display()
+                );
+            }
+        }
+        std::fs::create_dir_all(path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+    }
+    let opened = location::open_backend(&location)?;
+    if let Some(s3) = &opened.s3 {
+        if !s3.bucket_exists()? {
+            s3.create_bucket()?;
         }
     }
-    std::fs::create_dir_all(&path).with_context(|| format!("cannot create {}", path.display()))?;
-    let repo = Repository::init(std::sync::Arc::new(LocalBackend::new(&path)), chunk_size)?;
+    let repo = Repository::init(opened.backend.clone(), chunk_size)?;
+    let where_ = opened.backend.location();
     report::summary(
         &args.common,
         false,
         &format!(
             "created repository {} (chunk size {})",
-            path.display(),
+            where_,
             diskdelta::units::human_bytes(u64::from(chunk_size))
         ),
         &InitReport {
-            repository: path.display().to_string(),
+            repository: where_.clone(),
             id: repo.config().id.clone(),
             chunk_size,
         },
