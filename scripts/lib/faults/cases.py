@@ -819,3 +819,6 @@ KINDS["fifo-stops"] = (fifo_faults, 9)
 KINDS["enospc"] = (enospc_faults, 14)
 KINDS["eio"] = (eio_faults, 12)
 KINDS["kill-9"] = (kill9_faults, 14)
+
+import s3  # noqa: E402  (its cases need the table's helpers above)
+KINDS["s3"] = (s3.s3_faults, 9)

@@ -67,6 +67,9 @@ def main():
         skips["enospc"] = mounts.tmpfs_why
     if not mounts.eio_ok():
         skips["eio"] = mounts.eio_why
+    import s3
+    if not s3.available():
+        skips["s3"] = "no s3rver (scripts/s3-servers installs it)"
     if not have_diskdump:
         skips["diskdump-*"] = "the real diskdump tool could not be installed"
     if "DISKDELTA_TEST_PYDIFFDD" not in os.environ:

@@ -24,6 +24,12 @@
 //!   (packs, index files and snapshots are named by their content, locks by
 //!   a random id): two `init`s racing on such a server can both succeed,
 //!   and the later config wins.
+//! - **Damaged objects are replaced.** A put that finds an object of
+//!   another size under a content-named key (`data/`, `index/`,
+//!   `snapshots/`: the name is the hash of the bytes, so the sizes must
+//!   agree) overwrites it: a server that does not write atomically (s3rver
+//!   killed mid-PUT leaves a prefix) must not make the next backup reuse a
+//!   truncated pack.
 //! - **Packs** (objects of [`S3Options::part_size`] and more) go up as
 //!   multipart uploads whose parts are sent concurrently; they are named by
 //!   their content, so they use HEAD-then-upload, not a conditional write.
@@ -106,6 +112,14 @@ pub struct S3Options {
     pub retry_timeout: Duration,
     /// How long one request may take.
     pub request_timeout: Duration,
+}
+
+/// What a put finds under its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Existing {
+    Absent,
+    Intact,
+    Damaged,
 }
 
 /// A repository in an S3 bucket.
@@ -323,6 +337,32 @@ impl S3Backend {
         })
     }
 
+    /// What is under `key` already. An object under a content-named key
+    /// (pack, index file, snapshot) whose size differs from the bytes being
+    /// stored is damaged (a server that lost power mid-write, a
+    /// non-atomic implementation): it is replaced, not kept.
+    async fn existing(
+        &self,
+        path: &StorePath,
+        key: &str,
+        len: usize,
+    ) -> Result<Existing, BackendError> {
+        match self.store.head(path).await {
+            Ok(meta) => {
+                let content_named = ["data/", "index/", "snapshots/"]
+                    .iter()
+                    .any(|p| key.starts_with(p));
+                if content_named && meta.size != len as u64 {
+                    Ok(Existing::Damaged)
+                } else {
+                    Ok(Existing::Intact)
+                }
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(Existing::Absent),
+            Err(e) => Err(Self::error("check", key, e)),
+        }
+    }
+
     async fn put_single(
         &self,
         path: &StorePath,
@@ -330,12 +370,12 @@ impl S3Backend {
         payload: PutPayload,
     ) -> Result<bool, BackendError> {
         // HEAD first: servers that ignore `If-None-Match` would overwrite.
-        match self.store.head(path).await {
-            Ok(_) => return Ok(false),
-            Err(object_store::Error::NotFound { .. }) => {}
-            Err(e) => return Err(Self::error("check", key, e)),
-        }
-        if !self.no_conditional_put.load(Ordering::Relaxed) {
+        let damaged = match self.existing(path, key, payload.content_length()).await? {
+            Existing::Intact => return Ok(false),
+            Existing::Damaged => true,
+            Existing::Absent => false,
+        };
+        if !damaged && !self.no_conditional_put.load(Ordering::Relaxed) {
             // The conditional write settles races with other writers.
             let options = PutOptions {
                 mode: PutMode::Create,
@@ -426,10 +466,8 @@ impl S3Backend {
         let bytes = Bytes::from(data);
         let stored = self.runtime.block_on(async {
             if bytes.len() >= self.options.part_size {
-                match self.store.head(&path).await {
-                    Ok(_) => return Ok(false),
-                    Err(object_store::Error::NotFound { .. }) => {}
-                    Err(e) => return Err(Self::error("check", key, e)),
+                if self.existing(&path, key, bytes.len()).await? == Existing::Intact {
+                    return Ok(false);
                 }
                 self.put_multipart(&path, key, bytes.clone()).await?;
                 Ok(true)
