@@ -9,10 +9,11 @@ import sys
 
 import diff
 import repo
+import s3
 import sync
 import thin
 
-SUBCOMMANDS = [diff, sync, repo, thin]
+SUBCOMMANDS = [diff, sync, repo, s3, thin]
 
 
 def main(argv):

@@ -19,6 +19,8 @@ import os
 import platform
 import random
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -131,6 +133,94 @@ def settle():
 
 def now_iso():
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+# ---------------------------------------------------------------- servers
+
+
+def free_port(host="127.0.0.1"):
+    """A TCP port of host that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def signal_pid(pid, sig):
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def descendants(root):
+    """Live processes below root (from /proc), parents first."""
+    children = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2 :].split()
+        if fields and fields[0] not in ("Z", "X"):
+            children.setdefault(int(fields[1]), []).append(int(name))
+    out, queue = [], [root]
+    while queue:
+        for child in children.get(queue.pop(), []):
+            out.append(child)
+            queue.append(child)
+    return out
+
+
+def kill_tree(proc, what):
+    """Kills a server we started (a subprocess.Popen) and every process
+    below it, by pid: the server is stopped first so that it forks nothing
+    meanwhile."""
+    if proc is None or proc.poll() is not None:
+        return
+    signal_pid(proc.pid, signal.SIGSTOP)
+    for pid in descendants(proc.pid):
+        signal_pid(pid, signal.SIGKILL)
+    signal_pid(proc.pid, signal.SIGKILL)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        log(f"{what} (pid {proc.pid}) did not exit after SIGKILL")
+
+
+class Terminated(Exception):
+    pass
+
+
+def _raise_terminated(signum, _frame):
+    raise Terminated(f"signal {signum}")
+
+
+def with_server(make, body, what):
+    """server = make(); server.start(); returns body(server); the server is
+    stopped (server.stop()) afterwards, also on errors, Ctrl-C, SIGTERM and
+    SIGHUP (then 130 is returned). start() raising RuntimeError, OSError or
+    a SubprocessError ends the run with its message."""
+    old = {s: signal.signal(s, _raise_terminated) for s in (signal.SIGTERM, signal.SIGHUP)}
+    server = None
+    try:
+        server = make()
+        try:
+            server.start()
+        except (RuntimeError, OSError, subprocess.SubprocessError) as e:
+            die(str(e))
+        return body(server)
+    except Terminated as e:
+        log(f"interrupted ({e})")
+        return 130
+    finally:
+        if server is not None:
+            server.stop()
+            log(f"{what} stopped")
+        for s, h in old.items():
+            signal.signal(s, h)
 
 
 # ------------------------------------------------------------------ tools

@@ -91,6 +91,12 @@ class Ctx:
     def out_dir(self):
         return os.path.join(self.scratch, "out")
 
+    @property
+    def state_dirs(self):
+        """What is read into the page cache before every step: the
+        repository and the tool's cache."""
+        return [self.repo, self.cache]
+
 
 @dataclass
 class Tool:
@@ -332,10 +338,6 @@ def _stage(image, c):
         subprocess.run(["cp", "--sparse=always", image, c.source], check=True)
 
 
-def _state_dirs(c):
-    return [c.repo, c.cache]
-
-
 def _before(c, image=None, sparse=False):
     """Outside the timed region, the same for every tool: the image and the
     tool's repository and cache read into the page cache, then settle."""
@@ -344,7 +346,7 @@ def _before(c, image=None, sparse=False):
             common.warm_sparse(image)
         else:
             common.warm_cache([image])
-    for d in _state_dirs(c):
+    for d in c.state_dirs:
         common.warm_tree(d)
     common.settle()
 
@@ -378,21 +380,35 @@ def _sync_after(prefix):
     return round(m.seconds, 4)
 
 
-def run_sequence(tool, c, images, logs, prefix, sparse=False, inspect=None):
+def run_sequence(tool, c, images, logs, prefix, sparse=False, inspect=None, observer=None):
     """init, the three backups and the restore of one tool in a fresh
     scratch directory; returns {phase: result}, stopping at the first
     failure. images: the three image paths in backup order. inspect(c)
     runs after the backups (untimed) and its dict is returned as "inspect".
+    observer: None, or an object whose begin(key) runs right before each
+    timed step (key: init, backup1, ..., restore) and whose end(key, steps)
+    right after it (steps: its common.Measurement list) returns a dict added
+    to the step's result (to out["init"] for init).
     The scratch directory is removed at the end."""
     shutil.rmtree(c.scratch, ignore_errors=True)
     for d in (c.scratch, c.src_dir, c.out_dir):
         os.makedirs(d)
     env = tool.env(c)
     out = {}
+
+    def phase(key, argvs, cwd=None):
+        if observer:
+            observer.begin(key)
+        steps, why = common.run_phase(argvs, f"{prefix}-{key}", cwd=cwd, env=env)
+        return steps, why, observer.end(key, steps) if observer else {}
+
     try:
-        steps, why = common.run_phase(tool.init(c), f"{prefix}-init", env=env)
-        if why:
+        steps, why, seen = phase("init", tool.init(c))
+        if observer:
+            out["init"] = {**_step_result(tool, steps, why and f"init: {why}", c, None), **seen}
+        elif why:
             out["init"] = {"status": "FAILED", "reason": f"init: {why}"}
+        if why:
             return out
         previous = common.dir_bytes(c.repo) or 0
         for n, (key, image) in enumerate(zip([s[0] for s in STEPS], images), 1):
@@ -400,8 +416,9 @@ def run_sequence(tool, c, images, logs, prefix, sparse=False, inspect=None):
             _before(c, c.source, sparse)
             argvs, cwd = tool.backup(c, n)
             log(f"{prefix.rsplit('/', 1)[-1]}: {key}")
-            steps, why = common.run_phase(argvs, f"{prefix}-{key}", cwd=cwd, env=env)
+            steps, why, seen = phase(key, argvs, cwd)
             r = _step_result(tool, steps, why and f"{key}: {why}", c, os.stat(image).st_size)
+            r.update(seen)
             r["sync_seconds"] = _sync_after(f"{prefix}-{key}")
             r["repo_bytes"] = common.dir_bytes(c.repo)
             r["repo_allocated"] = common.dir_allocated(c.repo)
@@ -416,8 +433,9 @@ def run_sequence(tool, c, images, logs, prefix, sparse=False, inspect=None):
         _before(c)
         argvs, cwd = tool.restore(c, len(images))
         log(f"{prefix.rsplit('/', 1)[-1]}: restore")
-        steps, why = common.run_phase(argvs, f"{prefix}-restore", cwd=cwd, env=env)
+        steps, why, seen = phase("restore", argvs, cwd)
         r = _step_result(tool, steps, why and f"restore: {why}", c, os.stat(final).st_size)
+        r.update(seen)
         r["sync_seconds"] = _sync_after(f"{prefix}-restore")
         out["restore"] = r
         if why:

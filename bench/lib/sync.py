@@ -29,7 +29,6 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -106,7 +105,7 @@ class Sshd:
         shutil.copy(self.client_key + ".pub", os.path.join(self.dir, "authorized_keys"))
         last = "?"
         for _attempt in range(5):
-            self.port = _free_port()
+            self.port = common.free_port(HOST)
             with open(self.config, "w") as f:
                 f.write(self._config_text())
             logf = open(self.log_path, "w")
@@ -231,16 +230,7 @@ class Sshd:
         """Kills the daemon and every process below it (sessions, remote
         commands), by pid; removes the directory."""
         proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            # Stop the listener first so that it forks nothing meanwhile.
-            _signal(proc.pid, signal.SIGSTOP)
-            for pid in _descendants(proc.pid):
-                _signal(pid, signal.SIGKILL)
-            _signal(proc.pid, signal.SIGKILL)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                log(f"sshd (pid {proc.pid}) did not exit after SIGKILL")
+        common.kill_tree(proc, "sshd")
         if remove_dir:
             shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -261,70 +251,10 @@ def _keygen(path):
         raise RuntimeError(f"ssh-keygen -f {path} failed: {res.stderr.strip()}")
 
 
-def _free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-def _signal(pid, sig):
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
-
-
-def _descendants(root):
-    """Live processes below root (from /proc), parents first."""
-    children = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(")") + 2 :].split()
-        if fields and fields[0] not in ("Z", "X"):
-            children.setdefault(int(fields[1]), []).append(int(name))
-    out, queue = [], [root]
-    while queue:
-        for child in children.get(queue.pop(), []):
-            out.append(child)
-            queue.append(child)
-    return out
-
-
-class _Terminated(Exception):
-    pass
-
-
-def _raise_terminated(signum, _frame):
-    raise _Terminated(f"signal {signum}")
-
-
 def _with_sshd(parent, body):
     """Runs body(sshd) with a started daemon that is killed afterwards,
     also on errors, Ctrl-C, SIGTERM and SIGHUP."""
-    old = {s: signal.signal(s, _raise_terminated) for s in (signal.SIGTERM, signal.SIGHUP)}
-    sshd = None
-    try:
-        sshd = Sshd(parent)
-        try:
-            sshd.start()
-        except (RuntimeError, OSError, subprocess.SubprocessError) as e:
-            common.die(str(e))
-        return body(sshd)
-    except _Terminated as e:
-        log(f"interrupted ({e})")
-        return 130
-    finally:
-        if sshd is not None:
-            sshd.stop()
-            log("sshd stopped")
-        for s, h in old.items():
-            signal.signal(s, h)
+    return common.with_server(lambda: Sshd(parent), body, "sshd")
 
 
 # ------------------------------------------------------------------ tools
