@@ -9,8 +9,10 @@ pub mod delta;
 pub mod diffdd;
 pub mod diffdd_py;
 pub mod diskdump;
+pub mod keyfile;
 pub mod pack;
 pub mod pack_index;
+pub mod sealed;
 pub mod snapshot;
 
 /// Bytes of NEW at one position, as carried by a delta record.

@@ -60,6 +60,16 @@
 //!   old index files, and last the packs nothing refers to any more. A gc
 //!   killed at any point leaves a valid repository (with extra objects).
 //!
+//! # Encryption
+//! A repository of config version 2 is encrypted ([`crypto`], [`key`]):
+//! the master key lives in `keys/<id>` objects, each wrapping it under one
+//! password. Pack blobs and tables, index files and snapshots are sealed;
+//! pack tables and index files list chunks by keyed ids, snapshots (sealed)
+//! by content hash. Every read of an object authenticates it, so storage
+//! that changes, swaps or moves objects is caught as tampering (exit 3),
+//! never read as data. The invariants above hold unchanged: sealing
+//! happens inside the objects, never between them.
+//!
 //! # Damaged index files
 //! Packs describe themselves (their trailing tables), so an index file
 //! that fails its checksum loses nothing. Backups and restores skip it,
@@ -72,8 +82,10 @@
 pub mod backend;
 pub mod backup;
 pub mod copy;
+pub mod crypto;
 pub mod import;
 pub mod index;
+pub mod key;
 pub mod location;
 pub mod lock;
 pub mod maintenance;
@@ -86,18 +98,24 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
 
-use crate::format::pack::{self, PackEntry, PackError};
+use crate::format::pack::{self, PackEntry, PackError, TableSeal};
 use crate::format::pack_index::{self, IndexFormatError, PackRecord};
+use crate::format::sealed::Kind;
 use crate::format::snapshot::{Snapshot, SnapshotFormatError};
 use crate::id::{ChunkId, IndexId, PackId, SnapshotId};
 use backend::{Backend, BackendError, LocalBackend};
+use crypto::{Crypto, CryptoError, MasterKey};
 use index::Index;
+use key::KdfCost;
 
 /// Value of `format` in the config.
 pub const CONFIG_FORMAT: &str = "diskdelta-repository";
-/// Repository format version written and read.
+/// Repository format version of plain repositories.
 pub const REPO_VERSION: u32 = 1;
+/// Repository format version of encrypted repositories.
+pub const ENCRYPTED_REPO_VERSION: u32 = 2;
 /// Default chunk size (see `docs/formats/repository.md` for the measurement).
 pub const DEFAULT_CHUNK_SIZE: u32 = 1 << 20;
 /// Smallest and largest chunk size.
@@ -224,6 +242,41 @@ pub enum RepoError {
     /// A stage stopped because another one failed (that one is the cause).
     #[error("{0} stopped")]
     Stopped(&'static str),
+    /// An encrypted repository and no password.
+    #[error("repository {0} is encrypted: give its password with DISKDELTA_PASSWORD, --password-file or --password-command")]
+    PasswordNeeded(String),
+    /// No key file opens with the password.
+    #[error(
+        "wrong password for {location}: none of its {tried} key files opens with it{}",
+        damaged_note(damaged)
+    )]
+    WrongPassword {
+        /// The repository.
+        location: String,
+        /// Key files tried.
+        tried: usize,
+        /// Key files that could not be read, with why.
+        damaged: Vec<String>,
+    },
+    /// An encrypted repository without key files.
+    #[error("repository {0} is encrypted but has no key files (keys/ is missing or empty)")]
+    NoKeys(String),
+    /// A sealed object does not open.
+    #[error("{key}: {source}")]
+    Sealed {
+        /// Which object.
+        key: String,
+        /// Why.
+        source: CryptoError,
+    },
+}
+
+fn damaged_note(damaged: &[String]) -> String {
+    if damaged.is_empty() {
+        String::new()
+    } else {
+        format!(" (unreadable key files: {})", damaged.join(", "))
+    }
 }
 
 impl RepoError {
@@ -239,6 +292,7 @@ impl RepoError {
                 | RepoError::Pack { .. }
                 | RepoError::Index { .. }
                 | RepoError::Snapshot { .. }
+                | RepoError::Sealed { .. }
         )
     }
 }
@@ -268,6 +322,82 @@ pub struct Config {
     pub compression_level: i32,
     /// When `init` ran (RFC 3339).
     pub created: String,
+    /// How the repository is encrypted (version 2 only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<EncryptionConfig>,
+}
+
+/// The `encryption` part of an encrypted repository's config.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EncryptionConfig {
+    /// The AEAD: `xchacha20-poly1305`.
+    pub cipher: String,
+    /// How chunk ids are keyed: `blake3-keyed`.
+    pub chunk_ids: String,
+    /// Hex of a sealed copy of the config's other fields (kind config):
+    /// storage that edits the plain fields is caught when the key opens.
+    pub check: String,
+}
+
+/// The fields of the config that its sealed check repeats.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct ConfigCheck {
+    id: String,
+    chunk_size: u32,
+    compression_level: i32,
+    created: String,
+}
+
+impl Config {
+    fn check(&self) -> ConfigCheck {
+        ConfigCheck {
+            id: self.id.clone(),
+            chunk_size: self.chunk_size,
+            compression_level: self.compression_level,
+            created: self.created.clone(),
+        }
+    }
+
+    /// True for an encrypted repository.
+    pub fn is_encrypted(&self) -> bool {
+        self.encryption.is_some()
+    }
+}
+
+/// A password, kept out of memory once dropped.
+pub type Password = Zeroizing<String>;
+
+/// Where a command gets a repository's password: called at most once per
+/// open, and only for encrypted repositories; `true` when a new
+/// repository or key is being made (a terminal prompt asks twice).
+pub type PasswordSource<'a> = &'a dyn Fn(bool) -> Result<Password, RepoError>;
+
+/// A [`PasswordSource`] for callers without one: encrypted repositories
+/// fail with [`RepoError::PasswordNeeded`].
+pub fn no_password(location: &str) -> impl Fn(bool) -> Result<Password, RepoError> {
+    let location = location.to_string();
+    move |_| Err(RepoError::PasswordNeeded(location.clone()))
+}
+
+/// Settings of a new repository.
+#[derive(Debug, Clone, Copy)]
+pub struct InitOptions {
+    /// Chunk size.
+    pub chunk_size: u32,
+    /// Encrypt (the default) or not.
+    pub encrypt: bool,
+    /// Cost of the first key file's password hashing.
+    pub kdf: KdfCost,
+}
+
+impl Default for InitOptions {
+    fn default() -> Self {
+        InitOptions {
+            chunk_size: DEFAULT_CHUNK_SIZE,
+            encrypt: true,
+            kdf: KdfCost::from_env(),
+        }
+    }
 }
 
 /// Where the repository is when neither `-r` nor `DISKDELTA_REPO` is given:
@@ -297,11 +427,43 @@ pub fn check_chunk_size(size: u64) -> Result<u32, RepoError> {
     }
 }
 
+/// What decoding stored blobs needs, reused from one blob to the next.
+pub struct ChunkDecoder {
+    decompressor: zstd::bulk::Decompressor<'static>,
+    scratch: Vec<u8>,
+}
+
+impl std::fmt::Debug for ChunkDecoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChunkDecoder").finish_non_exhaustive()
+    }
+}
+
+impl ChunkDecoder {
+    /// A decoder.
+    ///
+    /// # Errors
+    /// zstd cannot allocate its context.
+    pub fn new() -> Result<ChunkDecoder, RepoError> {
+        Ok(ChunkDecoder {
+            decompressor: zstd::bulk::Decompressor::new()
+                .map_err(|_| RepoError::Internal("zstd setup failed"))?,
+            scratch: Vec::new(),
+        })
+    }
+}
+
 /// An open repository.
 #[derive(Debug, Clone)]
 pub struct Repository {
     backend: Arc<dyn Backend>,
     config: Config,
+    /// Sealing with the master key of an encrypted repository.
+    crypto: Option<Arc<Crypto>>,
+    /// The master key itself (for new key files).
+    master: Option<Arc<MasterKey>>,
+    /// The key file this process unlocked it with.
+    key_file: Option<String>,
 }
 
 /// Key of a pack object.
@@ -325,42 +487,109 @@ fn id_from_key<T>(key: &str, parse: fn(&str) -> Option<T>) -> Option<T> {
 }
 
 impl Repository {
-    /// Creates a repository in `backend`.
+    /// Creates a plain repository in `backend`.
     ///
     /// # Errors
     /// [`RepoError::Exists`] when one is there, storage failures.
     pub fn init(backend: Arc<dyn Backend>, chunk_size: u32) -> Result<Repository, RepoError> {
-        let chunk_size = check_chunk_size(u64::from(chunk_size))?;
+        let options = InitOptions {
+            chunk_size,
+            encrypt: false,
+            ..InitOptions::default()
+        };
+        Repository::init_with(backend, &options, &no_password(""))
+    }
+
+    /// Creates a repository in `backend`; an encrypted one gets a random
+    /// master key and its first key file under `password(true)`.
+    ///
+    /// # Errors
+    /// [`RepoError::Exists`] when one is there, no password, storage
+    /// failures.
+    pub fn init_with(
+        backend: Arc<dyn Backend>,
+        options: &InitOptions,
+        password: PasswordSource<'_>,
+    ) -> Result<Repository, RepoError> {
+        let chunk_size = check_chunk_size(u64::from(options.chunk_size))?;
+        // Stores that ignore conditional writes would overwrite: look first.
+        if backend.size("config").is_ok() {
+            return Err(RepoError::Exists(backend.location()));
+        }
         let now = time::now();
         let mut seed = blake3::Hasher::new();
         seed.update(&now.to_le_bytes());
         seed.update(&std::process::id().to_le_bytes());
         seed.update(backend.location().as_bytes());
         seed.update(&time::now_nanos().to_le_bytes());
-        let config = Config {
+        let mut config = Config {
             format: CONFIG_FORMAT.into(),
             version: REPO_VERSION,
             id: seed.finalize().to_hex()[..32].to_string(),
             chunk_size,
             compression_level: DEFAULT_COMPRESSION_LEVEL,
             created: time::rfc3339(now),
+            encryption: None,
         };
-        let bytes = serde_json::to_vec_pretty(&config).map_err(|e| RepoError::Config {
+        let bad = |reason: String| RepoError::Config {
             location: backend.location(),
-            reason: e.to_string(),
-        })?;
-        // Stores that ignore conditional writes would overwrite: look first.
-        if backend.size("config").is_ok() || !backend.put_if_absent("config", &bytes)? {
+            reason,
+        };
+        let mut crypto = None;
+        let mut key_file = None;
+        let mut master_key = None;
+        if options.encrypt {
+            let password = password(true)?;
+            let master = MasterKey::generate();
+            let sealer = Crypto::new(&master);
+            let check = serde_json::to_vec(&config.check()).map_err(|e| bad(e.to_string()))?;
+            config.version = ENCRYPTED_REPO_VERSION;
+            config.encryption = Some(EncryptionConfig {
+                cipher: crate::format::keyfile::CIPHER.into(),
+                chunk_ids: "blake3-keyed".into(),
+                check: hex::encode(sealer.seal_object(Kind::Config, &check)),
+            });
+            // The key file goes first: a config without one would be a
+            // repository nobody can open.
+            let (bytes, key) = key::new_key_file(&master, &password, &config.id, options.kdf)?;
+            backend.put_if_absent(&key, &bytes)?;
+            crypto = Some(Arc::new(sealer));
+            key_file = Some(key);
+            master_key = Some(Arc::new(master));
+        }
+        let bytes = serde_json::to_vec_pretty(&config).map_err(|e| bad(e.to_string()))?;
+        if !backend.put_if_absent("config", &bytes)? {
             return Err(RepoError::Exists(backend.location()));
         }
-        Ok(Repository { backend, config })
+        Ok(Repository {
+            backend,
+            config,
+            crypto,
+            master: master_key,
+            key_file,
+        })
     }
 
-    /// Opens the repository in `backend`.
+    /// Opens the plain repository in `backend` (an encrypted one fails with
+    /// [`RepoError::PasswordNeeded`]).
     ///
     /// # Errors
     /// [`RepoError::Missing`], a bad config, storage failures.
     pub fn open(backend: Arc<dyn Backend>) -> Result<Repository, RepoError> {
+        let refuse = no_password(&backend.location());
+        Repository::open_with(backend, &refuse)
+    }
+
+    /// Opens the repository in `backend`, asking `password` when it is
+    /// encrypted.
+    ///
+    /// # Errors
+    /// [`RepoError::Missing`], a bad config, a wrong password, a config
+    /// that fails its sealed check, storage failures.
+    pub fn open_with(
+        backend: Arc<dyn Backend>,
+        password: PasswordSource<'_>,
+    ) -> Result<Repository, RepoError> {
         let bytes = match backend.get("config") {
             Ok(b) => b,
             Err(e) if e.is_not_found() => return Err(RepoError::Missing(backend.location())),
@@ -377,26 +606,80 @@ impl Repository {
                 config.format
             )));
         }
-        if config.version != REPO_VERSION {
-            return Err(bad(format!(
-                "format version {} is not supported (this build reads version {REPO_VERSION})",
-                config.version
-            )));
+        match (config.version, &config.encryption) {
+            (REPO_VERSION, None) | (ENCRYPTED_REPO_VERSION, Some(_)) => {}
+            (REPO_VERSION | ENCRYPTED_REPO_VERSION, _) => {
+                return Err(bad(format!(
+                    "format version {} does not match its encryption settings",
+                    config.version
+                )))
+            }
+            (v, _) => {
+                return Err(bad(format!(
+                "format version {v} is not supported (this build reads versions {REPO_VERSION} and {ENCRYPTED_REPO_VERSION})"
+            )))
+            }
         }
         check_chunk_size(u64::from(config.chunk_size)).map_err(|e| bad(e.to_string()))?;
-        Ok(Repository { backend, config })
+        let Some(encryption) = &config.encryption else {
+            return Ok(Repository {
+                backend,
+                config,
+                crypto: None,
+                master: None,
+                key_file: None,
+            });
+        };
+        if encryption.cipher != crate::format::keyfile::CIPHER
+            || encryption.chunk_ids != "blake3-keyed"
+        {
+            return Err(bad(format!(
+                "unknown encryption {:?} / {:?}",
+                encryption.cipher, encryption.chunk_ids
+            )));
+        }
+        let password = password(false)?;
+        let (master, key_file) = key::unlock(backend.as_ref(), &config.id, &password)?;
+        let crypto = Crypto::new(&master);
+        let sealed_check =
+            hex::decode(&encryption.check).map_err(|e| bad(format!("check: {e}")))?;
+        let check = crypto
+            .open_object(Kind::Config, &sealed_check)
+            .map_err(|source| RepoError::Sealed {
+                key: "config".into(),
+                source,
+            })?;
+        if serde_json::from_slice::<ConfigCheck>(&check).ok() != Some(config.check()) {
+            return Err(RepoError::Sealed {
+                key: "config".into(),
+                source: CryptoError::Authentication(
+                    "config (its fields differ from their sealed copy)",
+                ),
+            });
+        }
+        Ok(Repository {
+            backend,
+            config,
+            crypto: Some(Arc::new(crypto)),
+            master: Some(Arc::new(master)),
+            key_file: Some(key_file),
+        })
     }
 
     /// Opens the repository in a local directory; with `create`, makes the
-    /// directory and a repository with default settings when there is none.
+    /// directory and a repository with those settings when there is none.
     ///
     /// # Errors
     /// As [`Repository::open`]; a path that exists but is not a repository
     /// is refused unless it is an empty directory.
-    pub fn open_local(path: &Path, create: bool) -> Result<Repository, RepoError> {
+    pub fn open_local(
+        path: &Path,
+        create: Option<&InitOptions>,
+        password: PasswordSource<'_>,
+    ) -> Result<Repository, RepoError> {
         let backend: Arc<dyn Backend> = Arc::new(LocalBackend::new(path));
-        match Repository::open(backend.clone()) {
-            Err(RepoError::Missing(_)) if create => {
+        match Repository::open_with(backend.clone(), password) {
+            Err(RepoError::Missing(_)) if create.is_some() => {
                 let empty = match std::fs::read_dir(path) {
                     Ok(mut entries) => entries.next().is_none(),
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
@@ -417,13 +700,200 @@ impl Repository {
                     key: path.display().to_string(),
                     source: e,
                 })?;
-                match Repository::init(backend.clone(), DEFAULT_CHUNK_SIZE) {
-                    Err(RepoError::Exists(_)) => Repository::open(backend),
+                let options = create.copied().unwrap_or_default();
+                match Repository::init_with(backend.clone(), &options, password) {
+                    Err(RepoError::Exists(_)) => Repository::open_with(backend, password),
                     other => other,
                 }
             }
             other => other,
         }
+    }
+
+    /// The master key's sealing, for an encrypted repository.
+    pub fn crypto(&self) -> Option<&Arc<Crypto>> {
+        self.crypto.as_ref()
+    }
+
+    /// The master key of an encrypted repository.
+    pub fn master_key(&self) -> Option<&MasterKey> {
+        self.master.as_deref()
+    }
+
+    /// The key file this process unlocked the repository with.
+    pub fn key_file(&self) -> Option<&str> {
+        self.key_file.as_deref()
+    }
+
+    /// The id a chunk with content hash `id` is stored under.
+    pub fn stored_id(&self, id: &ChunkId) -> ChunkId {
+        match &self.crypto {
+            Some(c) => c.stored_id(id),
+            None => *id,
+        }
+    }
+
+    /// The pack-table sealing of this repository, if encrypted.
+    pub fn table_seal(&self) -> Option<&dyn TableSeal> {
+        self.crypto.as_deref().map(|c| c as &dyn TableSeal)
+    }
+
+    /// An empty index of this repository.
+    pub fn new_index(&self) -> Index {
+        Index::new(self.crypto.clone())
+    }
+
+    /// The bytes to store for a new chunk: `encoded` as it is, or sealed
+    /// to its stored id in an encrypted repository.
+    pub fn seal_blob(
+        &self,
+        stored_id: &ChunkId,
+        encoding: pack::Encoding,
+        raw_len: u32,
+        encoded: Vec<u8>,
+    ) -> Vec<u8> {
+        match &self.crypto {
+            Some(c) => c.seal_blob(stored_id, encoding as u8, raw_len, &encoded),
+            None => encoded,
+        }
+    }
+
+    /// Decodes a stored blob (opened, decompressed) into `target`, which
+    /// must be its plaintext length, and checks it against the stored id;
+    /// returns the chunk's content hash.
+    ///
+    /// # Errors
+    /// A description of what is wrong (for [`RepoError::CorruptChunk`]).
+    pub fn decode_blob(
+        &self,
+        stored_id: &ChunkId,
+        encoding: pack::Encoding,
+        blob: &[u8],
+        target: &mut [u8],
+        decoder: &mut ChunkDecoder,
+    ) -> Result<ChunkId, String> {
+        let raw_len = target.len();
+        let ChunkDecoder {
+            decompressor,
+            scratch,
+        } = decoder;
+        let encoded: &[u8] = match &self.crypto {
+            Some(c) => {
+                c.open_blob(stored_id, encoding as u8, raw_len as u32, blob, scratch)
+                    .map_err(|e| e.to_string())?;
+                scratch
+            }
+            None => blob,
+        };
+        match encoding {
+            pack::Encoding::Raw => {
+                if encoded.len() != raw_len {
+                    return Err("raw blob has the wrong length".into());
+                }
+                target.copy_from_slice(encoded);
+            }
+            pack::Encoding::Zstd => {
+                let n = decompressor
+                    .decompress_to_buffer(encoded, target)
+                    .map_err(|e| format!("zstd: {e}"))?;
+                if n != raw_len {
+                    return Err("decompressed length differs".into());
+                }
+            }
+        }
+        let content = ChunkId::of(target);
+        if self.stored_id(&content) != *stored_id {
+            return Err("content does not match its id".into());
+        }
+        Ok(content)
+    }
+
+    /// The encoded chunk (zstd frame or raw bytes) inside a stored blob.
+    ///
+    /// # Errors
+    /// The blob does not authenticate as that chunk.
+    pub fn unseal_blob(
+        &self,
+        stored_id: &ChunkId,
+        encoding: pack::Encoding,
+        raw_len: u32,
+        blob: &[u8],
+    ) -> Result<Vec<u8>, String> {
+        match &self.crypto {
+            Some(c) => {
+                let mut out = Vec::new();
+                c.open_blob(stored_id, encoding as u8, raw_len, blob, &mut out)
+                    .map_err(|e| e.to_string())?;
+                Ok(out)
+            }
+            None => Ok(blob.to_vec()),
+        }
+    }
+
+    /// The bytes to store for an object of `kind` (sealed when encrypted).
+    pub fn seal_object(&self, kind: Kind, inner: Vec<u8>) -> Vec<u8> {
+        match &self.crypto {
+            Some(c) => c.seal_object(kind, &inner),
+            None => inner,
+        }
+    }
+
+    /// The inner bytes of the stored object `key` of `kind`.
+    ///
+    /// # Errors
+    /// [`RepoError::Sealed`] when it does not open.
+    pub fn open_object(&self, kind: Kind, key: &str, bytes: Vec<u8>) -> Result<Vec<u8>, RepoError> {
+        match &self.crypto {
+            Some(c) => c
+                .open_object(kind, &bytes)
+                .map_err(|source| RepoError::Sealed {
+                    key: key.to_string(),
+                    source,
+                }),
+            None => Ok(bytes),
+        }
+    }
+
+    /// Decodes the index file `key` from its stored bytes.
+    ///
+    /// # Errors
+    /// [`RepoError::Sealed`], [`RepoError::Index`].
+    pub fn decode_index_file(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+    ) -> Result<Vec<PackRecord>, RepoError> {
+        let inner = self.open_object(Kind::Index, key, bytes)?;
+        pack_index::decode(&inner).map_err(|source| RepoError::Index {
+            key: key.to_string(),
+            source,
+        })
+    }
+
+    /// Decodes a snapshot object stored under `key`.
+    ///
+    /// # Errors
+    /// [`RepoError::Sealed`], [`RepoError::Snapshot`].
+    pub fn decode_snapshot(&self, key: &str, bytes: Vec<u8>) -> Result<Snapshot, RepoError> {
+        let id = SnapshotId::of(&bytes);
+        let inner = self.open_object(Kind::Snapshot, key, bytes)?;
+        let mut snap = Snapshot::decode(&inner).map_err(|source| RepoError::Snapshot {
+            key: key.to_string(),
+            source,
+        })?;
+        snap.id = id;
+        Ok(snap)
+    }
+
+    /// Stores a snapshot file (sealed when encrypted); returns its id.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn put_snapshot(&self, file: Vec<u8>) -> Result<(SnapshotId, u64), RepoError> {
+        let bytes = self.seal_object(Kind::Snapshot, file);
+        let id = SnapshotId::of(&bytes);
+        self.backend.put_if_absent(&snapshot_key(&id), &bytes)?;
+        Ok((id, bytes.len() as u64))
     }
 
     /// The storage.
@@ -448,7 +918,7 @@ impl Repository {
     pub fn load_index(&self) -> Result<Index, RepoError> {
         let (index, damaged) = self.read_index_files()?;
         match damaged.into_iter().next() {
-            Some((key, source)) => Err(RepoError::Index { key, source }),
+            Some((_, e)) => Err(e),
             None => Ok(index),
         }
     }
@@ -467,10 +937,8 @@ impl Repository {
     }
 
     /// The index of every intact index file, and the damaged ones with why.
-    fn read_index_files(
-        &self,
-    ) -> Result<(Index, Vec<(String, pack_index::IndexFormatError)>), RepoError> {
-        let mut index = Index::default();
+    fn read_index_files(&self) -> Result<(Index, Vec<(String, RepoError)>), RepoError> {
+        let mut index = self.new_index();
         let mut damaged = Vec::new();
         for obj in self.backend.list("index/")? {
             let bytes = match self.backend.get(&obj.key) {
@@ -479,7 +947,7 @@ impl Repository {
                 Err(e) if e.is_not_found() => continue,
                 Err(e) => return Err(e.into()),
             };
-            let records = match pack_index::decode(&bytes) {
+            let records = match self.decode_index_file(&obj.key, bytes) {
                 Ok(r) => r,
                 Err(e) => {
                     damaged.push((obj.key.clone(), e));
@@ -522,6 +990,7 @@ impl Repository {
                 Ok(entries) => records.push(PackRecord { pack: id, entries }),
                 Err(RepoError::Backend(e)) if e.is_not_found() => continue,
                 Err(RepoError::Pack { .. }) => continue,
+                Err(RepoError::Sealed { .. }) => continue,
                 Err(e) => return Err(e),
             }
         }
@@ -557,15 +1026,15 @@ impl Repository {
         let footer =
             self.backend
                 .get_range(&key, len - pack::FOOTER_LEN as u64, pack::FOOTER_LEN as u64)?;
-        let (count, checksum) = pack::parse_footer(&footer).map_err(damaged)?;
-        let trailer = pack::trailer_len(count);
+        let footer = pack::parse_footer(&footer).map_err(damaged)?;
+        let trailer = footer.trailer_len();
         if trailer + pack::HEADER_LEN as u64 > len {
             return Err(damaged(PackError::Truncated));
         }
         let table =
             self.backend
                 .get_range(&key, len - trailer, trailer - pack::FOOTER_LEN as u64)?;
-        pack::parse_table(&table, &checksum, len).map_err(damaged)
+        pack::parse_table(&table, &footer, len, self.table_seal()).map_err(damaged)
     }
 
     /// Finds packs that no index file lists (left by killed backups, or by
@@ -592,7 +1061,9 @@ impl Repository {
     /// # Errors
     /// Storage failures.
     pub fn write_index(&self, records: &[PackRecord]) -> Result<IndexId, RepoError> {
-        let (bytes, id) = pack_index::encode(records);
+        let (bytes, _) = pack_index::encode(records);
+        let bytes = self.seal_object(Kind::Index, bytes);
+        let id = IndexId::of(&bytes);
         self.backend.put_if_absent(&index_key(&id), &bytes)?;
         Ok(id)
     }
@@ -604,10 +1075,7 @@ impl Repository {
     pub fn load_snapshot(&self, id: &SnapshotId) -> Result<Snapshot, RepoError> {
         let key = snapshot_key(id);
         let bytes = self.backend.get(&key)?;
-        let snap = Snapshot::decode(&bytes).map_err(|source| RepoError::Snapshot {
-            key: key.clone(),
-            source,
-        })?;
+        let snap = self.decode_snapshot(&key, bytes)?;
         if snap.id != *id {
             return Err(RepoError::Snapshot {
                 key,
@@ -656,7 +1124,7 @@ impl Repository {
                 Ok(s) => out.push(s),
                 // Forgotten since listing.
                 Err(RepoError::Backend(e)) if e.is_not_found() => {}
-                Err(RepoError::Snapshot { .. }) if !strict => {}
+                Err(RepoError::Snapshot { .. } | RepoError::Sealed { .. }) if !strict => {}
                 Err(e) => return Err(e),
             }
         }

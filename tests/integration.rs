@@ -7,6 +7,8 @@ mod common;
 
 #[path = "integration/cli.rs"]
 mod cli;
+#[path = "integration/encryption.rs"]
+mod encryption;
 #[path = "integration/errors.rs"]
 mod errors;
 #[path = "integration/inplace.rs"]

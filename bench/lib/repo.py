@@ -132,11 +132,47 @@ def _diskdelta_report(text):
     return {k: j[k] for k in keys if k in j}
 
 
-def _diskdelta_init(c):
+def _diskdelta_init(c, encrypted=False):
     argv = [common.DISKDELTA, "init", "-q", "-r", c.repo]
+    if not encrypted:
+        argv.append("--no-encryption")
     if c.chunk_size:
         argv += ["--chunk-size", c.chunk_size]
     return [argv]
+
+
+DISKDELTA_PASSWORD = "diskdelta-bench"  # the encrypted repository's; default key derivation
+
+
+def _diskdelta_tool(name, encrypted):
+    """diskdelta on a plain repository, or on an encrypted one (the default
+    of `init`, with its default Argon2id cost: every command pays one key
+    unlock, as restic pays its scrypt)."""
+    return Tool(
+        name=name,
+        program=common.DISKDELTA,
+        version_argv=[common.DISKDELTA, "--version"],
+        config=("env DISKDELTA_PASSWORD=...; init -q -r REPO" if encrypted
+                else "init -q -r REPO --no-encryption")
+        + " [--chunk-size S]; backup SRC -r REPO --name disk --json; "
+        "restore disk -r REPO -o OUT --json (defaults: 1 MiB chunks, one thread per core)",
+        init=lambda c: _diskdelta_init(c, encrypted),
+        backup=lambda c, n: (
+            [[common.DISKDELTA, "backup", c.source, "-r", c.repo, "--name", SNAPSHOT, "--json"]],
+            None,
+        ),
+        restore=lambda c, n: (
+            [[common.DISKDELTA, "restore", SNAPSHOT, "-r", c.repo, "-o",
+              os.path.join(c.out_dir, "disk.img"), "--json"]],
+            None,
+        ),
+        restored=lambda c: os.path.join(c.out_dir, "disk.img"),
+        env=(lambda c: {"DISKDELTA_PASSWORD": DISKDELTA_PASSWORD}) if encrypted else (lambda c: {}),
+        self_report=_diskdelta_report,
+        restore_null=lambda c: [
+            [common.DISKDELTA, "restore", SNAPSHOT, "-r", c.repo, "-o", "/dev/null", "--json"]
+        ],
+    )
 
 
 def _restic_env(c):
@@ -172,28 +208,7 @@ def _diskdump_manifest(c, n):
 
 
 PEERS = [
-    Tool(
-        name="diskdelta",
-        program=common.DISKDELTA,
-        version_argv=[common.DISKDELTA, "--version"],
-        config="init -q -r REPO [--chunk-size S]; backup SRC -r REPO --name disk --json; "
-        "restore disk -r REPO -o OUT --json (defaults: 1 MiB chunks, one thread per core)",
-        init=_diskdelta_init,
-        backup=lambda c, n: (
-            [[common.DISKDELTA, "backup", c.source, "-r", c.repo, "--name", SNAPSHOT, "--json"]],
-            None,
-        ),
-        restore=lambda c, n: (
-            [[common.DISKDELTA, "restore", SNAPSHOT, "-r", c.repo, "-o",
-              os.path.join(c.out_dir, "disk.img"), "--json"]],
-            None,
-        ),
-        restored=lambda c: os.path.join(c.out_dir, "disk.img"),
-        self_report=_diskdelta_report,
-        restore_null=lambda c: [
-            [common.DISKDELTA, "restore", SNAPSHOT, "-r", c.repo, "-o", "/dev/null", "--json"]
-        ],
-    ),
+    _diskdelta_tool("diskdelta", encrypted=False),
     Tool(
         name="restic",
         program="restic",
@@ -249,6 +264,8 @@ PEERS = [
     ),
 ]
 TOOL_NAMES = [t.name for t in PEERS]
+# `repo --encrypted` adds it after the plain diskdelta.
+ENCRYPTED = _diskdelta_tool("diskdelta-encrypted", encrypted=True)
 DISKDELTA_TOOL = PEERS[0]
 
 
@@ -308,10 +325,12 @@ def _prepare(tools, no_build):
     """Installs restic, borg (apt) and diskdump (pip), builds diskdelta;
     returns ({tool name: skip reason}, features)."""
     skipped = common.prepare(
-        [t for t in tools if t.name != "diskdump"],
+        [t for t in tools if t.name not in ("diskdump", ENCRYPTED.name)],
         no_build,
         subcommands=("init", "backup", "restore", "status"),
     )
+    if "diskdelta" in skipped and any(t.name == ENCRYPTED.name for t in tools):
+        skipped[ENCRYPTED.name] = skipped["diskdelta"]
     if any(t.name == "diskdump" for t in tools):
         why = _ensure_diskdump()
         if why:
@@ -557,6 +576,11 @@ def add_arguments(sub):
         "--repeat", type=int, default=1, help="runs per tool; the fastest counts per step"
     )
     p.add_argument("--no-build", action="store_true", help="use the binaries as they are")
+    p.add_argument(
+        "--encrypted",
+        action="store_true",
+        help="also diskdelta on an encrypted repository (init's default), with its own targets",
+    )
     p.set_defaults(func=cmd_repo)
 
     s = sub.add_parser(
@@ -598,6 +622,10 @@ def cmd_repo(args):
         common.die("--repeat must be at least 1", 2)
     names = common.parse_list(args.tools, TOOL_NAMES, "tools")
     tools = [t for t in PEERS if t.name in names]
+    if args.encrypted:
+        if "diskdelta" not in names:
+            common.die("--encrypted compares with the plain diskdelta: keep it in --tools", 2)
+        tools.insert([t.name for t in tools].index("diskdelta") + 1, ENCRYPTED)
     machine = common.machine_info()
     skipped, features = _prepare(tools, args.no_build)
     images, stamps = _repo_images(size)
@@ -623,6 +651,9 @@ def cmd_repo(args):
         else:
             results[t.name] = _summarize(runs[t.name])
     reference = _write_reference(images[-1], root, logs, args.repeat)
+    unlock = None
+    if args.encrypted and results.get(ENCRYPTED.name, {}).get("status") == "ok":
+        unlock = _unlock_cost(os.path.join(root, ENCRYPTED.name), logs, max(3, args.repeat))
     report = {
         **common.report_header("repo", size, args.repeat, machine, busy, load_warning),
         "images": common.image_summaries(stamps),
@@ -631,7 +662,8 @@ def cmd_repo(args):
         "features": features,
         "results": results,
         "ratios": _ratios(results),
-        "targets": _targets(results),
+        "targets": _targets(results) + _encrypted_targets(results, unlock),
+        "unlock": unlock,
         "write_reference": reference,
         "logs": logs,
     }
@@ -726,6 +758,54 @@ def _ratios(results):
         )
         q["peak_rss"] = _round(_div(_peak_rss(dd), _peak_rss(r)), 3)
         out.append(q)
+    return out
+
+
+def _unlock_cost(root, logs, repeat):
+    """Seconds and peak RSS of opening the encrypted repository alone
+    (`snapshots -q`: the Argon2id unlock and a listing), best of repeat:
+    the fixed cost every command on it pays, whatever the image size."""
+    c = Ctx(root)
+    phase = common.Phase()
+    for i in range(repeat):
+        steps, why = common.run_phase(
+            [[common.DISKDELTA, "snapshots", "-q", "-r", c.repo]],
+            os.path.join(logs, f"unlock-{i}"),
+            env={"DISKDELTA_PASSWORD": DISKDELTA_PASSWORD},
+        )
+        if why:
+            return {"status": "FAILED", "reason": why}
+        phase.add_run(steps)
+    j = phase.to_json()
+    j["status"] = "ok"
+    return j
+
+
+def _encrypted_targets(results, unlock):
+    """The encryption issue's targets: encrypted against plain (speed, size)
+    and against restic, each also without the fixed unlock cost."""
+    dd, en, rs = (results.get(n, {}) for n in ("diskdelta", ENCRYPTED.name, "restic"))
+    if dd.get("status") != "ok" or en.get("status") != "ok":
+        return []
+    p, e = dd["phases"], en["phases"]
+    fixed = (unlock or {}).get("seconds") or 0.0
+    out = []
+
+    def target(name, value, text, met, without_unlock=None):
+        out.append({"name": name, "value": value, "target": text,
+                    "met": None if value is None else met(value),
+                    "without_unlock": without_unlock})
+
+    for k, what in (("backup1", "first backup"), ("restore", "restore")):
+        plain_s, enc_s = p[k]["seconds"], e[k]["seconds"]
+        target(f"encrypted {what} vs plain", _div(plain_s, enc_s), ">= 0.85x the speed",
+               lambda v: v >= 0.85, _div(plain_s, enc_s - fixed) if enc_s > fixed else None)
+    if rs.get("status") == "ok":
+        rs_s, enc_s = rs["phases"]["backup1"]["seconds"], e["backup1"]["seconds"]
+        target("encrypted first backup vs restic", _div(rs_s, enc_s), ">= 3x faster",
+               lambda v: v >= 3, _div(rs_s, enc_s - fixed) if enc_s > fixed else None)
+    target("encrypted repository vs plain", _div(e["backup3"]["repo_bytes"], p["backup3"]["repo_bytes"]),
+           "<= 1.01x", lambda v: v <= 1.01)
     return out
 
 
@@ -904,6 +984,10 @@ def _print_repo(report):
         print(f"  {name}: {t['version'] or '-'}; {t['config']}")
     if report.get("load_warning"):
         print(f"note: {report['load_warning']}")
+    u = report.get("unlock")
+    if u and u.get("status") == "ok":
+        print(f"encrypted repository: opening it (Argon2id unlock + listing) takes "
+              f"{u['seconds']:.2f} s and {(u.get('max_rss_kib') or 0) / 1024:.0f} MiB, once per command")
     print(f"logs: {report['logs']}")
 
 
@@ -923,7 +1007,10 @@ def _print_targets(targets):
             value = None if v is None else f"{v / 1024:.0f} MiB"
         else:
             value = _x(v, ".2f" if "speed" in t["name"] or "backup" in t["name"] else ".3f")
-        print(f"  {t['name']}: {value or '-'} (target {t['target']}): {met}")
+        extra = ""
+        if t.get("without_unlock") is not None:
+            extra = f" ({t['without_unlock']:.2f}x without the fixed key unlock)"
+        print(f"  {t['name']}: {value or '-'} (target {t['target']}): {met}{extra}")
 
 
 # ------------------------------------------------------------- repo-sweep

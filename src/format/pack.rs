@@ -25,6 +25,13 @@
 //! ```
 //!
 //! The pack's id is the BLAKE3 of the whole file.
+//!
+//! Version 2 is the pack of an encrypted repository: the same layout, but
+//! every blob is sealed (`format::sealed`) and the entry table is stored
+//! sealed as well, as nonce (24), ciphertext (48n) and tag (16); the
+//! footer's checksum covers those 48n + 40 bytes. The footer's count and
+//! version stay plain so that the table can be located with two range
+//! reads before any key is used.
 
 use super::{arr32, le32};
 use crate::id::{ChunkId, PackId};
@@ -33,8 +40,10 @@ use crate::id::{ChunkId, PackId};
 pub const MAGIC: [u8; 8] = *b"DDLTPACK";
 /// Magic at the end.
 pub const END_MAGIC: [u8; 8] = *b"DDLTPEND";
-/// Format version written and read.
+/// Format version of plain packs.
 pub const VERSION: u32 = 1;
+/// Format version of packs whose blobs and table are sealed.
+pub const SEALED_VERSION: u32 = 2;
 /// Header bytes.
 pub const HEADER_LEN: usize = 16;
 /// Bytes per entry.
@@ -126,8 +135,17 @@ pub enum PackError {
     #[error("not a diskdelta pack (bad magic)")]
     BadMagic,
     /// Written by a newer diskdelta.
-    #[error("pack format version {0} is not supported (this build reads version {VERSION})")]
+    #[error("pack format version {0} is not supported (this build reads versions {VERSION} and {SEALED_VERSION})")]
     Version(u32),
+    /// A sealed pack where no key is known (a plain repository).
+    #[error("pack is encrypted but the repository is not")]
+    Sealed,
+    /// A plain pack in an encrypted repository: never written by it.
+    #[error("pack is not encrypted but the repository is: it was not written with this repository's key")]
+    NotSealed,
+    /// The sealed table does not open with the repository's key.
+    #[error("pack entry table fails authentication (tampered with, or written with another key)")]
+    TableAuthentication,
     /// The entry table does not match its checksum.
     #[error("pack entry table checksum mismatch")]
     TableChecksum,
@@ -143,6 +161,44 @@ pub enum PackError {
         /// Entry number.
         index: usize,
     },
+}
+
+/// Seals and opens pack entry tables; implemented by the repository's
+/// key, so that this module stays free of cryptography.
+pub trait TableSeal {
+    /// The sealed form of the `count`-entry `table`.
+    fn seal_table(&self, table: &[u8], count: u32) -> Vec<u8>;
+    /// The table inside a sealed region, or `None` when it does not
+    /// authenticate.
+    fn open_table(&self, region: &[u8], count: u32) -> Option<Vec<u8>>;
+}
+
+/// The parsed footer of a pack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Footer {
+    /// [`VERSION`] or [`SEALED_VERSION`].
+    pub version: u32,
+    /// Number of entries.
+    pub count: u32,
+    /// BLAKE3 of the table region.
+    pub checksum: [u8; 32],
+}
+
+impl Footer {
+    /// Bytes of the table region (sealed or not).
+    pub fn table_len(&self) -> u64 {
+        let plain = u64::from(self.count) * ENTRY_LEN as u64;
+        if self.version == SEALED_VERSION {
+            plain + super::sealed::SEAL_OVERHEAD as u64
+        } else {
+            plain
+        }
+    }
+
+    /// Bytes of the trailer: table region and footer.
+    pub fn trailer_len(&self) -> u64 {
+        self.table_len() + FOOTER_LEN as u64
+    }
 }
 
 /// Builds one pack in memory.
@@ -212,28 +268,46 @@ impl PackBuilder {
     }
 
     /// Appends the trailer and returns the file bytes, its id and its entries.
-    pub fn finish(mut self) -> (Vec<u8>, PackId, Vec<PackEntry>) {
+    pub fn finish(self) -> (Vec<u8>, PackId, Vec<PackEntry>) {
+        self.finish_sealed(None)
+    }
+
+    /// Appends the trailer, its table sealed by `seal` when given (a
+    /// version 2 pack, whose blobs the caller sealed), and returns the
+    /// file bytes, its id and its entries.
+    pub fn finish_sealed(
+        mut self,
+        seal: Option<&dyn TableSeal>,
+    ) -> (Vec<u8>, PackId, Vec<PackEntry>) {
         let mut table = Vec::with_capacity(self.entries.len() * ENTRY_LEN);
         for e in &self.entries {
             e.encode(&mut table);
         }
+        let count = self.entries.len() as u32;
+        let version = match seal {
+            Some(seal) => {
+                table = seal.seal_table(&table, count);
+                SEALED_VERSION
+            }
+            None => VERSION,
+        };
+        self.bytes[8..12].copy_from_slice(&version.to_le_bytes());
         let checksum = blake3::hash(&table);
         self.bytes.extend_from_slice(&table);
         self.bytes.extend_from_slice(checksum.as_bytes());
-        self.bytes
-            .extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
-        self.bytes.extend_from_slice(&VERSION.to_le_bytes());
+        self.bytes.extend_from_slice(&count.to_le_bytes());
+        self.bytes.extend_from_slice(&version.to_le_bytes());
         self.bytes.extend_from_slice(&END_MAGIC);
         let id = PackId::of(&self.bytes);
         (self.bytes, id, self.entries)
     }
 }
 
-/// Parses a footer (the last [`FOOTER_LEN`] bytes); returns the entry count.
+/// Parses a footer (the last [`FOOTER_LEN`] bytes).
 ///
 /// # Errors
 /// Bad magic, version or length.
-pub fn parse_footer(footer: &[u8]) -> Result<(u32, [u8; 32]), PackError> {
+pub fn parse_footer(footer: &[u8]) -> Result<Footer, PackError> {
     if footer.len() != FOOTER_LEN {
         return Err(PackError::Truncated);
     }
@@ -241,35 +315,59 @@ pub fn parse_footer(footer: &[u8]) -> Result<(u32, [u8; 32]), PackError> {
         return Err(PackError::BadMagic);
     }
     let version = le32(&footer[36..40]);
-    if version != VERSION {
+    if version != VERSION && version != SEALED_VERSION {
         return Err(PackError::Version(version));
     }
-    Ok((le32(&footer[32..36]), arr32(&footer[0..32])))
+    Ok(Footer {
+        version,
+        count: le32(&footer[32..36]),
+        checksum: arr32(&footer[0..32]),
+    })
 }
 
-/// Bytes of the trailer (table and footer) for `count` entries.
+/// Bytes of a plain pack's trailer (table and footer) for `count` entries.
 pub fn trailer_len(count: u32) -> u64 {
     u64::from(count) * ENTRY_LEN as u64 + FOOTER_LEN as u64
 }
 
-/// Parses the entry table against the footer's checksum; `pack_len` is the
-/// whole pack's length, to check that every blob lies in the blob area.
+/// Parses the table region against the footer; `pack_len` is the whole
+/// pack's length, to check that every blob lies in the blob area. A
+/// sealed table needs `open` (the repository's key), and a repository
+/// with a key accepts only sealed tables.
 ///
 /// # Errors
-/// Checksum mismatch, malformed entries, blobs outside the blob area.
+/// Checksum mismatch, a table that does not authenticate, a sealed pack
+/// without a key or a plain one with, malformed entries, blobs outside
+/// the blob area.
 pub fn parse_table(
-    table: &[u8],
-    checksum: &[u8; 32],
+    region: &[u8],
+    footer: &Footer,
     pack_len: u64,
+    open: Option<&dyn TableSeal>,
 ) -> Result<Vec<PackEntry>, PackError> {
-    if !table.len().is_multiple_of(ENTRY_LEN) {
+    if region.len() as u64 != footer.table_len() {
         return Err(PackError::Truncated);
     }
-    if blake3::hash(table).as_bytes() != checksum {
+    if blake3::hash(region).as_bytes() != &footer.checksum {
         return Err(PackError::TableChecksum);
     }
+    let opened;
+    let table = match (footer.version == SEALED_VERSION, open) {
+        (false, None) => region,
+        (true, Some(open)) => {
+            opened = open
+                .open_table(region, footer.count)
+                .ok_or(PackError::TableAuthentication)?;
+            &opened[..]
+        }
+        (true, None) => return Err(PackError::Sealed),
+        (false, Some(_)) => return Err(PackError::NotSealed),
+    };
+    if table.len() != footer.count as usize * ENTRY_LEN {
+        return Err(PackError::Truncated);
+    }
     let blob_end = pack_len
-        .checked_sub(table.len() as u64 + FOOTER_LEN as u64)
+        .checked_sub(footer.trailer_len())
         .ok_or(PackError::Truncated)?;
     let mut entries = Vec::with_capacity(table.len() / ENTRY_LEN);
     let mut prev_end = HEADER_LEN as u64;
@@ -284,34 +382,48 @@ pub fn parse_table(
     Ok(entries)
 }
 
-/// Parses a whole pack: header, trailer, entries.
+/// Parses a whole plain pack: header, trailer, entries.
 ///
 /// # Errors
-/// Anything [`parse_footer`] and [`parse_table`] report, and a bad header.
+/// Anything [`parse_sealed`] reports.
 pub fn parse(bytes: &[u8]) -> Result<Vec<PackEntry>, PackError> {
+    parse_sealed(bytes, None)
+}
+
+/// Parses a whole pack, its table opened by `open` when the repository
+/// has a key.
+///
+/// # Errors
+/// Anything [`parse_footer`] and [`parse_table`] report, and a bad
+/// header or one whose version differs from the footer's.
+pub fn parse_sealed(
+    bytes: &[u8],
+    open: Option<&dyn TableSeal>,
+) -> Result<Vec<PackEntry>, PackError> {
     if bytes.len() < HEADER_LEN + FOOTER_LEN {
         return Err(PackError::Truncated);
     }
     if bytes[0..8] != MAGIC {
         return Err(PackError::BadMagic);
     }
-    let version = le32(&bytes[8..12]);
-    if version != VERSION {
-        return Err(PackError::Version(version));
-    }
     if bytes[12..16] != [0; 4] {
         return Err(PackError::Reserved);
     }
-    let (count, checksum) = parse_footer(&bytes[bytes.len() - FOOTER_LEN..])?;
-    let trailer = trailer_len(count);
+    let footer = parse_footer(&bytes[bytes.len() - FOOTER_LEN..])?;
+    let version = le32(&bytes[8..12]);
+    if version != footer.version {
+        return Err(PackError::Version(version));
+    }
+    let trailer = footer.trailer_len();
     if trailer + HEADER_LEN as u64 > bytes.len() as u64 {
         return Err(PackError::Truncated);
     }
     let table_start = bytes.len() - trailer as usize;
     parse_table(
         &bytes[table_start..bytes.len() - FOOTER_LEN],
-        &checksum,
+        &footer,
         bytes.len() as u64,
+        open,
     )
 }
 
@@ -397,10 +509,10 @@ mod tests {
             );
             prop_assert_eq!(parse(&bytes), Ok(entries.clone()));
             // The trailer alone (as the repository reads it) agrees.
-            let (count, sum) = parse_footer(&bytes[bytes.len() - FOOTER_LEN..]).expect("footer");
-            prop_assert_eq!(count as usize, entries.len());
-            let table = &bytes[bytes.len() - trailer_len(count) as usize..bytes.len() - FOOTER_LEN];
-            prop_assert_eq!(parse_table(table, &sum, bytes.len() as u64), Ok(entries.clone()));
+            let footer = parse_footer(&bytes[bytes.len() - FOOTER_LEN..]).expect("footer");
+            prop_assert_eq!(footer.count as usize, entries.len());
+            let table = &bytes[bytes.len() - footer.trailer_len() as usize..bytes.len() - FOOTER_LEN];
+            prop_assert_eq!(parse_table(table, &footer, bytes.len() as u64, None), Ok(entries.clone()));
             // Blobs lie back to back, each holding what was added.
             for (e, (data, _, _)) in entries.iter().zip(&blobs) {
                 prop_assert_eq!(&bytes[e.offset as usize..e.end() as usize], &data[..]);

@@ -172,8 +172,12 @@ impl SnapshotWriter {
 /// A decoded snapshot file: its metadata and its (still compressed) list.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
-    /// The snapshot's id (BLAKE3 of the file).
+    /// The snapshot's id (BLAKE3 of the stored object: in an encrypted
+    /// repository, of its sealed bytes).
     pub id: SnapshotId,
+    /// BLAKE3 of the snapshot file itself (the id of a plain repository's
+    /// copy of it): equal in every repository the snapshot is copied to.
+    pub content_id: SnapshotId,
     /// Its description.
     pub meta: SnapshotMeta,
     /// Number of chunks.
@@ -227,6 +231,7 @@ impl Snapshot {
         }
         Ok(Snapshot {
             id: SnapshotId::of(bytes),
+            content_id: SnapshotId::of(bytes),
             meta,
             count,
             list: body[json_end + 16..].to_vec(),

@@ -19,6 +19,7 @@ use std::time::Instant;
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 
+use super::crypto::Crypto;
 use super::index::Index;
 use super::lock::Lock;
 use super::{pack_key, time, RepoError, Repository};
@@ -111,9 +112,9 @@ pub enum ChunkOutcome {
     Zero,
     /// Already in the repository (or being stored by this backup).
     Known(ChunkId),
-    /// New content, encoded.
+    /// New content, encoded (and sealed, in an encrypted repository).
     New {
-        /// Its id.
+        /// Its content hash.
         id: ChunkId,
         /// Plaintext length.
         raw_len: u32,
@@ -175,9 +176,14 @@ pub fn classify_unit(
             continue;
         }
         let (encoding, blob) = encode_chunk(compressor, piece);
+        let raw_len = piece.len() as u32;
+        let blob = match dedup.crypto {
+            Some(c) => c.seal_blob(&c.stored_id(&id), encoding as u8, raw_len, &blob),
+            None => blob,
+        };
         out.push(ChunkOutcome::New {
             id,
-            raw_len: piece.len() as u32,
+            raw_len,
             encoding,
             blob,
         });
@@ -192,14 +198,20 @@ pub struct Dedup<'a> {
     /// `None` on a remote source, which trusts the previous snapshot's ids
     /// instead (the repository side checks its index again).
     index: Option<&'a Index>,
+    /// The repository's key: new chunks are sealed by the workers, in
+    /// parallel. `None` for plain repositories and remote sources (which
+    /// never hold the key; the repository side seals what they send).
+    crypto: Option<&'a Crypto>,
     claimed: Mutex<HashSet<ChunkId, IdBuildHasher>>,
 }
 
 impl<'a> Dedup<'a> {
-    /// Dedup against `index`, or against the previous snapshot only.
-    pub fn new(index: Option<&'a Index>) -> Self {
+    /// Dedup against `index`, or against the previous snapshot only; new
+    /// chunks sealed with `crypto` when given.
+    pub fn new(index: Option<&'a Index>, crypto: Option<&'a Crypto>) -> Self {
         Dedup {
             index,
+            crypto,
             claimed: Mutex::new(HashSet::default()),
         }
     }
@@ -364,6 +376,7 @@ impl BackupSession {
         // Uploaded packs' buffers go back to the sink for the next packs.
         let (spare_tx, spare_rx) = bounded::<Vec<u8>>(1);
         let backend = self.repo.backend().clone();
+        let repo = &self.repo;
         let cancel = &self.cancel;
         let uploaders = backend.upload_concurrency().max(1);
         let stored = pipeline::scope(cancel, |s| {
@@ -378,7 +391,7 @@ impl BackupSession {
                         let mut records = Vec::new();
                         let mut bytes = 0u64;
                         while let Ok(builder) = cancel.recv(&pack_rx) {
-                            let (data, id, entries) = builder.finish();
+                            let (data, id, entries) = builder.finish_sealed(repo.table_seal());
                             bytes += data.len() as u64;
                             let (_, spare) = backend.put_if_absent_vec(&pack_key(&id), data)?;
                             records.push(PackRecord { pack: id, entries });
@@ -459,13 +472,11 @@ impl BackupSession {
             program: format!("diskdelta {}", env!("CARGO_PKG_VERSION")),
             thin_id: self.options.thin_id,
         };
-        let (bytes, snapshot_id) = writer
+        let (bytes, _) = writer
             .finish(&meta)
             .map_err(|e| RepoError::Invalid(format!("encoding snapshot: {e}")))?;
-        self.repo
-            .backend()
-            .put_if_absent(&super::snapshot_key(&snapshot_id), &bytes)?;
-        let bytes_added = pack_bytes + index_bytes + bytes.len() as u64;
+        let (snapshot_id, snapshot_bytes) = self.repo.put_snapshot(bytes)?;
+        let bytes_added = pack_bytes + index_bytes + snapshot_bytes;
         Ok(BackupSummary {
             snapshot: snapshot_id.to_hex(),
             name: meta.name,
@@ -516,7 +527,7 @@ impl BackupSession {
         let level = self.repo.config().compression_level;
         let (unit_tx, unit_rx) = bounded::<Unit>(threads * 2);
         let (work_tx, work_rx) = bounded::<Work>(threads);
-        let dedup = Dedup::new(Some(&self.index));
+        let dedup = Dedup::new(Some(&self.index), self.repo.crypto().map(|c| &**c));
         let parent = self.parent.as_ref();
         let cancel = &self.cancel;
         pipeline::scope(cancel, |s| {
@@ -734,7 +745,7 @@ fn run_sink(
                         }
                         stats.new_chunks += 1;
                         stats.new_bytes += u64::from(raw_len);
-                        pack.add(id, &blob, raw_len, encoding);
+                        pack.add(index.stored_id(&id), &blob, raw_len, encoding);
                         if pack.len() >= PACK_TARGET {
                             let next =
                                 PackBuilder::reusing(spare.try_recv().unwrap_or_else(|_| fresh()));

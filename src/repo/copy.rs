@@ -8,12 +8,16 @@
 //!                                  is sent                    bytes kept) index, then snapshot
 //! ```
 //!
-//! Blobs travel as stored (compressed), so nothing is recompressed, but
-//! each is decoded and checked against its id first: a damaged source
-//! never becomes a damaged destination. Per snapshot, the destination gets
-//! packs, then an index file listing them, then the snapshot file (the
-//! source's bytes, so the id stays the same): a copy killed at any point
-//! leaves the destination valid, and a rerun skips what arrived.
+//! Blobs travel compressed, so nothing is recompressed, but each is
+//! decoded and checked against its id first: a damaged source never
+//! becomes a damaged destination. Between plain repositories blobs and
+//! snapshot files are copied as stored, so snapshot ids stay the same;
+//! when either side is encrypted, each blob and snapshot is opened with
+//! the source's key and sealed with the destination's (the snapshot gets a
+//! new id there; its content id stays the same). Per snapshot, the
+//! destination gets packs, then an index file listing them, then the
+//! snapshot: a copy killed at any point leaves the destination valid, and
+//! a rerun skips the snapshots whose content the destination holds.
 
 use std::collections::HashSet;
 
@@ -21,11 +25,12 @@ use serde::Serialize;
 
 use super::backup::PACK_TARGET;
 use super::lock::Lock;
-use super::{pack_key, snapshot_key, RepoError, Repository};
-use crate::format::pack::{Encoding, PackBuilder};
+use super::{pack_key, snapshot_key, ChunkDecoder, RepoError, Repository};
+use crate::format::pack::PackBuilder;
 use crate::format::pack_index::PackRecord;
+use crate::format::sealed::Kind;
 use crate::format::snapshot::Snapshot;
-use crate::id::{ChunkId, IdBuildHasher};
+use crate::id::{ChunkId, IdBuildHasher, SnapshotId};
 
 /// Range reads of the source are at most this long.
 const READ_SPAN: u64 = 16 << 20;
@@ -76,12 +81,15 @@ pub fn copy(
     };
     let (source_index, _) = from.load_index_lenient()?;
     let (mut dest_index, _) = to.load_index_lenient()?;
-    let mut decompressor =
-        zstd::bulk::Decompressor::new().map_err(|e| RepoError::Invalid(e.to_string()))?;
+    let mut decoder = ChunkDecoder::new()?;
+    let mut plain = Vec::new();
+    let as_stored = from.crypto().is_none() && to.crypto().is_none();
+    let present: HashSet<SnapshotId, IdBuildHasher> =
+        to.snapshots()?.iter().map(|s| s.content_id).collect();
     for snap in snapshots {
         let hex = snap.id.to_hex();
         let key = snapshot_key(&snap.id);
-        if to.backend().size(&key).is_ok() {
+        if present.contains(&snap.content_id) {
             report.already_present.push(hex);
             continue;
         }
@@ -146,16 +154,24 @@ pub fn copy(
                     .get(pos..pos + l.stored_len as usize)
                     .ok_or_else(|| corrupt("pack is shorter than its index says".into()))?;
                 pos += l.stored_len as usize;
-                let plain = match l.encoding {
-                    Encoding::Raw => blob.to_vec(),
-                    Encoding::Zstd => decompressor
-                        .decompress(blob, l.raw_len as usize)
-                        .map_err(|e| corrupt(format!("zstd: {e}")))?,
-                };
-                if plain.len() != l.raw_len as usize || ChunkId::of(&plain) != id {
+                let stored = source_index.stored_id(&id);
+                plain.resize(l.raw_len as usize, 0);
+                let content = from
+                    .decode_blob(&stored, l.encoding, blob, &mut plain, &mut decoder)
+                    .map_err(corrupt)?;
+                if content != id {
                     return Err(corrupt("content does not match its id".into()));
                 }
-                builder.add(id, blob, l.raw_len, l.encoding);
+                let dest_id = to.stored_id(&id);
+                if as_stored {
+                    builder.add(dest_id, blob, l.raw_len, l.encoding);
+                } else {
+                    let encoded = from
+                        .unseal_blob(&stored, l.encoding, l.raw_len, blob)
+                        .map_err(corrupt)?;
+                    let sealed = to.seal_blob(&dest_id, l.encoding, l.raw_len, encoded);
+                    builder.add(dest_id, &sealed, l.raw_len, l.encoding);
+                }
                 report.chunks_copied += 1;
                 if builder.len() >= PACK_TARGET {
                     let full = std::mem::take(&mut builder);
@@ -171,7 +187,11 @@ pub fn copy(
             to.write_index(&records)?;
         }
         let bytes = from.backend().get(&key)?;
-        to.backend().put_if_absent(&key, &bytes)?;
+        if as_stored {
+            to.backend().put_if_absent(&key, &bytes)?;
+        } else {
+            to.put_snapshot(from.open_object(Kind::Snapshot, &key, bytes)?)?;
+        }
         report.copied.push(hex);
     }
     drop(lock);
@@ -185,7 +205,7 @@ fn store_pack(
     records: &mut Vec<PackRecord>,
     index: &mut super::index::Index,
 ) -> Result<u64, RepoError> {
-    let (data, id, entries) = builder.finish();
+    let (data, id, entries) = builder.finish_sealed(to.table_seal());
     let len = data.len() as u64;
     to.backend().put_if_absent_vec(&pack_key(&id), data)?;
     index.add_pack(id, &entries);

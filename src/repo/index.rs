@@ -2,8 +2,16 @@
 //!
 //! Memory is about 80 bytes per distinct stored chunk (a 1 TiB repository
 //! of unique data at 1 MiB chunks: about 80 MiB).
+//!
+//! Lookups take a chunk's content hash (what snapshots list and what a
+//! backup computes); in an encrypted repository the index is keyed by the
+//! stored ids of pack tables and index files, and [`Index::contains`] and
+//! [`Index::get`] derive the stored id first.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::crypto::Crypto;
 
 use crate::format::pack::{Encoding, PackEntry};
 use crate::id::{ChunkId, IdBuildHasher, IndexId, PackId};
@@ -26,6 +34,8 @@ pub struct BlobLocation {
 /// Chunk id to blob location, for every listed pack.
 #[derive(Debug, Default)]
 pub struct Index {
+    /// The repository's key, which maps content hashes to stored ids.
+    keyer: Option<Arc<Crypto>>,
     packs: Vec<PackId>,
     pack_numbers: HashMap<PackId, u32, IdBuildHasher>,
     blobs: HashMap<ChunkId, BlobLocation, IdBuildHasher>,
@@ -33,6 +43,22 @@ pub struct Index {
 }
 
 impl Index {
+    /// An empty index of a repository with `keyer` as its key (none: plain).
+    pub fn new(keyer: Option<Arc<Crypto>>) -> Index {
+        Index {
+            keyer,
+            ..Index::default()
+        }
+    }
+
+    /// The id a chunk with content hash `id` is stored under.
+    pub fn stored_id(&self, id: &ChunkId) -> ChunkId {
+        match &self.keyer {
+            Some(k) => k.stored_id(id),
+            None => *id,
+        }
+    }
+
     /// Records that index file `id` was read.
     pub fn add_file(&mut self, id: IndexId) {
         self.files.push(id);
@@ -43,7 +69,8 @@ impl Index {
         &self.files
     }
 
-    /// Adds a pack's blobs; a chunk already known keeps its first location.
+    /// Adds a pack's blobs (entries carry stored ids); a chunk already
+    /// known keeps its first location.
     pub fn add_pack(&mut self, pack: PackId, entries: &[PackEntry]) {
         let number = match self.pack_numbers.get(&pack) {
             Some(n) => *n,
@@ -66,14 +93,19 @@ impl Index {
         }
     }
 
-    /// True when the chunk is stored.
+    /// True when the chunk with content hash `id` is stored.
     pub fn contains(&self, id: &ChunkId) -> bool {
-        self.blobs.contains_key(id)
+        self.blobs.contains_key(&self.stored_id(id))
     }
 
-    /// Where the chunk is.
+    /// Where the chunk with content hash `id` is.
     pub fn get(&self, id: &ChunkId) -> Option<&BlobLocation> {
-        self.blobs.get(id)
+        self.blobs.get(&self.stored_id(id))
+    }
+
+    /// True when a chunk is stored under the stored id `id`.
+    pub fn contains_stored(&self, id: &ChunkId) -> bool {
+        self.blobs.contains_key(id)
     }
 
     /// The id of pack number `n`.
@@ -101,7 +133,7 @@ impl Index {
         self.blobs.is_empty()
     }
 
-    /// Every chunk and where it is.
+    /// Every chunk (by stored id) and where it is.
     pub fn iter(&self) -> impl Iterator<Item = (&ChunkId, &BlobLocation)> {
         self.blobs.iter()
     }

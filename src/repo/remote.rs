@@ -111,7 +111,7 @@ pub fn serve_backup_source(
     let recycler = reader.recycler();
     let (work_tx, work_rx) = bounded::<(u64, Chunk, Vec<ChunkId>)>(threads);
     let (done_tx, done_rx) = bounded::<(u64, Vec<ChunkOutcome>)>(threads * 2);
-    let dedup = Dedup::new(None);
+    let dedup = Dedup::new(None, None);
     let mut bytes_read = 0u64;
     pipeline::scope(&cancel, |s| -> Result<(), SyncError> {
         let cancel = &cancel;
@@ -265,6 +265,7 @@ pub fn run_remote(
     let per_unit = UNIT_SIZE / chunk_size;
     let (unit_tx, unit_rx) = bounded::<Unit>(WINDOW as usize);
     let index = session.index();
+    let repo = session.repo();
     std::thread::scope(|s| {
         let driver = s.spawn(move || -> Result<(Digest, u64), RepoError> {
             let mut prev_ids = PreviousIds::new(session.parent())?;
@@ -295,13 +296,26 @@ pub fn run_remote(
                                     raw_len,
                                     encoding,
                                     payload,
-                                } => ChunkOutcome::New {
-                                    id: ChunkId::from_bytes(id),
-                                    raw_len,
-                                    encoding: Encoding::from_byte(encoding)
-                                        .ok_or(RepoError::Internal("bad encoding"))?,
-                                    blob: check_blob(id, raw_len, encoding, payload)?,
-                                },
+                                } => {
+                                    let blob = check_blob(id, raw_len, encoding, payload)?;
+                                    let id = ChunkId::from_bytes(id);
+                                    let encoding = Encoding::from_byte(encoding)
+                                        .ok_or(RepoError::Internal("bad encoding"))?;
+                                    // The remote side never holds the key:
+                                    // what it sent is sealed here.
+                                    let blob = repo.seal_blob(
+                                        &repo.stored_id(&id),
+                                        encoding,
+                                        raw_len,
+                                        blob,
+                                    );
+                                    ChunkOutcome::New {
+                                        id,
+                                        raw_len,
+                                        encoding,
+                                        blob,
+                                    }
+                                }
                             });
                         }
                         if unit_tx

@@ -25,9 +25,8 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 
 use super::backup::UNIT_SIZE;
 use super::index::Index;
-use super::{pack_key, RepoError, Repository};
+use super::{pack_key, ChunkDecoder, RepoError, Repository};
 use crate::digest::{hash_segment, zero_segment, Digest, ImageHasher, SEGMENT_SIZE};
-use crate::format::pack::Encoding;
 use crate::format::snapshot::Snapshot;
 use crate::id::{ChunkId, IdBuildHasher, PackId};
 use crate::io::output::{Output, OutputKind};
@@ -80,7 +79,7 @@ pub fn fetch_chunks(
     ids: &[(usize, ChunkId)],
     chunk_size: usize,
     out: &mut [u8],
-    decompressor: &mut zstd::bulk::Decompressor<'_>,
+    decoder: &mut ChunkDecoder,
 ) -> Result<(), RepoError> {
     let mut i = 0;
     while i < ids.len() {
@@ -111,8 +110,10 @@ pub fn fetch_chunks(
             let l = index
                 .get(&id)
                 .ok_or(RepoError::MissingChunk { chunk: id })?;
+            // Named as the pack table and `verify` name it (its stored id).
+            let stored = index.stored_id(&id);
             let corrupt = |reason: String| RepoError::CorruptChunk {
-                chunk: id,
+                chunk: stored,
                 pack,
                 reason,
             };
@@ -125,23 +126,10 @@ pub fn fetch_chunks(
             let target = out.get_mut(start..start + raw_len).ok_or_else(|| {
                 corrupt(format!("stored length {raw_len} does not fit the image"))
             })?;
-            match l.encoding {
-                Encoding::Raw => {
-                    if blob.len() != raw_len {
-                        return Err(corrupt("raw blob has the wrong length".into()));
-                    }
-                    target.copy_from_slice(blob);
-                }
-                Encoding::Zstd => {
-                    let n = decompressor
-                        .decompress_to_buffer(blob, target)
-                        .map_err(|e| corrupt(format!("zstd: {e}")))?;
-                    if n != raw_len {
-                        return Err(corrupt("decompressed length differs".into()));
-                    }
-                }
-            }
-            if ChunkId::of(target) != id {
+            let content = repo
+                .decode_blob(&stored, l.encoding, blob, target, decoder)
+                .map_err(corrupt)?;
+            if content != id {
                 return Err(corrupt("content does not match its id".into()));
             }
         }
@@ -336,9 +324,12 @@ fn worker(
     done: Sender<Result<Done, RepoError>>,
     cancel: &Cancel,
 ) {
-    let Ok(mut decompressor) = zstd::bulk::Decompressor::new() else {
-        let _ = cancel.send(&done, Err(RepoError::Internal("zstd setup failed")));
-        return;
+    let mut decoder = match ChunkDecoder::new() {
+        Ok(d) => d,
+        Err(e) => {
+            let _ = cancel.send(&done, Err(e));
+            return;
+        }
     };
     while let Ok(job) = cancel.recv(&jobs) {
         let result = (|| {
@@ -380,7 +371,7 @@ fn worker(
                     wanted.push((i, *id));
                 }
             }
-            fetch_chunks(repo, index, &wanted, chunk_size, data, &mut decompressor)?;
+            fetch_chunks(repo, index, &wanted, chunk_size, data, &mut decoder)?;
             let segments = unit_segments(data, &job.ids, chunk_size);
             let written = match (&placing, buf) {
                 (Some(p), Some(buf)) => {
@@ -636,9 +627,12 @@ fn in_place_worker(
         done,
         cancel,
     } = links;
-    let Ok(mut decompressor) = zstd::bulk::Decompressor::new() else {
-        let _ = cancel.send(&done, Err(RepoError::Internal("zstd setup failed")));
-        return;
+    let mut decoder = match ChunkDecoder::new() {
+        Ok(d) => d,
+        Err(e) => {
+            let _ = cancel.send(&done, Err(e));
+            return;
+        }
     };
     while let Ok((job, mut chunk)) = cancel.recv(&work) {
         let result = (|| {
@@ -668,7 +662,7 @@ fn in_place_worker(
                 }
             }
             if !wanted.is_empty() {
-                fetch_chunks(repo, index, &wanted, chunk_size, data, &mut decompressor)?;
+                fetch_chunks(repo, index, &wanted, chunk_size, data, &mut decoder)?;
                 fetched = wanted.len() as u64;
                 for &(i, _) in &wanted {
                     let end = ((i + 1) * chunk_size).min(data.len());

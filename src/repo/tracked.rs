@@ -141,7 +141,7 @@ impl BackupSession {
         let (unit_tx, unit_rx) = bounded::<Unit>(threads * 2);
         let (work_tx, work_rx) = bounded::<PlannedUnit>(threads);
         let (read_tx, read_rx) = bounded::<u64>(threads * 2);
-        let dedup = Dedup::new(Some(self.index()));
+        let dedup = Dedup::new(Some(self.index()), self.repo().crypto().map(|c| &**c));
         let failure: std::sync::Mutex<Option<IoError>> = std::sync::Mutex::new(None);
         let failure = &failure;
         let input = &input;

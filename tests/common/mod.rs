@@ -14,10 +14,29 @@ pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_diskdelta"))
 }
 
-/// A `Command` for the binary under test, with a quiet environment.
+/// The password of the encrypted repositories tests create.
+pub const TEST_PASSWORD: &str = "diskdelta-tests";
+
+/// A `Command` for the binary under test, with a quiet environment: new
+/// repositories are encrypted (the default) under [`TEST_PASSWORD`], with
+/// the cheapest key derivation so that every command does not spend half
+/// a second on it.
 pub fn diskdelta() -> Command {
     let mut cmd = Command::new(bin());
-    cmd.env_remove("DISKDELTA_REPO");
+    for var in [
+        "DISKDELTA_REPO",
+        "DISKDELTA_PASSWORD_FILE",
+        "DISKDELTA_PASSWORD_COMMAND",
+        "DISKDELTA_FROM_PASSWORD_FILE",
+        "DISKDELTA_FROM_PASSWORD_COMMAND",
+        "DISKDELTA_NEW_PASSWORD",
+        "DISKDELTA_NEW_PASSWORD_FILE",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.env("DISKDELTA_PASSWORD", TEST_PASSWORD);
+    cmd.env("DISKDELTA_FROM_PASSWORD", TEST_PASSWORD);
+    cmd.env("DISKDELTA_TESTONLY_WEAKEN_KDF", "1");
     cmd
 }
 
@@ -136,5 +155,37 @@ pub fn run_within(cmd: &mut Command, seconds: u64) -> Output {
             }
             None => std::thread::sleep(std::time::Duration::from_millis(10)),
         }
+    }
+}
+
+/// A command's stderr as text.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Every regular file under `dir`, recursively, sorted.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for name in entries(&d) {
+            let p = d.join(name);
+            if p.is_dir() {
+                todo.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Copies the files under `from` to the same places under `to`.
+pub fn copy_tree(from: &Path, to: &Path) {
+    for file in files_under(from) {
+        let target = to.join(file.strip_prefix(from).expect("under the source"));
+        std::fs::create_dir_all(target.parent().expect("a parent")).expect("create directory");
+        std::fs::copy(&file, &target).expect("copy file");
     }
 }

@@ -34,6 +34,10 @@ class Tool:
             self.env.pop(var, None)
         # A stalled peer is given up after this many seconds.
         self.env["DISKDELTA_TIMEOUT"] = str(stall_timeout)
+        # Repositories are encrypted (the default), with the cheapest key
+        # derivation: the faults are in the data, not in the password.
+        self.env["DISKDELTA_PASSWORD"] = "diskdelta-faults"
+        self.env["DISKDELTA_TESTONLY_WEAKEN_KDF"] = "1"
 
     def __call__(self, *args, timeout=None, env=None, **kw):
         full_env = dict(self.env, **(env or {}))

@@ -49,6 +49,9 @@ pub enum Command {
     Unlock(UnlockArgs),
     /// Copy snapshots from another repository, sending only missing chunks.
     Copy(CopyArgs),
+    /// Manage the passwords (key files) of an encrypted repository.
+    #[command(subcommand)]
+    Key(KeyCommand),
     /// Turn a diskdump 0.1.5 store into snapshots.
     ImportDiskdump(ImportDiskdumpArgs),
     /// Serve one end of a sync on stdin/stdout (started by `sync` over ssh).
@@ -246,6 +249,23 @@ pub struct RepoArg {
         env = "DISKDELTA_REPO"
     )]
     pub repo: Option<PathBuf>,
+    /// Read the password of an encrypted repository from FILE (its first
+    /// line). Otherwise DISKDELTA_PASSWORD, else a prompt on the terminal.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "DISKDELTA_PASSWORD_FILE",
+        conflicts_with = "password_command"
+    )]
+    pub password_file: Option<PathBuf>,
+    /// Run CMD (through `sh -c`) and use the first line it prints as the
+    /// password.
+    #[arg(long, value_name = "CMD", env = "DISKDELTA_PASSWORD_COMMAND")]
+    pub password_command: Option<String>,
+    /// The variable holding the password itself (DISKDELTA_PASSWORD, or
+    /// DISKDELTA_FROM_PASSWORD for `copy --from`).
+    #[arg(skip)]
+    pub password_env: Option<&'static str>,
 }
 
 #[derive(Debug, Args)]
@@ -255,6 +275,9 @@ pub struct InitArgs {
     /// Chunk size, a power of two from 16K to 4M (default 1M).
     #[arg(long, value_name = "SIZE")]
     pub chunk_size: Option<String>,
+    /// Store data unencrypted (the default is encrypted, with a password).
+    #[arg(long)]
+    pub no_encryption: bool,
     #[command(flatten)]
     pub common: Common,
 }
@@ -385,6 +408,18 @@ pub struct CopyArgs {
     /// The repository to copy from (a directory or s3:...).
     #[arg(long, value_name = "LOCATION", env = "DISKDELTA_FROM_REPO")]
     pub from: PathBuf,
+    /// Password file of the --from repository (else DISKDELTA_FROM_PASSWORD,
+    /// else a prompt).
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "DISKDELTA_FROM_PASSWORD_FILE",
+        conflicts_with = "from_password_command"
+    )]
+    pub from_password_file: Option<PathBuf>,
+    /// Command printing the password of the --from repository.
+    #[arg(long, value_name = "CMD", env = "DISKDELTA_FROM_PASSWORD_COMMAND")]
+    pub from_password_command: Option<String>,
     /// The repository to copy into.
     #[command(flatten)]
     pub repo: RepoArg,
@@ -438,6 +473,48 @@ pub struct UnlockArgs {
 pub struct ImportDiskdumpArgs {
     /// The diskdump directory (the one holding `.blockstore/`).
     pub dir: PathBuf,
+    #[command(flatten)]
+    pub repo: RepoArg,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// List the key files (one per password).
+    List(KeyArgs),
+    /// Add a password.
+    Add(KeyNewArgs),
+    /// Remove a password (not the one given, not the last one).
+    Remove(KeyRemoveArgs),
+    /// Change the password given: add the new one, remove the old one.
+    Passwd(KeyNewArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct KeyArgs {
+    #[command(flatten)]
+    pub repo: RepoArg,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+#[derive(Debug, Args)]
+pub struct KeyNewArgs {
+    #[command(flatten)]
+    pub repo: RepoArg,
+    /// Read the new password from FILE (its first line); else
+    /// DISKDELTA_NEW_PASSWORD, else a prompt (twice) on the terminal.
+    #[arg(long, value_name = "FILE", env = "DISKDELTA_NEW_PASSWORD_FILE")]
+    pub new_password_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+#[derive(Debug, Args)]
+pub struct KeyRemoveArgs {
+    /// The key's id or a unique prefix of it (see `key list`).
+    pub id: String,
     #[command(flatten)]
     pub repo: RepoArg,
     #[command(flatten)]

@@ -11,6 +11,7 @@ mod gc;
 mod hash;
 mod info;
 mod init;
+mod key;
 mod restore;
 mod snapshots;
 mod status;
@@ -47,6 +48,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Forget(a) => forget::run(a),
         Command::Unlock(a) => unlock::run(a),
         Command::Copy(a) => copy::run(a),
+        Command::Key(k) => key::run(k),
         Command::ImportDiskdump(a) => backup::import_diskdump(a),
         Command::Serve => Ok(diskdelta::sync::connection::serve_stdio()?),
     }
@@ -71,18 +73,27 @@ pub fn open_repo(
     create: bool,
 ) -> anyhow::Result<diskdelta::repo::Repository> {
     use diskdelta::repo::location::{self, RepoLocation};
-    use diskdelta::repo::{RepoError, Repository};
+    use diskdelta::repo::{InitOptions, RepoError, Repository};
     match repo_location(arg)? {
         RepoLocation::Local(path) => {
             // Only the embedded default is created implicitly; a path the
             // user typed must exist (a typo must not start a new empty
             // repository).
             let create = create && arg.repo.is_none();
-            Ok(Repository::open_local(&path, create)?)
+            let where_ = path.display().to_string();
+            let password = |new: bool| crate::password::repository_password(arg, &where_, new);
+            let options = InitOptions::default();
+            Ok(Repository::open_local(
+                &path,
+                create.then_some(&options),
+                &password,
+            )?)
         }
         loc @ RepoLocation::S3(_) => {
             let opened = location::open_backend(&loc)?;
-            match Repository::open(opened.backend.clone()) {
+            let where_ = opened.backend.location();
+            let password = |new: bool| crate::password::repository_password(arg, &where_, new);
+            match Repository::open_with(opened.backend.clone(), &password) {
                 Err(RepoError::Missing(where_)) => {
                     if let Some(s3) = &opened.s3 {
                         if !s3.bucket_exists()? {

@@ -10,6 +10,7 @@
 
 mod cli;
 mod cmd;
+mod password;
 mod progress;
 mod report;
 

@@ -4,6 +4,14 @@
 Usage (from the repository root, after `cargo build`, as root):
 
     python3 tests/golden/repo/make.py [path/to/diskdelta]
+    python3 tests/golden/repo/make.py --encrypted [path/to/diskdelta]
+
+The second form makes the golden encrypted repository (format version 2)
+in `tests/golden/repo-encrypted/repo` from the same two images, with the
+password `golden-password` and the cheapest Argon2 parameters
+(`DISKDELTA_TESTONLY_WEAKEN_KDF=1`, so the test opens it at once). Its
+master key, nonces and so every byte are random: it can never be made
+again, which is why it is kept.
 
 The default executable is `target/debug/diskdelta`. The two images are made
 here from SHA-256 in counter mode and text; the repository under `repo/` is
@@ -55,29 +63,48 @@ def make_images():
     return {"one.img": one, "two.img": two}
 
 
-def run(exe, *args):
+PASSWORD = "golden-password"
+
+
+def run(exe, cwd, *args):
     cmd = ["unshare", "--uts", "sh", "-c", 'hostname golden && exec "$@"', "sh", exe, *args]
-    subprocess.run(cmd, cwd=HERE, check=True)
+    env = dict(os.environ, DISKDELTA_PASSWORD=PASSWORD, DISKDELTA_TESTONLY_WEAKEN_KDF="1")
+    subprocess.run(cmd, cwd=cwd, check=True, env=env)
 
 
 def main():
-    exe = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "target/debug/diskdelta"))
+    args = sys.argv[1:]
+    encrypted = "--encrypted" in args
+    args = [a for a in args if a != "--encrypted"]
+    exe = os.path.abspath(args[0] if args else os.path.join(ROOT, "target/debug/diskdelta"))
     for name, data in make_images().items():
         with open(os.path.join(HERE, name), "wb") as f:
             f.write(data)
-    repo = os.path.join(HERE, "repo")
+    out = os.path.join(os.path.dirname(HERE), "repo-encrypted") if encrypted else HERE
+    os.makedirs(out, exist_ok=True)
+    repo = os.path.join(out, "repo")
     shutil.rmtree(repo, ignore_errors=True)
-    run(exe, "init", "-q", "-r", "repo", "--chunk-size", "16K")
-    run(exe, "backup", "-q", "-r", "repo", "one.img", "--name", "golden",
+    # The snapshots record the source as given: "one.img", "two.img".
+    if encrypted:
+        for name in ("one.img", "two.img"):
+            shutil.copyfile(os.path.join(HERE, name), os.path.join(out, name))
+    images = ["one.img", "two.img"]
+    # Format version 1 is the plain repository.
+    run(exe, out, "init", "-q", "-r", "repo", "--chunk-size", "16K",
+        *([] if encrypted else ["--no-encryption"]))
+    run(exe, out, "backup", "-q", "-r", "repo", images[0], "--name", "golden",
         "--tag", "golden", "--tag", "v1", "--time", "2026-01-02T03:04:05Z")
-    run(exe, "backup", "-q", "-r", "repo", "two.img", "--name", "golden",
+    run(exe, out, "backup", "-q", "-r", "repo", images[1], "--name", "golden",
         "--time", "2026-01-03")
+    if encrypted:
+        for name in images:
+            os.remove(os.path.join(out, name))
     # Empty directories are not kept by git.
     shutil.rmtree(os.path.join(repo, "locks"), ignore_errors=True)
     for dirpath, _, files in sorted(os.walk(repo)):
         for f in sorted(files):
             p = os.path.join(dirpath, f)
-            print("%7d  %s" % (os.path.getsize(p), os.path.relpath(p, HERE)))
+            print("%7d  %s" % (os.path.getsize(p), os.path.relpath(p, out)))
 
 
 if __name__ == "__main__":

@@ -38,6 +38,9 @@ pub fn run(args: CopyArgs) -> anyhow::Result<()> {
     let from = super::open_repo(
         &RepoArg {
             repo: Some(args.from.clone()),
+            password_file: args.from_password_file.clone(),
+            password_command: args.from_password_command.clone(),
+            password_env: Some("DISKDELTA_FROM_PASSWORD"),
         },
         false,
     )?;

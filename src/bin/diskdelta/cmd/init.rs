@@ -14,6 +14,7 @@ struct InitReport {
     repository: String,
     id: String,
     chunk_size: u32,
+    encrypted: bool,
 }
 
 pub fn run(args: InitArgs) -> anyhow::Result<()> {
@@ -40,13 +41,24 @@ pub fn run(args: InitArgs) -> anyhow::Result<()> {
             s3.create_bucket()?;
         }
     }
-    let repo = Repository::init(opened.backend.clone(), chunk_size)?;
     let where_ = opened.backend.location();
+    let options = repo::InitOptions {
+        chunk_size,
+        encrypt: !args.no_encryption,
+        kdf: repo::key::KdfCost::from_env(),
+    };
+    let password = |new: bool| crate::password::repository_password(&args.repo, &where_, new);
+    let repo = Repository::init_with(opened.backend.clone(), &options, &password)?;
     report::summary(
         &args.common,
         false,
         &format!(
-            "created repository {} (chunk size {})",
+            "created {} repository {} (chunk size {})",
+            if repo.config().is_encrypted() {
+                "encrypted"
+            } else {
+                "unencrypted"
+            },
             where_,
             diskdelta::units::human_bytes(u64::from(chunk_size))
         ),
@@ -54,6 +66,7 @@ pub fn run(args: InitArgs) -> anyhow::Result<()> {
             repository: where_.clone(),
             id: repo.config().id.clone(),
             chunk_size,
+            encrypted: repo.config().is_encrypted(),
         },
     )
 }
