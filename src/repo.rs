@@ -429,7 +429,8 @@ pub fn check_chunk_size(size: u64) -> Result<u32, RepoError> {
 
 /// What decoding stored blobs needs, reused from one blob to the next.
 pub struct ChunkDecoder {
-    decompressor: zstd::bulk::Decompressor<'static>,
+    /// The zstd context.
+    pub decompressor: zstd::bulk::Decompressor<'static>,
     scratch: Vec<u8>,
 }
 
@@ -777,14 +778,35 @@ impl Repository {
             decompressor,
             scratch,
         } = decoder;
-        let encoded: &[u8] = match &self.crypto {
-            Some(c) => {
-                c.open_blob(stored_id, encoding as u8, raw_len as u32, blob, scratch)
-                    .map_err(|e| e.to_string())?;
-                scratch
-            }
-            None => blob,
+        let Some(c) = &self.crypto else {
+            return self.decode_encoded(stored_id, encoding, blob, target, decompressor);
         };
+        if encoding == pack::Encoding::Raw {
+            // Opened where it belongs: no copy through the scratch buffer.
+            c.open_blob_to(stored_id, encoding as u8, raw_len as u32, blob, target)
+                .map_err(|e| e.to_string())?;
+            return self.check_content(stored_id, target);
+        }
+        c.open_blob(stored_id, encoding as u8, raw_len as u32, blob, scratch)
+            .map_err(|e| e.to_string())?;
+        self.decode_encoded(stored_id, encoding, scratch, target, decompressor)
+    }
+
+    /// Decodes an encoded chunk (a raw chunk or a zstd frame, already
+    /// opened) into `target` and checks it against the stored id; returns
+    /// the chunk's content hash.
+    ///
+    /// # Errors
+    /// A description of what is wrong (for [`RepoError::CorruptChunk`]).
+    pub fn decode_encoded(
+        &self,
+        stored_id: &ChunkId,
+        encoding: pack::Encoding,
+        encoded: &[u8],
+        target: &mut [u8],
+        decompressor: &mut zstd::bulk::Decompressor<'static>,
+    ) -> Result<ChunkId, String> {
+        let raw_len = target.len();
         match encoding {
             pack::Encoding::Raw => {
                 if encoded.len() != raw_len {
@@ -801,7 +823,12 @@ impl Repository {
                 }
             }
         }
-        let content = ChunkId::of(target);
+        self.check_content(stored_id, target)
+    }
+
+    /// The content hash of `plain` when it is the chunk stored as `stored_id`.
+    fn check_content(&self, stored_id: &ChunkId, plain: &[u8]) -> Result<ChunkId, String> {
+        let content = ChunkId::of(plain);
         if self.stored_id(&content) != *stored_id {
             return Err("content does not match its id".into());
         }

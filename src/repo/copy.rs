@@ -156,8 +156,24 @@ pub fn copy(
                 pos += l.stored_len as usize;
                 let stored = source_index.stored_id(&id);
                 plain.resize(l.raw_len as usize, 0);
+                // Opened once (when sealed), checked, and sealed again for
+                // the destination unless both sides store it the same way.
+                let encoded = if as_stored {
+                    std::borrow::Cow::Borrowed(blob)
+                } else {
+                    std::borrow::Cow::Owned(
+                        from.unseal_blob(&stored, l.encoding, l.raw_len, blob)
+                            .map_err(corrupt)?,
+                    )
+                };
                 let content = from
-                    .decode_blob(&stored, l.encoding, blob, &mut plain, &mut decoder)
+                    .decode_encoded(
+                        &stored,
+                        l.encoding,
+                        &encoded,
+                        &mut plain,
+                        &mut decoder.decompressor,
+                    )
                     .map_err(corrupt)?;
                 if content != id {
                     return Err(corrupt("content does not match its id".into()));
@@ -166,10 +182,8 @@ pub fn copy(
                 if as_stored {
                     builder.add(dest_id, blob, l.raw_len, l.encoding);
                 } else {
-                    let encoded = from
-                        .unseal_blob(&stored, l.encoding, l.raw_len, blob)
-                        .map_err(corrupt)?;
-                    let sealed = to.seal_blob(&dest_id, l.encoding, l.raw_len, encoded);
+                    let sealed =
+                        to.seal_blob(&dest_id, l.encoding, l.raw_len, encoded.into_owned());
                     builder.add(dest_id, &sealed, l.raw_len, l.encoding);
                 }
                 report.chunks_copied += 1;

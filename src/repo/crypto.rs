@@ -130,7 +130,29 @@ impl Crypto {
         out
     }
 
-    /// The plaintext of `ciphertext || tag` under `nonce` and `ad`.
+    /// The plaintext of `ciphertext || tag` under `nonce` and `ad`, into
+    /// `out`, which must be the ciphertext's length.
+    fn open_to(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        ad: &[u8],
+        sealed: &[u8],
+        out: &mut [u8],
+    ) -> Result<(), ()> {
+        let Some(split) = sealed.len().checked_sub(TAG_LEN) else {
+            return Err(());
+        };
+        let (ciphertext, tag) = sealed.split_at(split);
+        if out.len() != ciphertext.len() {
+            return Err(());
+        }
+        out.copy_from_slice(ciphertext);
+        self.cipher
+            .decrypt_in_place_detached(XNonce::from_slice(nonce), ad, out, Tag::from_slice(tag))
+            .map_err(|_| out.fill(0))
+    }
+
+    /// [`Self::open_to`] into a vector sized to fit.
     fn open_into(
         &self,
         nonce: &[u8; NONCE_LEN],
@@ -138,17 +160,9 @@ impl Crypto {
         sealed: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<(), ()> {
-        let Some(split) = sealed.len().checked_sub(TAG_LEN) else {
-            return Err(());
-        };
-        let (ciphertext, tag) = sealed.split_at(split);
-        out.clear();
-        out.extend_from_slice(ciphertext);
-        self.cipher
-            .decrypt_in_place_detached(XNonce::from_slice(nonce), ad, out, Tag::from_slice(tag))
-            .map_err(|_| {
-                out.clear();
-            })
+        out.resize(sealed.len().saturating_sub(TAG_LEN), 0);
+        self.open_to(nonce, ad, sealed, out)
+            .map_err(|_| out.clear())
     }
 
     /// A chunk's stored blob: `encoded` (its zstd frame or raw bytes)
@@ -179,6 +193,25 @@ impl Crypto {
         let (nonce, sealed) = sealed::split(blob)?;
         let ad = sealed::blob_ad(stored_id.as_bytes(), encoding, raw_len);
         self.open_into(nonce, &ad, sealed, out)
+            .map_err(|_| CryptoError::Authentication("chunk"))
+    }
+
+    /// [`Self::open_blob`] straight into `out`, which must be the encoded
+    /// chunk's length (a raw chunk opens into its place in an image).
+    ///
+    /// # Errors
+    /// As [`Self::open_blob`], and a blob of another length.
+    pub fn open_blob_to(
+        &self,
+        stored_id: &ChunkId,
+        encoding: u8,
+        raw_len: u32,
+        blob: &[u8],
+        out: &mut [u8],
+    ) -> Result<(), CryptoError> {
+        let (nonce, sealed) = sealed::split(blob)?;
+        let ad = sealed::blob_ad(stored_id.as_bytes(), encoding, raw_len);
+        self.open_to(nonce, &ad, sealed, out)
             .map_err(|_| CryptoError::Authentication("chunk"))
     }
 

@@ -148,7 +148,7 @@ fn storage_sees_no_plaintext_no_chunk_ids_and_no_names() {
     assert_eq!(config["version"], 2);
     assert_eq!(config["encryption"]["cipher"], "xchacha20-poly1305");
     let data = image(12, 1);
-    let summary = repo.backend_backup(&data);
+    let summary = repo.backup(&data, "secret-vm");
     assert_eq!(summary["new_chunks"], 8, "{summary}");
     let objects = repo.objects();
     assert!(objects.keys().any(|k| k.starts_with("keys/")));
@@ -183,12 +183,6 @@ fn storage_sees_no_plaintext_no_chunk_ids_and_no_names() {
     assert_eq!(v["chunks_read"], 8);
 }
 
-impl Repo {
-    fn backend_backup(&self, data: &[u8]) -> Value {
-        self.backup(data, "secret-vm")
-    }
-}
-
 #[test]
 fn a_plain_repository_stores_plaintext_and_says_what_it_is() {
     // The control for the test above: the same checks find the data in a
@@ -221,7 +215,7 @@ fn a_wrong_or_missing_password_is_one_line_and_writes_nothing() {
     repo.backup(&data, "vm");
     let before = repo.objects();
     let file = common::write_file(repo.dir.path(), "new.img", &image(6, 4));
-    for (var, value, expect) in [
+    for (password, code, expect) in [
         (Some("wrong password"), 1, "wrong password for"),
         (None, 1, "is encrypted: give its password"),
     ] {
@@ -233,14 +227,14 @@ fn a_wrong_or_missing_password_is_one_line_and_writes_nothing() {
             vec!["verify"],
         ] {
             let mut c = repo.cmd(&args);
-            match var {
+            match password {
                 Some(p) => c.env("DISKDELTA_PASSWORD", p),
                 None => c.env_remove("DISKDELTA_PASSWORD"),
             };
             let out = c.output().expect("run");
             assert_eq!(
                 out.status.code(),
-                Some(value),
+                Some(code),
                 "{args:?}: {}",
                 common::stderr(&out)
             );

@@ -591,7 +591,7 @@ fn copy_refuses_a_damaged_source_chunk_and_writes_no_snapshot() {
             .arg(&p),
     );
     // Flip a byte inside the first blob of the (only) pack.
-    let pack = walk_files(&local.join("data"))
+    let pack = common::files_under(&local.join("data"))
         .into_iter()
         .next()
         .expect("a pack");
@@ -608,23 +608,6 @@ fn copy_refuses_a_damaged_source_chunk_and_writes_no_snapshot() {
         dest.snapshots().is_empty(),
         "a snapshot with a damaged chunk was copied"
     );
-}
-
-fn walk_files(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    let mut dirs = vec![dir.to_path_buf()];
-    while let Some(d) = dirs.pop() {
-        for e in std::fs::read_dir(&d).expect("read dir") {
-            let p = e.expect("entry").path();
-            if p.is_dir() {
-                dirs.push(p);
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out.sort();
-    out
 }
 
 #[test]
