@@ -1011,7 +1011,7 @@ def _print_targets(targets):
             value = None if v is None else f"{v / 1e9:.2f} GB/s"
             if t.get("with_sync"):
                 value += f", {t['with_sync'] / 1e9:.2f} GB/s with the sync after it"
-        elif t["name"] == "peak RSS":
+        elif t["name"].endswith("peak RSS"):
             value = None if v is None else f"{v / 1024:.0f} MiB"
         else:
             value = _x(v, ".2f" if "speed" in t["name"] or "backup" in t["name"] else ".3f")

@@ -43,7 +43,7 @@ HOST = "127.0.0.1"
 SERVERS_SCRIPT = os.path.join(common.REPO, "scripts", "s3-servers")
 TOOLS_DIR = os.path.join(common.REPO, "target", "tools")
 SERVERS = ["s3rver", "moto"]
-TOOL_NAMES = ["diskdelta", "restic"]
+TOOL_NAMES = ["diskdelta", "diskdelta-encrypted", "restic"]
 SCHEMES = ["auto", "http", "https"]
 
 common.APT_PACKAGES.update({"openssl": "openssl"})
@@ -62,7 +62,8 @@ RESTORE_TARGET = 2.0  # restore at least 2x as fast as restic's
 RSS_TARGET_MIB = 256  # diskdelta's peak RSS over the backups and the restore
 
 # (bucket, prefix) per tool: `s3:ENDPOINT/BUCKET/PREFIX`.
-BUCKETS = {"diskdelta": ("dd-bench", "repo"), "restic": ("restic-bench", "")}
+BUCKETS = {"diskdelta": ("dd-bench", "repo"), "diskdelta-encrypted": ("dd-bench", "encrypted"),
+           "restic": ("restic-bench", "")}
 STEPS = [
     ("backup1", "base.img", "first backup into an empty bucket"),
     ("backup2", "new.img", "~2% of 4 KiB blocks rewritten (64 KiB clusters)"),
@@ -425,15 +426,20 @@ def _tools(server):
     def with_creds(env):
         return lambda c: {**env(c), **creds}
 
-    dd, rs = peers["diskdelta"], peers["restic"]
+    dd, rs, en = peers["diskdelta"], peers["restic"], repo.ENCRYPTED
     return [
         dataclasses.replace(
             dd, env=with_creds(dd.env), restore_null=None,
             config="env AWS_ACCESS_KEY_ID=... AWS_SECRET_ACCESS_KEY=... [SSL_CERT_FILE=CA]; "
-            "init -q -r "
+            "init -q --no-encryption -r "
             "s3:ENDPOINT/dd-bench/repo; backup SRC -r LOC --name disk --json; restore disk "
             "-r LOC -o OUT --json (defaults: 1 MiB chunks, 4 uploads in flight, region "
             "us-east-1, path-style for an IP endpoint)",
+        ),
+        dataclasses.replace(
+            en, env=with_creds(en.env), restore_null=None,
+            config="as diskdelta, into s3:ENDPOINT/dd-bench/encrypted, encrypted (init's "
+            "default; DISKDELTA_PASSWORD, default Argon2id cost: one unlock per command)",
         ),
         dataclasses.replace(
             rs, env=with_creds(rs.env),
@@ -583,12 +589,13 @@ def _phase(results, name, key):
     return r.get("phases", {}).get(key) if r.get("status") == "ok" else None
 
 
-def _ratios(results):
-    """restic / diskdelta per timed step: seconds (> 1: diskdelta faster),
-    requests and uploaded bytes (> 1: diskdelta needed fewer)."""
+def _ratios(results, name="diskdelta"):
+    """restic / diskdelta (or its encrypted variant) per timed step: seconds
+    (> 1: diskdelta faster), requests and uploaded bytes (> 1: diskdelta
+    needed fewer)."""
     out = {}
     for key in TIMED:
-        dd, rs = _phase(results, "diskdelta", key), _phase(results, "restic", key)
+        dd, rs = _phase(results, name, key), _phase(results, "restic", key)
         if not dd or not rs:
             continue
         out[key] = {
@@ -599,21 +606,27 @@ def _ratios(results):
 
 
 def _targets(results):
-    if results.get("diskdelta", {}).get("status") != "ok":
+    return _targets_of(results, "diskdelta", "") + _targets_of(
+        results, "diskdelta-encrypted", "encrypted: "
+    )
+
+
+def _targets_of(results, name, label):
+    if results.get(name, {}).get("status") != "ok":
         return []
-    ratios = _ratios(results)
+    ratios = _ratios(results, name)
     out = []
 
     def target(name, value, text, met):
-        out.append({"name": name, "value": value, "target": text,
+        out.append({"name": label + name, "value": value, "target": text,
                     "met": None if value is None else met(value)})
 
-    for key, name, goal in (("backup1", "first backup vs restic", FIRST_TARGET),
+    for key, what, goal in (("backup1", "first backup vs restic", FIRST_TARGET),
                             ("backup2", "incremental backup vs restic", INCREMENTAL_TARGET),
                             ("restore", "restore speed vs restic", RESTORE_TARGET)):
-        target(name, ratios.get(key, {}).get("seconds"), f">= {goal:g}x faster",
+        target(what, ratios.get(key, {}).get("seconds"), f">= {goal:g}x faster",
                lambda v, goal=goal: v >= goal)
-    phases = results["diskdelta"]["phases"]
+    phases = results[name]["phases"]
     rss = [phases[k]["max_rss_kib"] for k in TIMED if phases.get(k, {}).get("max_rss_kib")]
     target("peak RSS", max(rss) if rss else None, f"<= {RSS_TARGET_MIB} MiB (backups and restore)",
            lambda v: v <= RSS_TARGET_MIB * 1024)

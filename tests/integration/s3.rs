@@ -669,3 +669,65 @@ fn gc_aborts_multipart_uploads_of_killed_writers() {
     assert!(backend.get(key).expect_err("no object").is_not_found());
     repo.verify_ok();
 }
+
+#[test]
+fn remote_and_change_tracked_backups_go_to_s3() {
+    let server = S3Server::start(Kind::Moto);
+    let repo = S3Repo::init(&server, "fleet", "r");
+    let one = image(6 * MIB, 41);
+    let two = image(5 * MIB, 42);
+    let p1 = repo.file("one.img", &one);
+    let p2 = repo.file("two.img", &two);
+
+    // Two remote sources at once, read over ssh by `diskdelta serve`.
+    if let Some(sshd) =
+        crate::common::sshd::Sshd::start("remote_and_change_tracked_backups_go_to_s3")
+    {
+        let remote = |p: &Path| format!("{}:{}", sshd.destination(), p.display());
+        let out = common::run_ok(
+            repo.cmd(&[
+                "backup",
+                "--json",
+                "-e",
+                &sshd.ssh_command(),
+                "--remote-path",
+            ])
+            .arg(common::bin())
+            .arg(remote(&p1))
+            .args(["--name", "one"])
+            .arg(remote(&p2))
+            .args(["--name", "two"]),
+        );
+        let v = json(&out.stdout);
+        let list = v.as_array().expect("one result per source");
+        assert_eq!(list.len(), 2, "{v}");
+        for r in list {
+            assert!(
+                r["summary"]["bytes_sent"].as_u64().expect("sent") > 0,
+                "{r}"
+            );
+        }
+        repo.assert_restores("one", &one);
+        repo.assert_restores("two", &two);
+    }
+
+    // A change-tracked backup: only the listed ranges are read, the rest of
+    // the chunks keep their ids from the previous snapshot.
+    let s1 = repo.backup(&p1, "tracked");
+    assert_eq!(s1["size"], one.len() as u64, "{s1}");
+    let mut changed = one.clone();
+    changed[3 * MIB + 100..3 * MIB + 5000].copy_from_slice(&common::pseudo_random(4900, 43));
+    std::fs::write(&p1, &changed).expect("rewrite image");
+    let ranges = repo.file("ranges", format!("{} 4900\n", 3 * MIB + 100).as_bytes());
+    let out = common::run_ok(
+        repo.cmd(&["backup", "--json", "--name", "tracked", "--changed-ranges"])
+            .arg(&ranges)
+            .arg(&p1),
+    );
+    let s2 = json(&out.stdout)[0]["summary"].clone();
+    assert_eq!(s2["change_tracking"]["used"], true, "{s2}");
+    assert_eq!(s2["bytes_read"], MIB as u64, "one chunk read: {s2}");
+    assert_eq!(s2["new_chunks"], 1, "{s2}");
+    repo.assert_restores("tracked", &changed);
+    repo.verify_ok();
+}
