@@ -132,6 +132,17 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     fn upload_concurrency(&self) -> usize {
         1
     }
+    /// Bytes of the image a restore handles as one unit (a multiple of
+    /// 4 MiB): each unit's blobs that lie back to back in a pack are read
+    /// with one request.
+    fn restore_unit(&self) -> usize {
+        crate::repo::backup::UNIT_SIZE
+    }
+    /// Bytes between two blobs of a pack that a restore reads through
+    /// rather than making a second request.
+    fn read_gap(&self) -> u64 {
+        0
+    }
     /// Removes what writers killed in the middle of a put left behind, if
     /// older than `age`; returns how many. Only called under the exclusive
     /// lock (by gc). The default, for stores where a put leaves nothing

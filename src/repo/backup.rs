@@ -372,7 +372,9 @@ impl BackupSession {
         result: impl FnOnce() -> Result<(u64, Option<Digest>, u64, u64), RepoError>,
         digest_optional: bool,
     ) -> Result<BackupSummary, RepoError> {
-        let (pack_tx, pack_rx) = bounded::<PackBuilder>(1);
+        // Handed over, not queued: every pack in flight is held whole, so
+        // memory is the uploaders' packs, the one being filled and a spare.
+        let (pack_tx, pack_rx) = bounded::<PackBuilder>(0);
         // Uploaded packs' buffers go back to the sink for the next packs.
         let (spare_tx, spare_rx) = bounded::<Vec<u8>>(1);
         let backend = self.repo.backend().clone();

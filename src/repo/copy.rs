@@ -23,7 +23,6 @@ use std::collections::HashSet;
 
 use serde::Serialize;
 
-use super::backup::PACK_TARGET;
 use super::lock::Lock;
 use super::{pack_key, snapshot_key, ChunkDecoder, RepoError, Repository};
 use crate::format::pack::PackBuilder;
@@ -187,7 +186,7 @@ pub fn copy(
                     builder.add(dest_id, &sealed, l.raw_len, l.encoding);
                 }
                 report.chunks_copied += 1;
-                if builder.len() >= PACK_TARGET {
+                if builder.len() >= super::backup::PACK_TARGET {
                     let full = std::mem::take(&mut builder);
                     report.bytes_copied += store_pack(to, full, &mut records, &mut dest_index)?;
                 }

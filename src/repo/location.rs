@@ -245,7 +245,9 @@ fn seconds_setting(name: &'static str, default: u64) -> Result<Duration, Locatio
 
 /// The options of an S3 location, from the environment: credentials, the
 /// region (`AWS_DEFAULT_REGION`, `AWS_REGION`, else `us-east-1`), and
-/// `DISKDELTA_S3_CONNECTIONS` (uploads in flight, default 4),
+/// `DISKDELTA_S3_CONNECTIONS` (uploads in flight, default 3),
+/// `DISKDELTA_S3_PART_SIZE` (objects this large and up are multipart
+/// uploads in parts of this size),
 /// `DISKDELTA_S3_RETRY_TIMEOUT` (seconds a request is retried, default
 /// 120), `DISKDELTA_TIMEOUT` (seconds one request may take, default 300).
 ///
@@ -265,6 +267,19 @@ pub fn s3_options_from_env(loc: &S3Location) -> Result<S3Options, LocationError>
             }
         },
     };
+    let part_size = match env("DISKDELTA_S3_PART_SIZE") {
+        None => DEFAULT_PART_SIZE,
+        Some(v) => match crate::units::parse_size(&v) {
+            Ok(n) if (5 << 20..=5 << 30).contains(&n) => n as usize,
+            _ => {
+                return Err(LocationError::BadSetting {
+                    name: "DISKDELTA_S3_PART_SIZE",
+                    value: v,
+                    reason: "expected a size from 5M to 5G",
+                })
+            }
+        },
+    };
     Ok(S3Options {
         endpoint: loc.endpoint.clone(),
         bucket: loc.bucket.clone(),
@@ -274,7 +289,7 @@ pub fn s3_options_from_env(loc: &S3Location) -> Result<S3Options, LocationError>
             .unwrap_or_else(|| "us-east-1".into()),
         virtual_host: loc.virtual_host,
         credentials: credentials_from_env()?,
-        part_size: DEFAULT_PART_SIZE,
+        part_size,
         connections,
         retry_timeout: seconds_setting("DISKDELTA_S3_RETRY_TIMEOUT", 120)?,
         request_timeout: seconds_setting("DISKDELTA_TIMEOUT", 300)?,

@@ -68,8 +68,10 @@ pub struct RestoreSummary {
     pub damaged_index_files: Vec<String>,
 }
 
-/// Reads, decodes and verifies the chunks `ids` (non-zero) into `out`,
-/// one range read per run of blobs that lie back to back in one pack.
+/// Reads, decodes and verifies the chunks `ids` (non-zero) into `out`:
+/// blobs are read in pack order, one range read per run of blobs in one
+/// pack that lie back to back, or with gaps of at most the backend's
+/// [`read_gap`](super::backend::Backend::read_gap) between them.
 ///
 /// # Errors
 /// [`RepoError::MissingChunk`], [`RepoError::CorruptChunk`], storage failures.
@@ -81,35 +83,37 @@ pub fn fetch_chunks(
     out: &mut [u8],
     decoder: &mut ChunkDecoder,
 ) -> Result<(), RepoError> {
+    let mut located = Vec::with_capacity(ids.len());
+    for &(slot, id) in ids {
+        let loc = *index
+            .get(&id)
+            .ok_or(RepoError::MissingChunk { chunk: id })?;
+        located.push((slot, id, loc));
+    }
+    located.sort_unstable_by_key(|(_, _, l)| (l.pack, l.offset));
+    let gap = repo.backend().read_gap();
     let mut i = 0;
-    while i < ids.len() {
-        let (_, first) = ids[i];
-        let loc = index
-            .get(&first)
-            .ok_or(RepoError::MissingChunk { chunk: first })?;
-        // Extend the run while the next blob follows in the same pack.
+    while i < located.len() {
+        let first = located[i].2;
+        let start = u64::from(first.offset);
+        let mut end = start + u64::from(first.stored_len);
         let mut j = i + 1;
-        let mut end = u64::from(loc.offset) + u64::from(loc.stored_len);
-        while j < ids.len() {
-            match index.get(&ids[j].1) {
-                Some(next) if next.pack == loc.pack && u64::from(next.offset) == end => {
-                    end += u64::from(next.stored_len);
-                    j += 1;
-                }
-                _ => break,
+        while j < located.len() {
+            let next = located[j].2;
+            let (at, len) = (u64::from(next.offset), u64::from(next.stored_len));
+            // The same blob again (a chunk used twice), or one close enough
+            // that reading the bytes between costs less than a request.
+            if next.pack != first.pack || at < start || at > end + gap {
+                break;
             }
+            end = end.max(at + len);
+            j += 1;
         }
-        let pack = *index.pack_id(loc.pack);
-        let data = repo.backend().get_range(
-            &pack_key(&pack),
-            u64::from(loc.offset),
-            end - u64::from(loc.offset),
-        )?;
-        let mut pos = 0usize;
-        for &(slot, id) in &ids[i..j] {
-            let l = index
-                .get(&id)
-                .ok_or(RepoError::MissingChunk { chunk: id })?;
+        let pack = *index.pack_id(first.pack);
+        let data = repo
+            .backend()
+            .get_range(&pack_key(&pack), start, end - start)?;
+        for &(slot, id, l) in &located[i..j] {
             // Named as the pack table and `verify` name it (its stored id).
             let stored = index.stored_id(&id);
             let corrupt = |reason: String| RepoError::CorruptChunk {
@@ -117,13 +121,13 @@ pub fn fetch_chunks(
                 pack,
                 reason,
             };
+            let from = (u64::from(l.offset) - start) as usize;
             let blob = data
-                .get(pos..pos + l.stored_len as usize)
+                .get(from..from + l.stored_len as usize)
                 .ok_or_else(|| corrupt("pack is shorter than its index says".into()))?;
-            pos += l.stored_len as usize;
-            let start = slot * chunk_size;
+            let begin = slot * chunk_size;
             let raw_len = l.raw_len as usize;
-            let target = out.get_mut(start..start + raw_len).ok_or_else(|| {
+            let target = out.get_mut(begin..begin + raw_len).ok_or_else(|| {
                 corrupt(format!("stored length {raw_len} does not fit the image"))
             })?;
             let content = repo
@@ -244,10 +248,11 @@ struct Done {
 fn feed(
     snap: &Snapshot,
     chunk_size: usize,
+    unit_size: usize,
     jobs: Sender<Job>,
     cancel: &Cancel,
 ) -> Result<(), RepoError> {
-    let per_unit = UNIT_SIZE / chunk_size;
+    let per_unit = unit_size / chunk_size;
     let mut ids = snap
         .chunk_ids()
         .map_err(|source| snapshot_err(snap, source))?;
@@ -255,7 +260,7 @@ fn feed(
     let mut offset = 0u64;
     let mut seq = 0;
     while offset < size {
-        let len = (size - offset).min(UNIT_SIZE as u64) as usize;
+        let len = (size - offset).min(unit_size as u64) as usize;
         let n = len.div_ceil(chunk_size).min(per_unit);
         let mut unit = Vec::with_capacity(n);
         for _ in 0..n {
@@ -484,6 +489,9 @@ pub fn restore(
         output.use_direct_placement();
     }
     let threads = threads(options.threads);
+    // Each unit's blobs that lie back to back in a pack are one range read:
+    // stores where every request costs restore in larger units.
+    let unit_size = repo.backend().restore_unit().max(UNIT_SIZE);
     let (job_tx, job_rx) = bounded::<Job>(threads);
     let (done_tx, done_rx) = bounded::<Result<Done, RepoError>>(threads * 2);
     let mut hasher = ImageHasher::new();
@@ -506,15 +514,17 @@ pub fn restore(
     let written = pipeline::scope(&cancel, |s| -> Result<(), RepoError> {
         let feeder = s.spawn("feeder", {
             let cancel = s.cancel().clone();
-            move || feed(snap, chunk_size, job_tx, &cancel)
+            move || feed(snap, chunk_size, unit_size, job_tx, &cancel)
         });
-        // A buffer per worker and per placer, and as many again queued.
+        // A buffer per worker and per placer, and as many again queued
+        // (4 MiB units); fewer of the larger units of remote stores.
         let placers = if positional.is_some() { PLACERS } else { 0 };
-        let (pool_tx, pool_rx) = bounded::<AlignedBuf>(2 * (threads + placers));
+        let buffers = (2 * (threads + placers) * UNIT_SIZE / unit_size).max(threads + placers + 1);
+        let (pool_tx, pool_rx) = bounded::<AlignedBuf>(buffers);
         let (place_tx, place_rx) = bounded::<Placement>(threads + placers);
-        for _ in 0..2 * (threads + placers) {
+        for _ in 0..buffers {
             if positional.is_some() {
-                let _ = pool_tx.send(AlignedBuf::new(UNIT_SIZE));
+                let _ = pool_tx.send(AlignedBuf::new(unit_size));
             }
         }
         let mut placer_threads = Vec::new();
@@ -757,7 +767,7 @@ pub fn restore_in_place(
     let result = pipeline::scope(&cancel, |s| -> Result<(), RepoError> {
         let feeder = s.spawn("feeder", {
             let cancel = s.cancel().clone();
-            move || feed(snap, chunk_size, job_tx, &cancel)
+            move || feed(snap, chunk_size, UNIT_SIZE, job_tx, &cancel)
         });
         let pairing = s.cancel().clone();
         let pairer = s.spawn("target reader", move || -> Result<(), RepoError> {
