@@ -6,8 +6,8 @@
 //!   sources (io)          change detection (change)       sinks
 //!   ─────────────         ─────────────────────────       ─────────────────────────
 //!   file, block device,   byte comparison of OLD/NEW  ──> delta file (delta, format::delta)
-//!   pipe, stdin  ──────>  (later: hash trees, thin    ──> (later: remote target, repository)
-//!   read ahead + digest    metadata, range lists)
+//!   pipe, stdin, remote   hash trees, thin metadata,  ──> remote target (sync)
+//!   read ahead + digest   range lists                 ──> repository (repo)
 //! ```
 //!
 //! - [`io`]: opening sources and targets, read-ahead, sparse and atomic output.
@@ -15,6 +15,10 @@
 //! - [`digest`]: image and block digests (BLAKE3).
 //! - [`format`]: byte formats, each with a spec under `docs/formats/`.
 //! - [`delta`]: creating, applying and inspecting deltas.
+//! - [`sync`]: keeping a copy up to date over ssh.
+//! - [`repo`]: the deduplicated repository and its backends.
+//! - [`remote`]: the transport both use (ssh, frames, messages, serve).
+//! - [`service`]: what `diskdelta serve` offers, routed by first request.
 //! - [`units`]: sizes with K/M/G suffixes and the block-size newtype.
 //!
 //! See `docs/ARCHITECTURE.md` for the threads and channels of each pipeline.
@@ -26,7 +30,9 @@ pub mod format;
 pub mod id;
 pub mod io;
 pub mod pipeline;
+pub mod remote;
 pub mod repo;
+pub mod service;
 pub mod sync;
 pub mod units;
 

@@ -235,7 +235,7 @@ pub enum RepoError {
     Invalid(String),
     /// A remote source failed.
     #[error(transparent)]
-    Remote(#[from] crate::sync::SyncError),
+    Remote(#[from] crate::remote::RemoteError),
     /// A worker thread failed without an error of its own.
     #[error("internal error: {0}")]
     Internal(&'static str),
@@ -294,6 +294,17 @@ impl RepoError {
                 | RepoError::Snapshot { .. }
                 | RepoError::Sealed { .. }
         )
+    }
+}
+
+impl crate::remote::WireError for RepoError {
+    fn code(&self) -> crate::remote::message::ErrorCode {
+        use crate::remote::message::ErrorCode;
+        match self {
+            RepoError::Io(e) => crate::remote::io_code(e),
+            RepoError::Remote(e) => e.code(),
+            _ => ErrorCode::Other,
+        }
     }
 }
 

@@ -4,8 +4,8 @@
 //! decodes to the same message.
 #![no_main]
 
-use diskdelta::sync::frame::FrameReader;
-use diskdelta::sync::message::Message;
+use diskdelta::remote::frame::FrameReader;
+use diskdelta::remote::message::Message;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -30,9 +30,9 @@ use crate::id::ChunkId;
 use crate::io::reader::{Chunk, ChunkReader, ReaderOptions, Recycler};
 use crate::io::{Input, InputKind, InputOptions};
 use crate::pipeline::{self, Cancel};
-use crate::sync::connection::Connection;
-use crate::sync::message::{ChunkEntry, Message, ObjectKind, VERSION};
-use crate::sync::SyncError;
+use crate::remote::connection::Connection;
+use crate::remote::message::{ChunkEntry, Message, ObjectKind};
+use crate::remote::RemoteError;
 
 /// Units requested ahead of those received.
 pub const WINDOW: u64 = 8;
@@ -68,24 +68,26 @@ pub fn serve_backup_source(
     path: &Path,
     requests: &Receiver<Message>,
     replies: &Sender<Message>,
-) -> Result<(), SyncError> {
+) -> Result<(), RemoteError> {
     let chunk_size = chunk_size as usize;
     if !chunk_size.is_power_of_two() || chunk_size < 4096 || !UNIT_SIZE.is_multiple_of(chunk_size) {
-        return Err(SyncError::Protocol(format!("bad chunk size {chunk_size}")));
+        return Err(RemoteError::Protocol(format!(
+            "bad chunk size {chunk_size}"
+        )));
     }
     let input = Input::open(path, &InputOptions::default())?;
     let kind = match input.kind() {
         InputKind::BlockDevice => ObjectKind::BlockDevice,
         InputKind::File => ObjectKind::File,
         _ => {
-            return Err(SyncError::NotSeekable {
+            return Err(RemoteError::NotSeekable {
                 path: path.to_path_buf(),
             })
         }
     };
     let size = input.size().unwrap_or(0);
     let send = |m: Message| {
-        replies.send(m).map_err(|_| SyncError::Disconnected {
+        replies.send(m).map_err(|_| RemoteError::Disconnected {
             peer: "repository".into(),
         })
     };
@@ -113,16 +115,16 @@ pub fn serve_backup_source(
     let (done_tx, done_rx) = bounded::<(u64, Vec<ChunkOutcome>)>(threads * 2);
     let dedup = Dedup::new(None, None);
     let mut bytes_read = 0u64;
-    pipeline::scope(&cancel, |s| -> Result<(), SyncError> {
+    pipeline::scope(&cancel, |s| -> Result<(), RemoteError> {
         let cancel = &cancel;
         for _ in 0..threads {
             let work = work_rx.clone();
             let done = done_tx.clone();
             let recycler: Recycler = recycler.clone();
             let dedup = &dedup;
-            s.spawn("worker", move || -> Result<(), SyncError> {
+            s.spawn("worker", move || -> Result<(), RemoteError> {
                 let mut compressor = zstd::bulk::Compressor::new(REMOTE_LEVEL)
-                    .map_err(|e| SyncError::Protocol(format!("zstd setup failed: {e}")))?;
+                    .map_err(|e| RemoteError::Protocol(format!("zstd setup failed: {e}")))?;
                 while let Ok((seq, chunk, prev)) = cancel.recv(&work) {
                     let outcomes = if chunk.hole {
                         (0..chunk.len.div_ceil(chunk_size))
@@ -154,7 +156,7 @@ pub fn serve_backup_source(
         }
         drop(work_rx);
         drop(done_tx);
-        let collector = s.spawn("collector", move || -> Result<(), SyncError> {
+        let collector = s.spawn("collector", move || -> Result<(), RemoteError> {
             let mut pending = BTreeMap::new();
             let mut next = 0u64;
             while let Ok((seq, outcomes)) = cancel.recv(&done_rx) {
@@ -175,7 +177,7 @@ pub fn serve_backup_source(
             match m {
                 Message::Want { seq, prev } => {
                     if seq != expected {
-                        return Err(SyncError::Protocol(format!(
+                        return Err(RemoteError::Protocol(format!(
                             "asked for unit {seq}, expected {expected}"
                         )));
                     }
@@ -184,7 +186,7 @@ pub fn serve_backup_source(
                         Some(Ok(c)) => c,
                         Some(Err(e)) => return Err(e.into()),
                         None => {
-                            return Err(SyncError::Protocol(format!(
+                            return Err(RemoteError::Protocol(format!(
                                 "unit {seq} is past the end of the source"
                             )))
                         }
@@ -201,27 +203,27 @@ pub fn serve_backup_source(
                     final_size = Some(s);
                     break;
                 }
-                other => return Err(SyncError::unexpected(other.name(), "Want or Finish")),
+                other => return Err(RemoteError::unexpected(other.name(), "Want or Finish")),
             }
         }
         drop(work_tx);
         collector
             .join()
-            .unwrap_or_else(|_| Err(SyncError::Protocol("collector panicked".into())))?;
+            .unwrap_or_else(|_| Err(RemoteError::Protocol("collector panicked".into())))?;
         let Some(s) = final_size else {
             reader.abandon();
             return Ok(());
         };
         let summary = reader.finish()?;
         if summary.bytes != s {
-            return Err(SyncError::SourceChanged {
+            return Err(RemoteError::SourceChanged {
                 path: path.to_path_buf(),
                 offset: summary.bytes.min(s),
             });
         }
         let digest = summary
             .digest
-            .ok_or_else(|| SyncError::Protocol("no digest".into()))?;
+            .ok_or_else(|| RemoteError::Protocol("no digest".into()))?;
         send(Message::Done {
             chain: *digest.as_bytes(),
             bytes: bytes_read,
@@ -239,19 +241,7 @@ pub fn run_remote(
     path: &Path,
 ) -> Result<BackupSummary, RepoError> {
     use std::os::unix::ffi::OsStrExt;
-    conn.send(Message::Hello { version: VERSION })?;
-    match conn.recv()? {
-        Message::Hello { version } if version == VERSION => {}
-        Message::Hello { version } => {
-            return Err(SyncError::Version {
-                ours: VERSION,
-                theirs: version,
-            }
-            .into())
-        }
-        other => return Err(SyncError::unexpected(other.name(), "Hello").into()),
-    }
-    conn.handshake_done();
+    conn.handshake()?;
     let chunk_size = session.chunk_size();
     conn.send(Message::OpenBackup {
         chunk_size: chunk_size as u32,
@@ -259,7 +249,7 @@ pub fn run_remote(
     })?;
     let size = match conn.recv()? {
         Message::Opened { size, .. } => size,
-        other => return Err(SyncError::unexpected(other.name(), "Opened").into()),
+        other => return Err(RemoteError::unexpected(other.name(), "Opened").into()),
     };
     let units = size.div_ceil(UNIT_SIZE as u64);
     let per_unit = UNIT_SIZE / chunk_size;
@@ -331,7 +321,7 @@ pub fn run_remote(
                         received += 1;
                     }
                     other => {
-                        return Err(SyncError::unexpected(other.name(), "Chunks").into());
+                        return Err(RemoteError::unexpected(other.name(), "Chunks").into());
                     }
                 }
             }
@@ -339,7 +329,7 @@ pub fn run_remote(
             conn.send(Message::Finish { size })?;
             match conn.recv()? {
                 Message::Done { chain, bytes } => Ok((Digest::from_bytes(chain), bytes)),
-                other => Err(SyncError::unexpected(other.name(), "Done").into()),
+                other => Err(RemoteError::unexpected(other.name(), "Done").into()),
             }
         });
         session.commit(unit_rx, || {
@@ -363,7 +353,7 @@ fn check_blob(
     let plain;
     let data: &[u8] = if encoding == Encoding::Zstd as u8 {
         plain = zstd::bulk::decompress(&payload, raw_len as usize).map_err(|e| {
-            RepoError::Remote(SyncError::Protocol(format!(
+            RepoError::Remote(RemoteError::Protocol(format!(
                 "chunk {id}: bad zstd data: {e}"
             )))
         })?;
@@ -372,7 +362,7 @@ fn check_blob(
         &payload
     };
     if data.len() != raw_len as usize || ChunkId::of(data) != id {
-        return Err(RepoError::Remote(SyncError::Protocol(format!(
+        return Err(RepoError::Remote(RemoteError::Protocol(format!(
             "chunk {id} does not match its id"
         ))));
     }

@@ -22,12 +22,13 @@ use std::sync::Arc;
 use crossbeam_channel::select;
 use serde::Serialize;
 
-use super::connection::Connection;
 use super::endpoint::CHAIN_START;
-use super::message::{Message, ObjectKind, WireHash, OPEN_CREATE, OPEN_DRY_RUN, VERSION};
-use super::{SyncError, MAX_DATA};
+use super::SyncError;
 use crate::change::merkle::{FANOUT, REGION_SIZE};
 use crate::change::{Run, RunCoalescer};
+use crate::remote::connection::Connection;
+use crate::remote::message::{Message, ObjectKind, WireHash, OPEN_CREATE, OPEN_DRY_RUN, VERSION};
+use crate::remote::{RemoteError, MAX_DATA};
 
 /// Bytes of `Read` requests the driver keeps outstanding.
 pub const MAX_READ_IN_FLIGHT: u64 = 32 << 20;
@@ -104,10 +105,11 @@ fn depth_for(len: u64, block: u32) -> u8 {
 fn expect_hello(c: &mut Connection) -> Result<(), SyncError> {
     match c.recv()? {
         Message::Hello { version } if version == VERSION => Ok(()),
-        Message::Hello { version } => Err(SyncError::Version {
+        Message::Hello { version } => Err(RemoteError::Version {
             ours: VERSION,
             theirs: version,
-        }),
+        }
+        .into()),
         other => Err(SyncError::unexpected(other.name(), "Hello")),
     }
 }
@@ -225,21 +227,21 @@ pub fn run(
             end: source.size,
             chain,
         })?;
-        let idle = crate::sync::connection::idle_timeout()
+        let idle = crate::remote::connection::idle_timeout()
             .unwrap_or(std::time::Duration::from_secs(u64::MAX / 4));
         while session.next_release < session.end {
             select! {
                 recv(src.replies()) -> m => {
-                    let m = match m { Ok(m) => src.check(m)?, Err(_) => return Err(src.failure()) };
+                    let m = match m { Ok(m) => src.check(m)?, Err(_) => return Err(src.failure().into()) };
                     session.on_source(m, src, dst)?;
                 }
                 recv(dst.replies()) -> m => {
-                    let m = match m { Ok(m) => dst.check(m)?, Err(_) => return Err(dst.failure()) };
+                    let m = match m { Ok(m) => dst.check(m)?, Err(_) => return Err(dst.failure().into()) };
                     session.on_target(m, src, dst)?;
                 }
                 default(idle) => {
                     // Neither end spoke: the one owed a reply is stalled.
-                    return Err(if dst.is_remote() && !src.is_remote() { dst.stalled() } else { src.stalled() });
+                    return Err(if dst.is_remote() && !src.is_remote() { dst.stalled() } else { src.stalled() }.into());
                 }
             }
         }
@@ -423,7 +425,7 @@ impl Session {
             count: FANOUT as u32,
         };
         src.send(m.clone())?;
-        dst.send(m)
+        Ok(dst.send(m)?)
     }
 
     fn on_pair(

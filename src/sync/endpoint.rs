@@ -19,15 +19,16 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use crossbeam_channel::{Receiver, Sender};
 
-use super::message::{
-    wire_hash, Encoding, Message, ObjectKind, WireHash, OPEN_CREATE, OPEN_DRY_RUN, VERSION,
-};
 use super::state::ResumeState;
 use super::SyncError;
 use crate::change::merkle::{zero_leaf, NodeHash, RegionTree, REGION_SIZE};
 use crate::digest::is_zero;
 use crate::io::reader::ReaderOptions;
 use crate::io::{ChunkReader, Input, InputKind, InputOptions, Output, OutputKind};
+use crate::remote::message::{
+    wire_hash, Encoding, Message, ObjectKind, WireHash, OPEN_CREATE, OPEN_DRY_RUN,
+};
+use crate::remote::{RemoteError, WireError};
 
 /// Region trees a scanner may hold before the driver releases them.
 pub const WINDOW: usize = 32;
@@ -83,21 +84,20 @@ enum Role {
     },
 }
 
-/// Serves one sync session: reads requests until `Finish` or the end of
-/// the request stream, sending replies. Errors are also sent to the peer
-/// as an `Error` message.
+/// Serves one sync session on a thread of this process (a local end of
+/// `diskdelta sync`): the handshake, then [`run`].
 ///
 /// # Errors
 /// Whatever ended the session.
 pub fn serve(requests: Receiver<Message>, replies: Sender<Message>) -> Result<(), SyncError> {
-    let result = serve_inner(&requests, &replies);
-    if let Err(e) = &result {
-        let _ = replies.send(Message::Error {
-            code: e.code() as u32,
-            message: super::error_chain(e),
-        });
-    }
-    result
+    crate::remote::serve::serve(requests, replies, |first, requests, replies| {
+        run(first, requests, replies)
+    })
+}
+
+/// True for the requests that open a sync session.
+pub fn opens_session(m: &Message) -> bool {
+    matches!(m, Message::OpenSource { .. } | Message::OpenTarget { .. })
 }
 
 fn recv(requests: &Receiver<Message>) -> Result<Option<Message>, SyncError> {
@@ -105,50 +105,35 @@ fn recv(requests: &Receiver<Message>) -> Result<Option<Message>, SyncError> {
 }
 
 fn send(replies: &Sender<Message>, m: Message) -> Result<(), SyncError> {
-    replies.send(m).map_err(|_| SyncError::Disconnected {
-        peer: "driver".into(),
-    })
+    Ok(crate::remote::serve::send(replies, m)?)
 }
 
-fn serve_inner(requests: &Receiver<Message>, replies: &Sender<Message>) -> Result<(), SyncError> {
-    match recv(requests)? {
-        Some(Message::Hello { version }) => {
-            send(replies, Message::Hello { version: VERSION })?;
-            if version != VERSION {
-                return Err(SyncError::Version {
-                    ours: VERSION,
-                    theirs: version,
-                });
-            }
-        }
-        Some(other) => return Err(SyncError::unexpected(other.name(), "Hello")),
-        None => return Ok(()),
-    }
-    let mut role = match recv(requests)? {
-        Some(Message::OpenSource { block, path }) => open_source(block, &path, replies)?,
-        Some(Message::OpenTarget {
+/// Serves one sync session after the handshake: `first` opens the source
+/// or target, then the requests of the session until `Finish`.
+///
+/// # Errors
+/// Whatever ended the session.
+pub fn run(
+    first: Message,
+    requests: &Receiver<Message>,
+    replies: &Sender<Message>,
+) -> Result<(), SyncError> {
+    let mut role = match first {
+        Message::OpenSource { block, path } => open_source(block, &path, replies)?,
+        Message::OpenTarget {
             block,
             flags,
             source_size,
             source_id,
             path,
             name,
-        }) => open_target(block, flags, source_size, source_id, &path, &name, replies)?,
-        Some(Message::OpenBackup { chunk_size, path }) => {
-            return crate::repo::remote::serve_backup_source(
-                chunk_size,
-                &path_from(&path),
-                requests,
-                replies,
-            );
-        }
-        Some(other) => {
+        } => open_target(block, flags, source_size, source_id, &path, &name, replies)?,
+        other => {
             return Err(SyncError::unexpected(
                 other.name(),
-                "OpenSource, OpenTarget or OpenBackup",
+                "OpenSource or OpenTarget",
             ))
         }
-        None => return Ok(()),
     };
     let shared = Arc::new(Shared::default());
     let mut chain = CHAIN_START;
@@ -162,7 +147,7 @@ fn serve_inner(requests: &Receiver<Message>, replies: &Sender<Message>) -> Resul
                     chain: from,
                 } => {
                     if scanner.is_some() || !start.is_multiple_of(REGION_SIZE) || start > end {
-                        return Err(SyncError::Protocol("bad or repeated Scan".into()));
+                        return Err(SyncError::protocol("bad or repeated Scan".into()));
                     }
                     chain = from;
                     scanner = Some(start_scanner(
@@ -181,7 +166,7 @@ fn serve_inner(requests: &Receiver<Message>, replies: &Sender<Message>) -> Resul
                 } => {
                     let w = shared.lock();
                     let tree = w.trees.get(&region).ok_or_else(|| {
-                        SyncError::Protocol(format!("GetNodes for unknown region {region}"))
+                        SyncError::protocol(format!("GetNodes for unknown region {region}"))
                     })?;
                     let nodes = tree.level(usize::from(level));
                     let first_i = (first as usize).min(nodes.len());
@@ -207,7 +192,7 @@ fn serve_inner(requests: &Receiver<Message>, replies: &Sender<Message>) -> Resul
                         t
                     };
                     let tree = tree.ok_or_else(|| {
-                        SyncError::Protocol(format!("Release of unknown region {region}"))
+                        SyncError::protocol(format!("Release of unknown region {region}"))
                     })?;
                     chain = chain_next(&chain, tree.offset(), tree.len(), &tree.root());
                     if let Role::Target {
@@ -256,7 +241,7 @@ fn stop_scanner(shared: &Shared) {
 fn join_scanner(handle: std::thread::JoinHandle<Result<(), SyncError>>) -> Result<(), SyncError> {
     handle
         .join()
-        .map_err(|_| SyncError::Protocol("scanner thread panicked".into()))?
+        .map_err(|_| SyncError::protocol("scanner thread panicked".into()))?
 }
 
 fn path_from(bytes: &[u8]) -> PathBuf {
@@ -267,10 +252,10 @@ fn path_from(bytes: &[u8]) -> PathBuf {
 fn check_block(block: u32) -> Result<(), SyncError> {
     // A block must fit in one Read/Write, which the source checks against
     // the block's hash as a whole.
-    if block.is_power_of_two() && (512..=super::MAX_DATA as u32).contains(&block) {
+    if block.is_power_of_two() && (512..=crate::remote::MAX_DATA as u32).contains(&block) {
         Ok(())
     } else {
-        Err(SyncError::Protocol(format!("invalid block size {block}")))
+        Err(SyncError::protocol(format!("invalid block size {block}")))
     }
 }
 
@@ -296,7 +281,7 @@ fn open_source(block: u32, path: &[u8], replies: &Sender<Message>) -> Result<Rol
     let path = path_from(path);
     let input = Input::open(&path, &InputOptions::default())?;
     if input.kind() == InputKind::Stream {
-        return Err(SyncError::NotSeekable { path });
+        return Err(RemoteError::NotSeekable { path }.into());
     }
     let size = input.size().unwrap_or(0);
     let kind = if input.kind() == InputKind::BlockDevice {
@@ -338,7 +323,7 @@ fn open_target(
     let mut path = path_from(path);
     if path.is_dir() {
         if name.is_empty() {
-            return Err(SyncError::Protocol(format!(
+            return Err(SyncError::protocol(format!(
                 "target {} is a directory and the source has no file name",
                 path.display()
             )));
@@ -444,12 +429,12 @@ fn start_scanner(
             if let Err(e) = &result {
                 let _ = replies.send(Message::Error {
                     code: e.code() as u32,
-                    message: super::error_chain(e),
+                    message: crate::remote::error_chain(e),
                 });
             }
             result
         })
-        .map_err(|e| SyncError::Protocol(format!("cannot start scanner: {e}")))
+        .map_err(|e| SyncError::protocol(format!("cannot start scanner: {e}")))
 }
 
 /// Hashes `[start, end)` region by region. Past the object's own size
@@ -645,11 +630,14 @@ fn read_source(role: &Role, shared: &Shared, offset: u64, len: u32) -> Result<Me
         ..
     } = role
     else {
-        return Err(SyncError::Protocol("Read sent to a target".into()));
+        return Err(SyncError::protocol("Read sent to a target".into()));
     };
     let end = offset.saturating_add(u64::from(len));
-    if end > *size || len as usize > super::MAX_DATA || !offset.is_multiple_of(u64::from(*block)) {
-        return Err(SyncError::Protocol(format!(
+    if end > *size
+        || len as usize > crate::remote::MAX_DATA
+        || !offset.is_multiple_of(u64::from(*block))
+    {
+        return Err(SyncError::protocol(format!(
             "bad Read of {len} bytes at {offset}"
         )));
     }
@@ -666,16 +654,17 @@ fn read_source(role: &Role, shared: &Shared, offset: u64, len: u32) -> Result<Me
         let w = shared.lock();
         let region = region_of(offset);
         let tree = w.trees.get(&region).ok_or_else(|| {
-            SyncError::Protocol(format!("Read outside the scan window at {offset}"))
+            SyncError::protocol(format!("Read outside the scan window at {offset}"))
         })?;
         let first_leaf = ((offset - region) / u64::from(*block)) as usize;
         for (i, piece) in buf.chunks(*block as usize).enumerate() {
             let expected = tree.level(0).get(first_leaf + i);
             if expected != Some(&blake3::hash(piece)) {
-                return Err(SyncError::SourceChanged {
+                return Err(RemoteError::SourceChanged {
                     path: path.clone(),
                     offset: offset + (i * *block as usize) as u64,
-                });
+                }
+                .into());
             }
         }
     }
@@ -720,9 +709,9 @@ pub fn decode_payload(
         Encoding::Raw => Ok(Some(payload.to_vec())),
         Encoding::Zstd => {
             let out = zstd::bulk::decompress(payload, len as usize)
-                .map_err(|e| SyncError::Protocol(format!("bad zstd payload: {e}")))?;
+                .map_err(|e| SyncError::protocol(format!("bad zstd payload: {e}")))?;
             if out.len() != len as usize {
-                return Err(SyncError::Protocol(
+                return Err(SyncError::protocol(
                     "zstd payload has the wrong length".into(),
                 ));
             }
@@ -747,17 +736,17 @@ fn write_target(
         ..
     } = role
     else {
-        return Err(SyncError::Protocol("Write sent to a source".into()));
+        return Err(SyncError::protocol("Write sent to a source".into()));
     };
     if *dry_run {
-        return Err(SyncError::Protocol("Write in a dry run".into()));
+        return Err(SyncError::protocol("Write in a dry run".into()));
     }
     let Some(out) = output.as_ref() else {
-        return Err(SyncError::Protocol("Write without a target".into()));
+        return Err(SyncError::protocol("Write without a target".into()));
     };
     let b = u64::from(*block);
-    if !offset.is_multiple_of(b) || len as usize > super::MAX_DATA {
-        return Err(SyncError::Protocol(format!(
+    if !offset.is_multiple_of(b) || len as usize > crate::remote::MAX_DATA {
+        return Err(SyncError::protocol(format!(
             "bad Write of {len} bytes at {offset}"
         )));
     }
@@ -779,7 +768,7 @@ fn write_target(
     let tree = w
         .trees
         .get_mut(&region)
-        .ok_or_else(|| SyncError::Protocol(format!("Write outside the scan window at {offset}")))?;
+        .ok_or_else(|| SyncError::protocol(format!("Write outside the scan window at {offset}")))?;
     let first_leaf = ((offset - region) / b) as usize;
     let mut at = 0usize;
     let mut leaf = first_leaf;

@@ -115,7 +115,7 @@ pub(super) fn state_text(fields: &StateFields) -> Result<String, SyncError> {
         check: String::new(),
     };
     file.check = file.expected_check();
-    serde_json::to_string(&file).map_err(|e| SyncError::Protocol(e.to_string()))
+    serde_json::to_string(&file).map_err(|e| SyncError::protocol(e.to_string()))
 }
 
 /// Where the state of `target` is kept.

@@ -13,13 +13,14 @@ use std::time::{Duration, SystemTime};
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 
 use super::endpoint::{self, decode_payload, CHAIN_START};
-use super::message::{
-    wire_hash, Encoding, ErrorCode, Message, ObjectKind, WireHash, OPEN_CREATE, OPEN_DRY_RUN,
-    VERSION,
-};
 use super::state::{state_path, state_text, StateFields};
 use super::SyncError;
 use crate::change::merkle::{zero_leaf, REGION_SIZE};
+use crate::remote::message::{
+    wire_hash, Encoding, ErrorCode, Message, ObjectKind, WireHash, OPEN_CREATE, OPEN_DRY_RUN,
+    VERSION,
+};
+use crate::remote::RemoteError;
 
 const KIB: usize = 1024;
 const MIB: usize = 1024 * 1024;
@@ -214,7 +215,7 @@ fn version_mismatch_is_an_error_after_the_endpoints_hello() {
     );
     assert!(matches!(
         e.end(),
-        Err(SyncError::Version { ours, theirs }) if ours == VERSION && theirs == VERSION + 1
+        Err(SyncError::Remote(RemoteError::Version { ours, theirs })) if ours == VERSION && theirs == VERSION + 1
     ));
 }
 
@@ -227,7 +228,10 @@ fn anything_before_hello_is_a_protocol_error() {
     });
     let message = e.expect_error(ErrorCode::Protocol);
     assert!(message.contains("Hello"), "{message}");
-    assert!(matches!(e.end(), Err(SyncError::Protocol(_))));
+    assert!(matches!(
+        e.end(),
+        Err(SyncError::Remote(RemoteError::Protocol(_)))
+    ));
 }
 
 #[test]
@@ -242,7 +246,10 @@ fn write_before_open_target_is_a_protocol_error() {
     });
     let message = e.expect_error(ErrorCode::Protocol);
     assert!(message.contains("Write"), "{message}");
-    assert!(matches!(e.end(), Err(SyncError::Protocol(_))));
+    assert!(matches!(
+        e.end(),
+        Err(SyncError::Remote(RemoteError::Protocol(_)))
+    ));
 }
 
 #[test]
@@ -480,11 +487,13 @@ fn source_changed_between_scan_and_read_is_reported() {
         len: 3 * 4096,
     });
     let message = e.expect_error(ErrorCode::SourceChanged);
-    assert!(message.contains("changed during the sync"), "{message}");
+    assert!(message.contains("changed while it was read"), "{message}");
     assert!(message.contains(&path.display().to_string()), "{message}");
     assert!(message.contains(&(3 * 4096).to_string()), "{message}");
     match e.end() {
-        Err(SyncError::SourceChanged { offset, .. }) => assert_eq!(offset, 3 * 4096),
+        Err(SyncError::Remote(RemoteError::SourceChanged { offset, .. })) => {
+            assert_eq!(offset, 3 * 4096)
+        }
         other => panic!("expected SourceChanged, got {other:?}"),
     }
 }
@@ -510,7 +519,7 @@ fn source_changed_to_zeros_is_reported_too() {
         len: 64 * KIB as u32,
     });
     let message = e.expect_error(ErrorCode::SourceChanged);
-    assert!(message.contains("changed during the sync"), "{message}");
+    assert!(message.contains("changed while it was read"), "{message}");
     assert!(e.end().is_err());
 }
 

@@ -50,7 +50,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Copy(a) => copy::run(a),
         Command::Key(k) => key::run(k),
         Command::ImportDiskdump(a) => backup::import_diskdump(a),
-        Command::Serve => Ok(diskdelta::sync::connection::serve_stdio()?),
+        Command::Serve => Ok(diskdelta::service::serve_stdio()?),
     }
 }
 

@@ -5,10 +5,10 @@ use std::path::Path;
 use anyhow::{bail, Context};
 use diskdelta::format::diskdump::DiskdumpStore;
 use diskdelta::io::{Input, InputOptions};
+use diskdelta::remote::location::Location;
 use diskdelta::repo::backup::{BackupOptions, BackupSession, BackupSummary};
 use diskdelta::repo::tracked::TrackingReport;
 use diskdelta::repo::{import, lock, time, Repository};
-use diskdelta::sync::location::Location;
 use diskdelta::units::human_bytes;
 
 use crate::cli::{BackupArgs, ImportArgs, ImportDiskdumpArgs};

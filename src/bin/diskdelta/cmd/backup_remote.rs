@@ -1,10 +1,11 @@
 //! Remote sources of `backup`: the image is read by `diskdelta serve` on
 //! the remote host over ssh.
 
+use diskdelta::remote::connection::Connection;
+use diskdelta::remote::location::Location;
+use diskdelta::remote::ssh::Remote;
 use diskdelta::repo::backup::{BackupOptions, BackupSession, BackupSummary};
 use diskdelta::repo::{remote, Repository};
-use diskdelta::sync::connection::{Connection, Remote};
-use diskdelta::sync::location::Location;
 
 pub fn run(
     repo: &Repository,

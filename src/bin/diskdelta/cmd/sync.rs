@@ -3,9 +3,10 @@
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use diskdelta::sync::connection::{Connection, Remote};
+use diskdelta::remote::connection::Connection;
+use diskdelta::remote::location::Location;
+use diskdelta::remote::ssh::Remote;
 use diskdelta::sync::driver::{self, SyncOptions};
-use diskdelta::sync::location::Location;
 use diskdelta::units::{human_bytes, parse_size};
 use serde::Serialize;
 
@@ -26,7 +27,7 @@ struct SyncReport {
 
 fn connect(loc: &Location, args: &SyncArgs, role: &str) -> anyhow::Result<Connection> {
     Ok(match &loc.host {
-        None => Connection::local(role),
+        None => Connection::local(role, diskdelta::sync::endpoint::serve),
         Some(host) => {
             let rsh: Vec<String> = args
                 .remote

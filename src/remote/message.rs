@@ -1,4 +1,4 @@
-//! Messages of the sync protocol, version 1: one type per frame kind, each
+//! Messages of the wire protocol: one type per frame kind, each
 //! with an exact body layout (spec: `docs/formats/wire.md`).
 
 use super::frame::{BodyError, BodyReader, Frame};
@@ -254,6 +254,8 @@ pub enum ErrorCode {
     TooSmall = 6,
     /// A malformed or unexpected message.
     Protocol = 7,
+    /// A request the serving end refuses (append-only, restricted paths).
+    Refused = 8,
 }
 
 mod kind {

@@ -10,45 +10,23 @@
 //! becomes one clear error line.
 
 use std::io::{BufRead, BufReader, BufWriter, Write};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 
-use super::endpoint::serve;
 use super::frame::{write_frame, FrameReader};
 use super::message::Message;
-use super::SyncError;
+use super::ssh::Remote;
+use super::{RemoteError, WireError};
 
-/// How to reach a remote host.
-#[derive(Debug, Clone)]
-pub struct Remote {
-    /// `[user@]host`.
-    pub host: String,
-    /// The ssh command and its flags, split into words.
-    pub rsh: Vec<String>,
-    /// The `diskdelta` binary on the remote host.
-    pub remote_path: String,
-    /// Run the remote side under `sudo -n`.
-    pub sudo: bool,
-}
-
-/// Quotes a word for a POSIX shell: single quotes, with `'` written `'\''`.
-pub fn shell_quote(word: &str) -> String {
-    if !word.is_empty()
-        && word
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"/._-+=:@%,".contains(&b))
-    {
-        return word.to_string();
-    }
-    format!("'{}'", word.replace('\'', r"'\''"))
-}
+/// Why a local endpoint's thread ended: its own error, kept whole.
+type LocalFailure = Box<dyn std::error::Error + Send + Sync>;
 
 enum Kind {
-    Local(Option<JoinHandle<Result<(), SyncError>>>),
+    Local(Option<JoinHandle<Result<(), LocalFailure>>>),
     Remote {
         child: Child,
         stderr: Arc<Mutex<Vec<String>>>,
@@ -103,12 +81,15 @@ const STDERR_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Connection {
     /// An endpoint served by a thread of this process.
-    pub fn local(name: &str) -> Connection {
+    pub fn local<E: WireError + From<RemoteError>>(
+        name: &str,
+        serve: impl FnOnce(Receiver<Message>, Sender<Message>) -> Result<(), E> + Send + 'static,
+    ) -> Connection {
         let (req_tx, req_rx) = bounded(REQUEST_QUEUE);
         let (rep_tx, rep_rx) = unbounded();
         let handle = std::thread::Builder::new()
             .name(format!("serve {name}"))
-            .spawn(move || serve(req_rx, rep_tx))
+            .spawn(move || serve(req_rx, rep_tx).map_err(|e| -> LocalFailure { Box::new(e) }))
             .ok();
         Connection {
             name: name.to_string(),
@@ -123,31 +104,21 @@ impl Connection {
     /// An endpoint on a remote host: `RSH HOST REMOTE_PATH serve`.
     ///
     /// # Errors
-    /// [`SyncError::Ssh`] when the ssh command cannot be started.
-    pub fn remote(remote: &Remote) -> Result<Connection, SyncError> {
-        let (program, flags) = remote
-            .rsh
-            .split_first()
-            .ok_or_else(|| SyncError::Ssh("empty --rsh command".into()))?;
-        let mut command = String::new();
-        if remote.sudo {
-            command.push_str("sudo -n ");
-        }
-        command.push_str(&shell_quote(&remote.remote_path));
-        command.push_str(" serve");
-        let mut child = Command::new(program)
-            .args(flags)
-            .arg(&remote.host)
-            .arg(&command)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| SyncError::Ssh(format!("cannot run {program}: {e}")))?;
+    /// [`RemoteError::Ssh`] when the ssh command cannot be started.
+    pub fn remote(remote: &Remote) -> Result<Connection, RemoteError> {
+        Connection::remote_serve(remote, &[])
+    }
+
+    /// `RSH HOST REMOTE_PATH serve ARGS...`.
+    ///
+    /// # Errors
+    /// [`RemoteError::Ssh`] when the ssh command cannot be started.
+    pub fn remote_serve(remote: &Remote, args: &[&str]) -> Result<Connection, RemoteError> {
+        let mut child = remote.spawn_serve(args)?;
         let (Some(stdin), Some(stdout), Some(stderr)) =
             (child.stdin.take(), child.stdout.take(), child.stderr.take())
         else {
-            return Err(SyncError::Ssh("ssh child has no pipes".into()));
+            return Err(RemoteError::Ssh("ssh child has no pipes".into()));
         };
         let (req_tx, req_rx) = bounded(REQUEST_QUEUE);
         let (rep_tx, rep_rx) = unbounded();
@@ -197,6 +168,28 @@ impl Connection {
         )
     }
 
+    /// Sends `Hello` and checks the peer's, then marks the handshake done.
+    ///
+    /// # Errors
+    /// [`RemoteError::Version`] when the peer speaks another version.
+    pub fn handshake(&mut self) -> Result<(), RemoteError> {
+        self.send(Message::Hello {
+            version: super::message::VERSION,
+        })?;
+        match self.recv()? {
+            Message::Hello { version } if version == super::message::VERSION => {}
+            Message::Hello { version } => {
+                return Err(RemoteError::Version {
+                    ours: super::message::VERSION,
+                    theirs: version,
+                })
+            }
+            other => return Err(RemoteError::unexpected(other.name(), "Hello")),
+        }
+        self.handshake_done();
+        Ok(())
+    }
+
     /// Marks the handshake as done: from now on the remote side's stderr
     /// is forwarded to ours as it arrives.
     pub fn handshake_done(&self) {
@@ -222,8 +215,8 @@ impl Connection {
     /// Sends a request.
     ///
     /// # Errors
-    /// [`SyncError::Disconnected`] (or the reason the peer went away).
-    pub fn send(&mut self, m: Message) -> Result<(), SyncError> {
+    /// [`RemoteError::Disconnected`] (or the reason the peer went away).
+    pub fn send(&mut self, m: Message) -> Result<(), RemoteError> {
         let ok = self.requests.as_ref().is_some_and(|r| r.send(m).is_ok());
         if ok {
             Ok(())
@@ -232,11 +225,11 @@ impl Connection {
         }
     }
 
-    /// Waits for the next reply; an `Error` reply becomes [`SyncError::Remote`].
+    /// Waits for the next reply; an `Error` reply becomes [`RemoteError::Remote`].
     ///
     /// # Errors
     /// The peer's error, or why it went away.
-    pub fn recv(&mut self) -> Result<Message, SyncError> {
+    pub fn recv(&mut self) -> Result<Message, RemoteError> {
         let received = match idle_timeout() {
             Some(limit) => self.replies.recv_timeout(limit).map_err(|e| e.is_timeout()),
             None => self.replies.recv().map_err(|_| false),
@@ -250,13 +243,13 @@ impl Connection {
 
     /// The peer said nothing for the idle timeout: stops it (so that its
     /// pipes close and no thread stays blocked on them) and says so.
-    pub fn stalled(&mut self) -> SyncError {
+    pub fn stalled(&mut self) -> RemoteError {
         self.requests = None;
         if let Kind::Remote { child, .. } = &mut self.kind {
             let _ = child.kill();
             let _ = child.wait();
         }
-        SyncError::Stalled {
+        RemoteError::Stalled {
             peer: self.name.clone(),
             seconds: idle_timeout().map_or(0, |d| d.as_secs()),
         }
@@ -265,10 +258,10 @@ impl Connection {
     /// Turns an `Error` reply into an error.
     ///
     /// # Errors
-    /// [`SyncError::Remote`] for `Error` messages.
-    pub fn check(&self, m: Message) -> Result<Message, SyncError> {
+    /// [`RemoteError::Remote`] for `Error` messages.
+    pub fn check(&self, m: Message) -> Result<Message, RemoteError> {
         match m {
-            Message::Error { code, message } => Err(SyncError::Remote {
+            Message::Error { code, message } => Err(RemoteError::Remote {
                 peer: self.name.clone(),
                 code,
                 message,
@@ -279,12 +272,12 @@ impl Connection {
 
     /// Why the peer is gone: its exit status and last stderr line, with
     /// advice for the common cases.
-    pub fn failure(&mut self) -> SyncError {
+    pub fn failure(&mut self) -> RemoteError {
         self.requests = None;
         match &mut self.kind {
             Kind::Local(handle) => match handle.take().map(JoinHandle::join) {
-                Some(Ok(Err(e))) => e,
-                _ => SyncError::Disconnected {
+                Some(Ok(Err(e))) => RemoteError::Local(e),
+                _ => RemoteError::Disconnected {
                     peer: self.name.clone(),
                 },
             },
@@ -310,21 +303,21 @@ impl Connection {
                 let host = &remote.host;
                 let detail = last.map(|l| format!(": {l}")).unwrap_or_default();
                 match status {
-                    Some(127) => SyncError::Ssh(format!(
+                    Some(127) => RemoteError::Ssh(format!(
                         "diskdelta is not installed on {host} ({} not found): install it there or pass --remote-path PATH{detail}",
                         remote.remote_path
                     )),
-                    Some(126) => SyncError::Ssh(format!(
+                    Some(126) => RemoteError::Ssh(format!(
                         "cannot execute {} on {host}: check --remote-path{detail}",
                         remote.remote_path
                     )),
                     Some(255) if !live.load(Ordering::Relaxed) => {
-                        SyncError::Ssh(format!("cannot connect to {host} with ssh{detail}"))
+                        RemoteError::Ssh(format!("cannot connect to {host} with ssh{detail}"))
                     }
-                    Some(code) => SyncError::Ssh(format!(
+                    Some(code) => RemoteError::Ssh(format!(
                         "connection to {host} lost (remote exit status {code}){detail}"
                     )),
-                    None => SyncError::Ssh(format!("connection to {host} lost (ssh was killed){detail}")),
+                    None => RemoteError::Ssh(format!("connection to {host} lost (ssh was killed){detail}")),
                 }
             }
         }
@@ -334,12 +327,12 @@ impl Connection {
     ///
     /// # Errors
     /// The endpoint's failure, if it failed.
-    pub fn close(mut self) -> Result<(), SyncError> {
+    pub fn close(mut self) -> Result<(), RemoteError> {
         self.requests = None;
         match &mut self.kind {
             Kind::Local(handle) => match handle.take().map(JoinHandle::join) {
-                Some(Ok(r)) => r,
-                Some(Err(_)) => Err(SyncError::Protocol("endpoint thread panicked".into())),
+                Some(Ok(r)) => r.map_err(RemoteError::Local),
+                Some(Err(_)) => Err(RemoteError::Protocol("endpoint thread panicked".into())),
                 None => Ok(()),
             },
             Kind::Remote { child, .. } => {
@@ -456,11 +449,14 @@ fn spawn_stderr(
     closed_rx
 }
 
-/// Runs `diskdelta serve`: the endpoint loop over stdin and stdout.
+/// Runs `diskdelta serve` over stdin and stdout: `serve` gets the
+/// decoded requests and sends the replies.
 ///
 /// # Errors
 /// Whatever ended the session.
-pub fn serve_stdio() -> Result<(), SyncError> {
+pub fn serve_stdio<E: From<RemoteError>>(
+    serve: impl FnOnce(Receiver<Message>, Sender<Message>) -> Result<(), E>,
+) -> Result<(), E> {
     let (req_tx, req_rx) = bounded(REQUEST_QUEUE);
     let (rep_tx, rep_rx) = unbounded::<Message>();
     let stdin = std::io::stdin();
@@ -493,7 +489,7 @@ pub fn serve_stdio() -> Result<(), SyncError> {
             }
             out.flush()
         })
-        .map_err(|e| SyncError::Protocol(format!("cannot start writer: {e}")))?;
+        .map_err(|e| RemoteError::Protocol(format!("cannot start writer: {e}")))?;
     let result = serve(req_rx, rep_tx);
     let _ = writer.join();
     result
