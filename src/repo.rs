@@ -81,6 +81,7 @@
 
 pub mod backend;
 pub mod backup;
+pub mod claims;
 pub mod copy;
 pub mod crypto;
 pub mod import;

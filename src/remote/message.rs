@@ -6,7 +6,7 @@ use super::frame::{BodyError, BodyReader, Frame};
 /// First bytes of every `Hello` body.
 pub const MAGIC: [u8; 8] = *b"DDLTSYNC";
 /// Protocol version spoken by this build.
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 /// Bytes of a truncated tree hash on the wire.
 pub const WIRE_HASH_LEN: usize = 16;
 
@@ -197,41 +197,162 @@ pub enum Message {
         /// Path bytes as given by the user.
         path: Vec<u8>,
     },
-    /// Ask for backup unit `seq` (4 MiB of the source), with the previous
-    /// snapshot's chunk ids for that unit (empty when there is none).
-    Want {
+    /// The chunks of backup unit `seq` (4 MiB of the source), remote side
+    /// to repository: `None` for an all-zero chunk, else its id.
+    Offer {
+        /// Unit number (0, 1, 2, ... in order).
+        seq: u64,
+        /// One entry per chunk.
+        ids: Vec<Option<[u8; 32]>>,
+    },
+    /// The chunks of unit `seq` the repository lacks (bit `i % 8` of byte
+    /// `i / 8` for chunk `i`): the remote side sends them in `Blobs`.
+    Need {
         /// Unit number.
         seq: u64,
-        /// Previous chunk ids.
-        prev: Vec<[u8; 32]>,
+        /// Bitmap of chunks to send.
+        bits: Vec<u8>,
     },
-    /// Reply to `Want`: one entry per chunk of the unit.
-    Chunks {
+    /// Read unit `seq` again and send the chunks of `bits` (another source
+    /// of the same run had promised them and did not deliver).
+    Resend {
+        /// Unit number.
+        seq: u64,
+        /// Bitmap of chunks to send.
+        bits: Vec<u8>,
+    },
+    /// The chunks a `Need` or `Resend` asked for, in chunk order.
+    Blobs {
         /// Unit number.
         seq: u64,
         /// The chunks.
-        entries: Vec<ChunkEntry>,
+        blobs: Vec<WireBlob>,
+    },
+    /// Open the repository at `path` on the serving host.
+    OpenRepo {
+        /// [`REPO_CREATE`]: create the directory if missing (`init`).
+        flags: u32,
+        /// Path bytes as given by the user.
+        path: Vec<u8>,
+    },
+    /// Reply to `OpenRepo`.
+    RepoOpened {
+        /// [`REPO_APPEND_ONLY`] when deletes and overwrites are refused.
+        flags: u32,
+    },
+    /// An object operation on the opened repository; `tag` pairs it with
+    /// its `ObjReply` frames (several requests may be in flight).
+    Obj {
+        /// Chosen by the client, unique among requests in flight.
+        tag: u32,
+        /// What to do.
+        op: ObjOp,
+    },
+    /// A reply to `Obj`, possibly in several frames (`more` on all but the
+    /// last), whose data are concatenated.
+    ObjReply {
+        /// The request's tag.
+        tag: u32,
+        /// [`ObjStatus`] as a byte.
+        status: u8,
+        /// More frames of this reply follow.
+        more: bool,
+        /// Object bytes, a listing, a size, or an error message.
+        data: Vec<u8>,
     },
 }
 
-/// One chunk of a `Chunks` reply.
+/// An object operation (`Obj`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ChunkEntry {
-    /// All zeros.
-    Zero,
-    /// Same content as the previous snapshot's chunk.
-    Same([u8; 32]),
-    /// New content.
-    New {
-        /// Chunk id (BLAKE3 of the plaintext).
-        id: [u8; 32],
-        /// Plaintext length.
-        raw_len: u32,
-        /// Pack encoding: 0 raw, 1 zstd.
-        encoding: u8,
-        /// The bytes.
-        payload: Vec<u8>,
+pub enum ObjOp {
+    /// `len` bytes from `offset` (`u64::MAX`: to the end).
+    Get {
+        /// The object.
+        key: String,
+        /// First byte.
+        offset: u64,
+        /// Bytes.
+        len: u64,
     },
+    /// The object's size (reply: u64).
+    Size {
+        /// The object.
+        key: String,
+    },
+    /// One piece of a put-if-absent; pieces of one put share the tag and
+    /// arrive in order; the reply (one byte: 1 stored, 0 existed) follows
+    /// the last.
+    Put {
+        /// The object.
+        key: String,
+        /// This is the last piece.
+        last: bool,
+        /// The piece.
+        data: Vec<u8>,
+    },
+    /// Keys and sizes under a prefix (reply: entries of u64 size, u16
+    /// length, key bytes).
+    List {
+        /// Key prefix.
+        prefix: String,
+    },
+    /// Remove one object.
+    Delete {
+        /// The object.
+        key: String,
+    },
+    /// Remove interrupted writers' leftovers older than `age_secs` (reply:
+    /// u64 count).
+    Sweep {
+        /// Minimum age.
+        age_secs: u64,
+    },
+}
+
+/// The outcome of an `Obj` request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ObjStatus {
+    /// Done; data as the operation says.
+    Ok = 0,
+    /// No such object.
+    NotFound = 1,
+    /// Failed; data is the message.
+    Failed = 2,
+    /// Refused (append-only, a bad key); data is the message.
+    Refused = 3,
+}
+
+/// `OpenRepo` flag: create the repository directory if it is missing.
+pub const REPO_CREATE: u32 = 1;
+/// `RepoOpened` flag: the serving end refuses deletes and overwrites.
+pub const REPO_APPEND_ONLY: u32 = 1;
+
+/// Largest object bytes in one `Obj`/`ObjReply` frame.
+pub const MAX_OBJ_PIECE: usize = 8 << 20;
+
+/// One chunk of a `Blobs` message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WireBlob {
+    /// Position of the chunk in its unit.
+    pub index: u16,
+    /// Plaintext length.
+    pub raw_len: u32,
+    /// Pack encoding: 0 raw, 1 zstd.
+    pub encoding: u8,
+    /// The bytes.
+    pub payload: Vec<u8>,
+}
+
+/// Bit `i` of a `Need`/`Resend` bitmap.
+pub fn bit(bits: &[u8], i: usize) -> bool {
+    bits.get(i / 8).is_some_and(|b| b & (1 << (i % 8)) != 0)
+}
+
+/// Sets bit `i` of a bitmap sized for `n` chunks.
+pub fn set_bit(bits: &mut Vec<u8>, n: usize, i: usize) {
+    bits.resize(n.div_ceil(8), 0);
+    bits[i / 8] |= 1 << (i % 8);
 }
 
 /// Error classes carried by `Error` messages.
@@ -275,8 +396,19 @@ mod kind {
     pub const FINISH: u8 = 0x40;
     pub const DONE: u8 = 0x41;
     pub const OPEN_BACKUP: u8 = 0x50;
-    pub const WANT: u8 = 0x51;
-    pub const CHUNKS: u8 = 0x52;
+    pub const OFFER: u8 = 0x53;
+    pub const NEED: u8 = 0x54;
+    pub const RESEND: u8 = 0x55;
+    pub const BLOBS: u8 = 0x56;
+    pub const OPEN_REPO: u8 = 0x60;
+    pub const REPO_OPENED: u8 = 0x61;
+    pub const OBJ_GET: u8 = 0x62;
+    pub const OBJ_SIZE: u8 = 0x63;
+    pub const OBJ_PUT: u8 = 0x64;
+    pub const OBJ_LIST: u8 = 0x65;
+    pub const OBJ_DELETE: u8 = 0x66;
+    pub const OBJ_SWEEP: u8 = 0x67;
+    pub const OBJ_REPLY: u8 = 0x68;
 }
 
 /// A frame whose body does not fit its message type.
@@ -313,6 +445,16 @@ fn put_u64(b: &mut Vec<u8>, v: u64) {
     b.extend_from_slice(&v.to_le_bytes());
 }
 
+fn put_key(b: &mut Vec<u8>, key: &str) {
+    put_u16(b, key.len() as u16);
+    b.extend_from_slice(key.as_bytes());
+}
+
+fn read_key<'a>(r: &mut BodyReader<'a>) -> Result<&'a [u8], BodyError> {
+    let n = r.u16()?;
+    r.bytes(usize::from(n))
+}
+
 fn encoding(v: u8) -> Option<Encoding> {
     match v {
         0 => Some(Encoding::Raw),
@@ -342,8 +484,14 @@ impl Message {
             Message::Finish { .. } => "Finish",
             Message::Done { .. } => "Done",
             Message::OpenBackup { .. } => "OpenBackup",
-            Message::Want { .. } => "Want",
-            Message::Chunks { .. } => "Chunks",
+            Message::Offer { .. } => "Offer",
+            Message::Need { .. } => "Need",
+            Message::Resend { .. } => "Resend",
+            Message::Blobs { .. } => "Blobs",
+            Message::OpenRepo { .. } => "OpenRepo",
+            Message::RepoOpened { .. } => "RepoOpened",
+            Message::Obj { .. } => "Obj",
+            Message::ObjReply { .. } => "ObjReply",
         }
     }
 
@@ -486,40 +634,94 @@ impl Message {
                 b.extend_from_slice(path);
                 kind::OPEN_BACKUP
             }
-            Message::Want { seq, prev } => {
+            Message::Offer { seq, ids } => {
                 put_u64(&mut b, *seq);
-                put_u32(&mut b, prev.len() as u32);
-                for id in prev {
-                    b.extend_from_slice(id);
-                }
-                kind::WANT
-            }
-            Message::Chunks { seq, entries } => {
-                put_u64(&mut b, *seq);
-                put_u32(&mut b, entries.len() as u32);
-                for e in entries {
-                    match e {
-                        ChunkEntry::Zero => b.push(0),
-                        ChunkEntry::Same(id) => {
+                put_u32(&mut b, ids.len() as u32);
+                for id in ids {
+                    match id {
+                        None => b.push(0),
+                        Some(id) => {
                             b.push(1);
                             b.extend_from_slice(id);
                         }
-                        ChunkEntry::New {
-                            id,
-                            raw_len,
-                            encoding,
-                            payload,
-                        } => {
-                            b.push(2);
-                            b.extend_from_slice(id);
-                            put_u32(&mut b, *raw_len);
-                            b.push(*encoding);
-                            put_u32(&mut b, payload.len() as u32);
-                            b.extend_from_slice(payload);
-                        }
                     }
                 }
-                kind::CHUNKS
+                kind::OFFER
+            }
+            Message::Need { seq, bits } | Message::Resend { seq, bits } => {
+                put_u64(&mut b, *seq);
+                b.extend_from_slice(bits);
+                if matches!(self, Message::Need { .. }) {
+                    kind::NEED
+                } else {
+                    kind::RESEND
+                }
+            }
+            Message::Blobs { seq, blobs } => {
+                put_u64(&mut b, *seq);
+                put_u32(&mut b, blobs.len() as u32);
+                for blob in blobs {
+                    put_u16(&mut b, blob.index);
+                    put_u32(&mut b, blob.raw_len);
+                    b.push(blob.encoding);
+                    put_u32(&mut b, blob.payload.len() as u32);
+                    b.extend_from_slice(&blob.payload);
+                }
+                kind::BLOBS
+            }
+            Message::OpenRepo { flags, path } => {
+                put_u32(&mut b, *flags);
+                b.extend_from_slice(path);
+                kind::OPEN_REPO
+            }
+            Message::RepoOpened { flags } => {
+                put_u32(&mut b, *flags);
+                kind::REPO_OPENED
+            }
+            Message::Obj { tag, op } => {
+                put_u32(&mut b, *tag);
+                match op {
+                    ObjOp::Get { key, offset, len } => {
+                        put_key(&mut b, key);
+                        put_u64(&mut b, *offset);
+                        put_u64(&mut b, *len);
+                        kind::OBJ_GET
+                    }
+                    ObjOp::Size { key } => {
+                        put_key(&mut b, key);
+                        kind::OBJ_SIZE
+                    }
+                    ObjOp::Put { key, last, data } => {
+                        put_key(&mut b, key);
+                        b.push(u8::from(*last));
+                        b.extend_from_slice(data);
+                        kind::OBJ_PUT
+                    }
+                    ObjOp::List { prefix } => {
+                        put_key(&mut b, prefix);
+                        kind::OBJ_LIST
+                    }
+                    ObjOp::Delete { key } => {
+                        put_key(&mut b, key);
+                        kind::OBJ_DELETE
+                    }
+                    ObjOp::Sweep { age_secs } => {
+                        put_u64(&mut b, *age_secs);
+                        kind::OBJ_SWEEP
+                    }
+                }
+            }
+            Message::ObjReply {
+                tag,
+                status,
+                more,
+                data,
+            } => {
+                put_u32(&mut b, *tag);
+                b.push(*status);
+                b.push(u8::from(*more));
+                b.extend_from_slice(data);
+                kind::OBJ_REPLY
             }
         };
         Frame { kind, body: b }
@@ -684,49 +886,125 @@ impl Message {
                 let path = r.rest().to_vec();
                 Message::OpenBackup { chunk_size, path }
             }
-            kind::WANT => {
-                let seq = r.u64().map_err(body)?;
-                let n = r.u32().map_err(body)?;
-                if n > MAX_UNIT_CHUNKS {
-                    return Err(invalid("too many chunk ids"));
-                }
-                let mut prev = Vec::with_capacity(n as usize);
-                for _ in 0..n {
-                    prev.push(r.hash().map_err(body)?);
-                }
-                Message::Want { seq, prev }
-            }
-            kind::CHUNKS => {
+            kind::OFFER => {
                 let seq = r.u64().map_err(body)?;
                 let n = r.u32().map_err(body)?;
                 if n > MAX_UNIT_CHUNKS {
                     return Err(invalid("too many chunks"));
                 }
-                let mut entries = Vec::with_capacity(n as usize);
+                let mut ids = Vec::with_capacity(n as usize);
                 for _ in 0..n {
-                    entries.push(match r.u8().map_err(body)? {
-                        0 => ChunkEntry::Zero,
-                        1 => ChunkEntry::Same(r.hash().map_err(body)?),
-                        2 => {
-                            let id = r.hash().map_err(body)?;
-                            let raw_len = r.u32().map_err(body)?;
-                            let encoding = r.u8().map_err(body)?;
-                            if encoding > 1 {
-                                return Err(invalid("unknown chunk encoding"));
-                            }
-                            let len = r.u32().map_err(body)? as usize;
-                            let payload = r.bytes(len).map_err(body)?.to_vec();
-                            ChunkEntry::New {
-                                id,
-                                raw_len,
-                                encoding,
-                                payload,
-                            }
-                        }
+                    ids.push(match r.u8().map_err(body)? {
+                        0 => None,
+                        1 => Some(r.hash().map_err(body)?),
                         _ => return Err(invalid("unknown chunk tag")),
                     });
                 }
-                Message::Chunks { seq, entries }
+                Message::Offer { seq, ids }
+            }
+            kind::NEED | kind::RESEND => {
+                let seq = r.u64().map_err(body)?;
+                let bits = r.rest().to_vec();
+                if bits.len() > (MAX_UNIT_CHUNKS as usize).div_ceil(8) {
+                    return Err(invalid("bitmap longer than a unit"));
+                }
+                if frame.kind == kind::NEED {
+                    Message::Need { seq, bits }
+                } else {
+                    Message::Resend { seq, bits }
+                }
+            }
+            kind::BLOBS => {
+                let seq = r.u64().map_err(body)?;
+                let n = r.u32().map_err(body)?;
+                if n > MAX_UNIT_CHUNKS {
+                    return Err(invalid("too many chunks"));
+                }
+                let mut blobs = Vec::with_capacity(n as usize);
+                for _ in 0..n {
+                    let index = r.u16().map_err(body)?;
+                    let raw_len = r.u32().map_err(body)?;
+                    let encoding = r.u8().map_err(body)?;
+                    if encoding > 1 {
+                        return Err(invalid("unknown chunk encoding"));
+                    }
+                    let len = r.u32().map_err(body)? as usize;
+                    let payload = r.bytes(len).map_err(body)?.to_vec();
+                    blobs.push(WireBlob {
+                        index,
+                        raw_len,
+                        encoding,
+                        payload,
+                    });
+                }
+                Message::Blobs { seq, blobs }
+            }
+            kind::OPEN_REPO => {
+                let flags = r.u32().map_err(body)?;
+                let path = r.rest().to_vec();
+                Message::OpenRepo { flags, path }
+            }
+            kind::REPO_OPENED => Message::RepoOpened {
+                flags: r.u32().map_err(body)?,
+            },
+            kind::OBJ_GET
+            | kind::OBJ_SIZE
+            | kind::OBJ_PUT
+            | kind::OBJ_LIST
+            | kind::OBJ_DELETE
+            | kind::OBJ_SWEEP => {
+                let tag = r.u32().map_err(body)?;
+                let op = match frame.kind {
+                    kind::OBJ_SWEEP => ObjOp::Sweep {
+                        age_secs: r.u64().map_err(body)?,
+                    },
+                    k => {
+                        let key = read_key(&mut r).map_err(body)?;
+                        let key = String::from_utf8(key.to_vec())
+                            .map_err(|_| invalid("key is not UTF-8"))?;
+                        match k {
+                            kind::OBJ_GET => ObjOp::Get {
+                                key,
+                                offset: r.u64().map_err(body)?,
+                                len: r.u64().map_err(body)?,
+                            },
+                            kind::OBJ_SIZE => ObjOp::Size { key },
+                            kind::OBJ_PUT => {
+                                let last = match r.u8().map_err(body)? {
+                                    0 => false,
+                                    1 => true,
+                                    _ => return Err(invalid("bad last flag")),
+                                };
+                                ObjOp::Put {
+                                    key,
+                                    last,
+                                    data: r.rest().to_vec(),
+                                }
+                            }
+                            kind::OBJ_LIST => ObjOp::List { prefix: key },
+                            _ => ObjOp::Delete { key },
+                        }
+                    }
+                };
+                Message::Obj { tag, op }
+            }
+            kind::OBJ_REPLY => {
+                let tag = r.u32().map_err(body)?;
+                let status = r.u8().map_err(body)?;
+                if status > ObjStatus::Refused as u8 {
+                    return Err(invalid("unknown status"));
+                }
+                let more = match r.u8().map_err(body)? {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(invalid("bad more flag")),
+                };
+                Message::ObjReply {
+                    tag,
+                    status,
+                    more,
+                    data: r.rest().to_vec(),
+                }
             }
             other => return Err(MessageError::UnknownKind(other)),
         };
@@ -753,8 +1031,15 @@ fn kind_name(k: u8) -> Option<&'static str> {
         kind::FINISH => "Finish",
         kind::DONE => "Done",
         kind::OPEN_BACKUP => "OpenBackup",
-        kind::WANT => "Want",
-        kind::CHUNKS => "Chunks",
+        kind::OFFER => "Offer",
+        kind::NEED => "Need",
+        kind::RESEND => "Resend",
+        kind::BLOBS => "Blobs",
+        kind::OPEN_REPO => "OpenRepo",
+        kind::REPO_OPENED => "RepoOpened",
+        kind::OBJ_GET | kind::OBJ_SIZE | kind::OBJ_PUT | kind::OBJ_LIST | kind::OBJ_DELETE
+        | kind::OBJ_SWEEP => "Obj",
+        kind::OBJ_REPLY => "ObjReply",
         _ => return None,
     })
 }
@@ -771,22 +1056,75 @@ mod tests {
                 chunk_size: 1 << 20,
                 path: b"/dev/sda".to_vec(),
             },
-            Message::Want {
+            Message::Offer {
                 seq: 3,
-                prev: vec![[1; 32], [0; 32]],
+                ids: vec![None, Some([5; 32])],
             },
-            Message::Chunks {
+            Message::Need {
                 seq: 3,
-                entries: vec![
-                    ChunkEntry::Zero,
-                    ChunkEntry::Same([5; 32]),
-                    ChunkEntry::New {
-                        id: [6; 32],
-                        raw_len: 10,
-                        encoding: 1,
-                        payload: vec![1, 2, 3],
-                    },
-                ],
+                bits: vec![0b10],
+            },
+            Message::Resend {
+                seq: 4,
+                bits: vec![1, 0],
+            },
+            Message::Blobs {
+                seq: 3,
+                blobs: vec![WireBlob {
+                    index: 1,
+                    raw_len: 10,
+                    encoding: 1,
+                    payload: vec![1, 2, 3],
+                }],
+            },
+            Message::OpenRepo {
+                flags: REPO_CREATE,
+                path: b"/srv/repo".to_vec(),
+            },
+            Message::RepoOpened {
+                flags: REPO_APPEND_ONLY,
+            },
+            Message::Obj {
+                tag: 7,
+                op: ObjOp::Get {
+                    key: "packs/ab/abcd".into(),
+                    offset: 5,
+                    len: u64::MAX,
+                },
+            },
+            Message::Obj {
+                tag: 8,
+                op: ObjOp::Put {
+                    key: "index/ff".into(),
+                    last: true,
+                    data: vec![9; 5],
+                },
+            },
+            Message::Obj {
+                tag: 9,
+                op: ObjOp::List {
+                    prefix: "snapshots/".into(),
+                },
+            },
+            Message::Obj {
+                tag: 10,
+                op: ObjOp::Size { key: "config".into() },
+            },
+            Message::Obj {
+                tag: 11,
+                op: ObjOp::Delete {
+                    key: "locks/x".into(),
+                },
+            },
+            Message::Obj {
+                tag: 12,
+                op: ObjOp::Sweep { age_secs: 3600 },
+            },
+            Message::ObjReply {
+                tag: 7,
+                status: ObjStatus::Ok as u8,
+                more: true,
+                data: vec![1, 2],
             },
             Message::Error {
                 code: ErrorCode::Open as u32,

@@ -19,15 +19,16 @@ use std::time::Instant;
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 
+use super::claims::Claims;
 use super::crypto::Crypto;
 use super::index::Index;
 use super::lock::Lock;
 use super::{pack_key, time, RepoError, Repository};
 use crate::digest::{hash_segment, zero_segment, Digest, ImageHasher, SEGMENT_SIZE};
-use crate::format::pack::{Encoding, PackBuilder};
+use crate::format::pack::{Encoding, PackBuilder, PackEntry};
 use crate::format::pack_index::PackRecord;
 use crate::format::snapshot::{Snapshot, SnapshotMeta, SnapshotWriter};
-use crate::id::{ChunkId, IdBuildHasher};
+use crate::id::{ChunkId, IdBuildHasher, PackId};
 use crate::io::reader::{ChunkReader, ReaderOptions, Recycler};
 use crate::io::Input;
 use crate::pipeline::{self, Cancel};
@@ -135,6 +136,9 @@ pub struct Unit {
     /// Image-digest segment hashes of the unit, when this side read it
     /// (empty for remote sources, which send their digest at the end).
     pub segments: Vec<(blake3::Hash, usize)>,
+    /// Chunks sent again after the image (another source's promise not
+    /// kept): stored, but not part of the snapshot's list.
+    pub appendix: bool,
 }
 
 /// Compresses a chunk, or keeps it raw when zstd does not gain 1/32.
@@ -249,6 +253,20 @@ pub struct BackupSession {
     pub stale_locks: Vec<String>,
     /// Index files that could not be read (their packs were adopted).
     pub damaged_index_files: Vec<String>,
+    /// The run's registry of chunks promised by parallel remote backups,
+    /// and this backup's number in it.
+    claims: Option<(Arc<Claims>, u64)>,
+    /// Packs of other backups of the run holding chunks this one borrowed:
+    /// listed in this backup's index file too.
+    borrowed: Mutex<Vec<PackRecord>>,
+}
+
+impl Drop for BackupSession {
+    fn drop(&mut self) {
+        if let Some((claims, owner)) = &self.claims {
+            claims.release(*owner);
+        }
+    }
 }
 
 /// Counts of the sink.
@@ -314,7 +332,36 @@ impl BackupSession {
             damaged_index_files,
             cancel: Cancel::new(),
             _lock: lock,
+            claims: None,
+            borrowed: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Joins the run's registry of promised chunks (parallel remote
+    /// backups share chunks on the wire through it).
+    pub fn share_claims(&mut self, claims: Arc<Claims>) {
+        let owner = claims.new_owner();
+        self.claims = Some((claims, owner));
+    }
+
+    /// The run's registry and this backup's number in it.
+    pub fn claims(&self) -> Option<(&Claims, u64)> {
+        self.claims.as_ref().map(|(c, o)| (&**c, *o))
+    }
+
+    /// Lists a borrowed chunk's pack entry in this backup's index file.
+    pub fn add_borrowed(&self, pack: PackId, entry: PackEntry) {
+        let mut borrowed = self
+            .borrowed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match borrowed.iter_mut().find(|r| r.pack == pack) {
+            Some(r) => r.entries.push(entry),
+            None => borrowed.push(PackRecord {
+                pack,
+                entries: vec![entry],
+            }),
+        }
     }
 
     /// What the backup is about.
@@ -381,6 +428,7 @@ impl BackupSession {
         let repo = &self.repo;
         let cancel = &self.cancel;
         let uploaders = backend.upload_concurrency().max(1);
+        let claims = self.claims();
         let stored = pipeline::scope(cancel, |s| {
             // Remote stores hide their latency behind several puts in
             // flight; each uploader holds at most one pack.
@@ -396,6 +444,9 @@ impl BackupSession {
                             let (data, id, entries) = builder.finish_sealed(repo.table_seal());
                             bytes += data.len() as u64;
                             let (_, spare) = backend.put_if_absent_vec(&pack_key(&id), data)?;
+                            if let Some((claims, _)) = claims {
+                                claims.stored(&id, &entries);
+                            }
                             records.push(PackRecord { pack: id, entries });
                             if let Some(spare) = spare {
                                 let _ = spare_tx.try_send(spare);
@@ -450,6 +501,13 @@ impl BackupSession {
                 "chunk count does not match the image size",
             ));
         }
+        let mut records = records;
+        records.extend(
+            self.borrowed
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .drain(..),
+        );
         let mut index_bytes = 0;
         if !records.is_empty() {
             let id = self.repo.write_index(&records)?;
@@ -657,6 +715,7 @@ fn worker(
                 seq,
                 chunks,
                 segments,
+                appendix: false,
             };
             if cancel.send(&units, unit).is_err() {
                 return;
@@ -691,6 +750,7 @@ fn worker(
             seq,
             chunks: outcomes,
             segments,
+            appendix: false,
         };
         if cancel.send(&units, unit).is_err() {
             return;
@@ -717,7 +777,37 @@ fn run_sink(
     let mut next = 0u64;
     let mut pack = PackBuilder::reusing(fresh());
     let mut stored: HashSet<ChunkId, IdBuildHasher> = HashSet::default();
+    let flush_if_full = |pack: &mut PackBuilder| -> Result<(), RepoError> {
+        if pack.len() >= PACK_TARGET {
+            let next = PackBuilder::reusing(spare.try_recv().unwrap_or_else(|_| fresh()));
+            let full = std::mem::replace(pack, next);
+            if cancel.send(&packs, full).is_err() {
+                return Err(RepoError::Stopped("uploader"));
+            }
+        }
+        Ok(())
+    };
     while let Ok(unit) = cancel.recv(&units) {
+        if unit.appendix {
+            for outcome in unit.chunks {
+                if let ChunkOutcome::New {
+                    id,
+                    raw_len,
+                    encoding,
+                    blob,
+                } = outcome
+                {
+                    if index.contains(&id) || !stored.insert(id) {
+                        continue;
+                    }
+                    stats.new_chunks += 1;
+                    stats.new_bytes += u64::from(raw_len);
+                    pack.add(index.stored_id(&id), &blob, raw_len, encoding);
+                    flush_if_full(&mut pack)?;
+                }
+            }
+            continue;
+        }
         pending.insert(unit.seq, unit);
         while let Some(unit) = pending.remove(&next) {
             next += 1;
@@ -748,14 +838,7 @@ fn run_sink(
                         stats.new_chunks += 1;
                         stats.new_bytes += u64::from(raw_len);
                         pack.add(index.stored_id(&id), &blob, raw_len, encoding);
-                        if pack.len() >= PACK_TARGET {
-                            let next =
-                                PackBuilder::reusing(spare.try_recv().unwrap_or_else(|_| fresh()));
-                            let full = std::mem::replace(&mut pack, next);
-                            if cancel.send(&packs, full).is_err() {
-                                return Err(RepoError::Stopped("uploader"));
-                            }
-                        }
+                        flush_if_full(&mut pack)?;
                     }
                 }
             }

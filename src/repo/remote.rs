@@ -1,234 +1,62 @@
-//! Backups of remote sources: `diskdelta serve` reads, hashes, compares
-//! with the previous snapshot's chunk ids and compresses on the remote
-//! host; only chunks that differ from the previous snapshot cross the
-//! network. Messages: `OpenBackup`, `Want`, `Chunks`, `Finish`, `Done`
-//! (spec: `docs/formats/wire.md`).
+//! Backups of remote sources, deduplicated on the wire against the whole
+//! repository: `diskdelta serve` on the remote host reads and hashes the
+//! source and offers each 4 MiB unit's chunk ids; this side answers with
+//! the chunks the repository lacks, and only those cross the network
+//! (compressed, verified here by id, sealed here in an encrypted
+//! repository: the remote host never holds the key). Messages: `OpenBackup`,
+//! `Offer`, `Need`, `Blobs`, `Resend`, `Finish`, `Done` (spec:
+//! `docs/formats/wire.md`).
 //!
 //! ```text
-//!  repository host                               remote host (serve)
-//!  ─────────────────                             ────────────────────────────────
-//!  Want{seq, previous ids} ── up to WINDOW ahead ─> reader ─> workers (hash, compare,
-//!  sink <── Chunks{seq: zero | same id | new blob} ──┘           compress) ─> in order
-//!  Finish{size} ──────────────────────────────────> Done{image digest, bytes read}
+//!  repository host (driver)                      remote host (source)
+//!  ────────────────────────                      ────────────────────
+//!                     <── Offer{seq, ids} ─────── reads, hashes, holds the unit
+//!  index + run claims ─── Need{seq, bits} ──────> compresses the needed chunks
+//!  sink <─────────────── Blobs{seq, chunks} ──────┘
+//!  (after the image) ─── Resend{seq, bits} ─────> reads those chunks again
+//!                    ─── Finish{size} ──────────> Done{image digest, bytes read}
 //! ```
 //!
-//! The window bounds memory on both ends: the remote reads ahead only as
-//! far as the repository side has asked.
+//! Nothing waits for a round trip: the remote keeps offering while
+//! earlier units' answers are on their way (its held units bound the
+//! memory), and this side answers each offer as it arrives.
+//!
+//! Parallel remote sources of one run share chunks through
+//! [`super::claims`]: a chunk both need crosses the wire once.
 
-use std::collections::BTreeMap;
+mod source;
+
+pub use source::{serve_backup_source, HELD_UNITS};
+
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 
-use crossbeam_channel::{bounded, Receiver, Sender};
+use crossbeam_channel::bounded;
 
-use super::backup::{
-    classify_unit, BackupSession, BackupSummary, ChunkOutcome, Dedup, PreviousIds, Unit, UNIT_SIZE,
-};
+use super::backup::{BackupSession, BackupSummary, ChunkOutcome, Unit, UNIT_SIZE};
+use super::claims::ClaimOutcome;
 use super::RepoError;
-use crate::digest::{Digest, SEGMENT_SIZE};
+use crate::digest::Digest;
 use crate::format::pack::Encoding;
-use crate::id::ChunkId;
-use crate::io::reader::{Chunk, ChunkReader, ReaderOptions, Recycler};
-use crate::io::{Input, InputKind, InputOptions};
-use crate::pipeline::{self, Cancel};
+use crate::id::{ChunkId, IdBuildHasher};
 use crate::remote::connection::Connection;
-use crate::remote::message::{ChunkEntry, Message, ObjectKind};
+use crate::remote::message::{set_bit, Message, WireBlob};
 use crate::remote::RemoteError;
 
-/// Units requested ahead of those received.
-pub const WINDOW: u64 = 8;
+/// Units decided but not yet handed to the sink.
+const SINK_QUEUE: usize = 8;
 
-/// Default compression level of the remote side (the repository's level is
-/// sent implicitly by the chunk encoding; the remote uses this one).
-const REMOTE_LEVEL: i32 = super::DEFAULT_COMPRESSION_LEVEL;
-
-fn to_entry(o: ChunkOutcome) -> ChunkEntry {
-    match o {
-        ChunkOutcome::Zero => ChunkEntry::Zero,
-        ChunkOutcome::Known(id) => ChunkEntry::Same(*id.as_bytes()),
-        ChunkOutcome::New {
-            id,
-            raw_len,
-            encoding,
-            blob,
-        } => ChunkEntry::New {
-            id: *id.as_bytes(),
-            raw_len,
-            encoding: encoding as u8,
-            payload: blob,
-        },
-    }
+/// A unit whose needed chunks are on their way.
+struct Awaited {
+    outcomes: Vec<Option<ChunkOutcome>>,
+    ids: Vec<Option<ChunkId>>,
+    need: Vec<usize>,
 }
 
-/// The remote side: serves one backup source after `OpenBackup`.
-///
-/// # Errors
-/// Open and read failures, protocol errors.
-pub fn serve_backup_source(
-    chunk_size: u32,
-    path: &Path,
-    requests: &Receiver<Message>,
-    replies: &Sender<Message>,
-) -> Result<(), RemoteError> {
-    let chunk_size = chunk_size as usize;
-    if !chunk_size.is_power_of_two() || chunk_size < 4096 || !UNIT_SIZE.is_multiple_of(chunk_size) {
-        return Err(RemoteError::Protocol(format!(
-            "bad chunk size {chunk_size}"
-        )));
-    }
-    let input = Input::open(path, &InputOptions::default())?;
-    let kind = match input.kind() {
-        InputKind::BlockDevice => ObjectKind::BlockDevice,
-        InputKind::File => ObjectKind::File,
-        _ => {
-            return Err(RemoteError::NotSeekable {
-                path: path.to_path_buf(),
-            })
-        }
-    };
-    let size = input.size().unwrap_or(0);
-    let send = |m: Message| {
-        replies.send(m).map_err(|_| RemoteError::Disconnected {
-            peer: "repository".into(),
-        })
-    };
-    send(Message::Opened {
-        kind,
-        size,
-        id: [0; 32],
-        resume_from: 0,
-        resume_chain: [0; 32],
-    })?;
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let cancel = Cancel::new();
-    let mut reader = ChunkReader::spawn(
-        input,
-        ReaderOptions {
-            chunk_size: UNIT_SIZE,
-            depth: threads + 3,
-            digest: true,
-            cancel: Some(cancel.clone()),
-            ..ReaderOptions::default()
-        },
-    );
-    let recycler = reader.recycler();
-    let (work_tx, work_rx) = bounded::<(u64, Chunk, Vec<ChunkId>)>(threads);
-    let (done_tx, done_rx) = bounded::<(u64, Vec<ChunkOutcome>)>(threads * 2);
-    let dedup = Dedup::new(None, None);
-    let mut bytes_read = 0u64;
-    pipeline::scope(&cancel, |s| -> Result<(), RemoteError> {
-        let cancel = &cancel;
-        for _ in 0..threads {
-            let work = work_rx.clone();
-            let done = done_tx.clone();
-            let recycler: Recycler = recycler.clone();
-            let dedup = &dedup;
-            s.spawn("worker", move || -> Result<(), RemoteError> {
-                let mut compressor = zstd::bulk::Compressor::new(REMOTE_LEVEL)
-                    .map_err(|e| RemoteError::Protocol(format!("zstd setup failed: {e}")))?;
-                while let Ok((seq, chunk, prev)) = cancel.recv(&work) {
-                    let outcomes = if chunk.hole {
-                        (0..chunk.len.div_ceil(chunk_size))
-                            .map(|_| ChunkOutcome::Zero)
-                            .collect()
-                    } else {
-                        let per_segment = chunk_size == SEGMENT_SIZE;
-                        let ids = |i: usize| {
-                            per_segment
-                                .then(|| chunk.segment_hash(i).map(|h| ChunkId::from(*h)))
-                                .flatten()
-                        };
-                        classify_unit(
-                            chunk.data(),
-                            chunk_size,
-                            &ids,
-                            &prev,
-                            dedup,
-                            &mut compressor,
-                        )
-                    };
-                    recycler.recycle(chunk);
-                    if cancel.send(&done, (seq, outcomes)).is_err() {
-                        break;
-                    }
-                }
-                Ok(())
-            });
-        }
-        drop(work_rx);
-        drop(done_tx);
-        let collector = s.spawn("collector", move || -> Result<(), RemoteError> {
-            let mut pending = BTreeMap::new();
-            let mut next = 0u64;
-            while let Ok((seq, outcomes)) = cancel.recv(&done_rx) {
-                pending.insert(seq, outcomes);
-                while let Some(o) = pending.remove(&next) {
-                    send(Message::Chunks {
-                        seq: next,
-                        entries: o.into_iter().map(to_entry).collect(),
-                    })?;
-                    next += 1;
-                }
-            }
-            Ok(())
-        });
-        let mut expected = 0u64;
-        let mut final_size = None;
-        while let Ok(m) = cancel.recv(requests) {
-            match m {
-                Message::Want { seq, prev } => {
-                    if seq != expected {
-                        return Err(RemoteError::Protocol(format!(
-                            "asked for unit {seq}, expected {expected}"
-                        )));
-                    }
-                    expected += 1;
-                    let chunk = match reader.next_chunk() {
-                        Some(Ok(c)) => c,
-                        Some(Err(e)) => return Err(e.into()),
-                        None => {
-                            return Err(RemoteError::Protocol(format!(
-                                "unit {seq} is past the end of the source"
-                            )))
-                        }
-                    };
-                    if !chunk.hole {
-                        bytes_read += chunk.len as u64;
-                    }
-                    let prev = prev.into_iter().map(ChunkId::from_bytes).collect();
-                    if cancel.send(&work_tx, (seq, chunk, prev)).is_err() {
-                        break;
-                    }
-                }
-                Message::Finish { size: s } => {
-                    final_size = Some(s);
-                    break;
-                }
-                other => return Err(RemoteError::unexpected(other.name(), "Want or Finish")),
-            }
-        }
-        drop(work_tx);
-        collector
-            .join()
-            .unwrap_or_else(|_| Err(RemoteError::Protocol("collector panicked".into())))?;
-        let Some(s) = final_size else {
-            reader.abandon();
-            return Ok(());
-        };
-        let summary = reader.finish()?;
-        if summary.bytes != s {
-            return Err(RemoteError::SourceChanged {
-                path: path.to_path_buf(),
-                offset: summary.bytes.min(s),
-            });
-        }
-        let digest = summary
-            .digest
-            .ok_or_else(|| RemoteError::Protocol("no digest".into()))?;
-        send(Message::Done {
-            chain: *digest.as_bytes(),
-            bytes: bytes_read,
-        })
-    })
+/// What the driver learned besides the units.
+struct DriverEnd {
+    digest: Digest,
+    bytes_read: u64,
 }
 
 /// The repository side: backs up `path` read by the remote end of `conn`.
@@ -251,120 +79,250 @@ pub fn run_remote(
         Message::Opened { size, .. } => size,
         other => return Err(RemoteError::unexpected(other.name(), "Opened").into()),
     };
-    let units = size.div_ceil(UNIT_SIZE as u64);
-    let per_unit = UNIT_SIZE / chunk_size;
-    let (unit_tx, unit_rx) = bounded::<Unit>(WINDOW as usize);
-    let index = session.index();
-    let repo = session.repo();
+    let (unit_tx, unit_rx) = bounded::<Unit>(SINK_QUEUE);
     std::thread::scope(|s| {
-        let driver = s.spawn(move || -> Result<(Digest, u64), RepoError> {
-            let mut prev_ids = PreviousIds::new(session.parent())?;
-            let (mut sent, mut received) = (0u64, 0u64);
-            while received < units {
-                while sent < units && sent - received < WINDOW {
-                    let len = (size - sent * UNIT_SIZE as u64).min(UNIT_SIZE as u64) as usize;
-                    let n = len.div_ceil(chunk_size).min(per_unit);
-                    let prev = prev_ids.take(n).iter().map(|id| *id.as_bytes()).collect();
-                    conn.send(Message::Want { seq: sent, prev })?;
-                    sent += 1;
-                }
-                match conn.recv()? {
-                    Message::Chunks { seq, entries } if seq == received => {
-                        let mut chunks = Vec::with_capacity(entries.len());
-                        for e in entries {
-                            chunks.push(match e {
-                                ChunkEntry::Zero => ChunkOutcome::Zero,
-                                ChunkEntry::Same(id) => {
-                                    let id = ChunkId::from_bytes(id);
-                                    if !index.contains(&id) {
-                                        return Err(RepoError::MissingChunk { chunk: id });
-                                    }
-                                    ChunkOutcome::Known(id)
-                                }
-                                ChunkEntry::New {
-                                    id,
-                                    raw_len,
-                                    encoding,
-                                    payload,
-                                } => {
-                                    let blob = check_blob(id, raw_len, encoding, payload)?;
-                                    let id = ChunkId::from_bytes(id);
-                                    let encoding = Encoding::from_byte(encoding)
-                                        .ok_or(RepoError::Internal("bad encoding"))?;
-                                    // The remote side never holds the key:
-                                    // what it sent is sealed here.
-                                    let blob = repo.seal_blob(
-                                        &repo.stored_id(&id),
-                                        encoding,
-                                        raw_len,
-                                        blob,
-                                    );
-                                    ChunkOutcome::New {
-                                        id,
-                                        raw_len,
-                                        encoding,
-                                        blob,
-                                    }
-                                }
-                            });
-                        }
-                        if unit_tx
-                            .send(Unit {
-                                seq,
-                                chunks,
-                                segments: Vec::new(),
-                            })
-                            .is_err()
-                        {
-                            return Err(RepoError::Stopped("backup sink"));
-                        }
-                        received += 1;
-                    }
-                    other => {
-                        return Err(RemoteError::unexpected(other.name(), "Chunks").into());
-                    }
-                }
-            }
-            drop(unit_tx);
-            conn.send(Message::Finish { size })?;
-            match conn.recv()? {
-                Message::Done { chain, bytes } => Ok((Digest::from_bytes(chain), bytes)),
-                other => Err(RemoteError::unexpected(other.name(), "Done").into()),
-            }
-        });
+        let driver = s.spawn(move || drive(session, conn, size, &unit_tx));
         session.commit(unit_rx, || {
-            let (digest, bytes_read) = driver
+            let end = driver
                 .join()
                 .unwrap_or(Err(RepoError::Internal("remote driver panicked")))?;
-            Ok((size, Some(digest), bytes_read, 0))
+            Ok((size, Some(end.digest), end.bytes_read, 0))
         })
     })
+}
+
+/// Chunks in unit `seq` of an image of `size` bytes.
+fn chunks_in_unit(size: u64, seq: u64, chunk_size: usize) -> usize {
+    let start = seq * UNIT_SIZE as u64;
+    let len = size.saturating_sub(start).min(UNIT_SIZE as u64);
+    (len as usize).div_ceil(chunk_size)
+}
+
+fn drive(
+    session: &BackupSession,
+    conn: &mut Connection,
+    size: u64,
+    units_out: &crossbeam_channel::Sender<Unit>,
+) -> Result<DriverEnd, RepoError> {
+    let chunk_size = session.chunk_size();
+    let units = size.div_ceil(UNIT_SIZE as u64);
+    let index = session.index();
+    let claims = session.claims();
+    let emit = |unit: Unit| {
+        units_out
+            .send(unit)
+            .map_err(|_| RepoError::Stopped("backup sink"))
+    };
+    // Chunks this backup asked for, when no run registry is shared.
+    let mut requested: HashSet<ChunkId, IdBuildHasher> = HashSet::default();
+    let mut borrowed: Vec<(u64, usize, ChunkId)> = Vec::new();
+    let mut awaited: BTreeMap<u64, Awaited> = BTreeMap::new();
+    let (mut offered, mut completed) = (0u64, 0u64);
+    while completed < units {
+        match conn.recv()? {
+            Message::Offer { seq, ids } => {
+                if seq != offered || seq >= units {
+                    return Err(protocol(format!("Offer of unit {seq}, expected {offered}")));
+                }
+                if ids.len() != chunks_in_unit(size, seq, chunk_size) {
+                    return Err(protocol(format!("Offer of unit {seq} has {} chunks", ids.len())));
+                }
+                offered += 1;
+                let ids: Vec<Option<ChunkId>> =
+                    ids.into_iter().map(|i| i.map(ChunkId::from_bytes)).collect();
+                let mut outcomes = Vec::with_capacity(ids.len());
+                let mut need = Vec::new();
+                let mut bits = Vec::new();
+                for (i, id) in ids.iter().enumerate() {
+                    let Some(id) = id else {
+                        outcomes.push(Some(ChunkOutcome::Zero));
+                        continue;
+                    };
+                    let fetch = if index.contains(id) {
+                        false
+                    } else if let Some((claims, owner)) = claims {
+                        match claims.claim(index.stored_id(id), owner) {
+                            ClaimOutcome::Claimed => true,
+                            ClaimOutcome::Own => false,
+                            ClaimOutcome::Borrowed => {
+                                borrowed.push((seq, i, *id));
+                                false
+                            }
+                        }
+                    } else {
+                        requested.insert(*id)
+                    };
+                    if fetch {
+                        set_bit(&mut bits, ids.len(), i);
+                        need.push(i);
+                        outcomes.push(None);
+                    } else {
+                        outcomes.push(Some(ChunkOutcome::Known(*id)));
+                    }
+                }
+                conn.send(Message::Need { seq, bits })?;
+                if need.is_empty() {
+                    emit(finished_unit(seq, outcomes, false))?;
+                    completed += 1;
+                } else {
+                    awaited.insert(
+                        seq,
+                        Awaited {
+                            outcomes,
+                            ids,
+                            need,
+                        },
+                    );
+                }
+            }
+            Message::Blobs { seq, blobs } => {
+                let mut unit = awaited
+                    .remove(&seq)
+                    .ok_or_else(|| protocol(format!("Blobs for unit {seq}, which needs none")))?;
+                fill(session, &mut unit, blobs, seq)?;
+                emit(finished_unit(seq, unit.outcomes, false))?;
+                completed += 1;
+            }
+            other => return Err(RemoteError::unexpected(other.name(), "Offer or Blobs").into()),
+        }
+    }
+    resend_unkept(session, conn, size, borrowed, &emit)?;
+    conn.send(Message::Finish { size })?;
+    match conn.recv()? {
+        Message::Done { chain, bytes } => Ok(DriverEnd {
+            digest: Digest::from_bytes(chain),
+            bytes_read: bytes,
+        }),
+        other => Err(RemoteError::unexpected(other.name(), "Done").into()),
+    }
+}
+
+/// Borrowed chunks whose lender stored them are listed in this backup's
+/// index file; the others are read again from this backup's own source.
+fn resend_unkept(
+    session: &BackupSession,
+    conn: &mut Connection,
+    size: u64,
+    borrowed: Vec<(u64, usize, ChunkId)>,
+    emit: &dyn Fn(Unit) -> Result<(), RepoError>,
+) -> Result<(), RepoError> {
+    let Some((claims, _)) = session.claims() else {
+        return Ok(());
+    };
+    let index = session.index();
+    let chunk_size = session.chunk_size();
+    let mut again: BTreeMap<u64, Vec<(usize, ChunkId)>> = BTreeMap::new();
+    let mut listed: HashSet<ChunkId, IdBuildHasher> = HashSet::default();
+    for (seq, i, id) in borrowed {
+        let stored_id = index.stored_id(&id);
+        match claims.location(&stored_id) {
+            Some((pack, entry)) => {
+                if listed.insert(stored_id) {
+                    session.add_borrowed(pack, entry);
+                }
+            }
+            None => again.entry(seq).or_default().push((i, id)),
+        }
+    }
+    let mut requested: HashMap<u64, Awaited> = HashMap::new();
+    for (seq, chunks) in again {
+        let n = chunks_in_unit(size, seq, chunk_size);
+        let mut bits = Vec::new();
+        let mut ids = vec![None; n];
+        for (i, id) in &chunks {
+            set_bit(&mut bits, n, *i);
+            ids[*i] = Some(*id);
+        }
+        conn.send(Message::Resend { seq, bits })?;
+        requested.insert(
+            seq,
+            Awaited {
+                outcomes: (0..n).map(|_| None).collect(),
+                ids,
+                need: chunks.iter().map(|(i, _)| *i).collect(),
+            },
+        );
+    }
+    while !requested.is_empty() {
+        match conn.recv()? {
+            Message::Blobs { seq, blobs } => {
+                let mut unit = requested
+                    .remove(&seq)
+                    .ok_or_else(|| protocol(format!("Blobs for unit {seq}, not asked again")))?;
+                fill(session, &mut unit, blobs, seq)?;
+                emit(finished_unit(seq, unit.outcomes, true))?;
+            }
+            other => return Err(RemoteError::unexpected(other.name(), "Blobs").into()),
+        }
+    }
+    Ok(())
+}
+
+/// Verifies the blobs a unit waited for and puts them in place.
+fn fill(
+    session: &BackupSession,
+    unit: &mut Awaited,
+    blobs: Vec<WireBlob>,
+    seq: u64,
+) -> Result<(), RepoError> {
+    if blobs.len() != unit.need.len()
+        || blobs
+            .iter()
+            .zip(&unit.need)
+            .any(|(b, i)| usize::from(b.index) != *i)
+    {
+        return Err(protocol(format!("Blobs of unit {seq} are not the chunks asked for")));
+    }
+    let repo = session.repo();
+    for blob in blobs {
+        let i = usize::from(blob.index);
+        let id = unit.ids[i].ok_or(RepoError::Internal("blob for a zero chunk"))?;
+        let encoding =
+            Encoding::from_byte(blob.encoding).ok_or(RepoError::Internal("bad encoding"))?;
+        let payload = check_blob(&id, blob.raw_len, encoding, blob.payload)?;
+        // The remote side never holds the key: what it sent is sealed here.
+        let sealed = repo.seal_blob(&repo.stored_id(&id), encoding, blob.raw_len, payload);
+        unit.outcomes[i] = Some(ChunkOutcome::New {
+            id,
+            raw_len: blob.raw_len,
+            encoding,
+            blob: sealed,
+        });
+    }
+    Ok(())
+}
+
+fn finished_unit(seq: u64, outcomes: Vec<Option<ChunkOutcome>>, appendix: bool) -> Unit {
+    Unit {
+        seq,
+        chunks: outcomes.into_iter().flatten().collect(),
+        segments: Vec::new(),
+        appendix,
+    }
+}
+
+fn protocol(text: String) -> RepoError {
+    RepoError::Remote(RemoteError::Protocol(text))
 }
 
 /// Checks a chunk received from the network against its id before it is
 /// stored: the remote side is trusted to read, not to be right.
 fn check_blob(
-    id: [u8; 32],
+    id: &ChunkId,
     raw_len: u32,
-    encoding: u8,
+    encoding: Encoding,
     payload: Vec<u8>,
 ) -> Result<Vec<u8>, RepoError> {
-    let id = ChunkId::from_bytes(id);
     let plain;
-    let data: &[u8] = if encoding == Encoding::Zstd as u8 {
-        plain = zstd::bulk::decompress(&payload, raw_len as usize).map_err(|e| {
-            RepoError::Remote(RemoteError::Protocol(format!(
-                "chunk {id}: bad zstd data: {e}"
-            )))
-        })?;
+    let data: &[u8] = if encoding == Encoding::Zstd {
+        plain = zstd::bulk::decompress(&payload, raw_len as usize)
+            .map_err(|e| protocol(format!("chunk {id}: bad zstd data: {e}")))?;
         &plain
     } else {
         &payload
     };
-    if data.len() != raw_len as usize || ChunkId::of(data) != id {
-        return Err(RepoError::Remote(RemoteError::Protocol(format!(
-            "chunk {id} does not match its id"
-        ))));
+    if data.len() != raw_len as usize || ChunkId::of(data) != *id {
+        return Err(protocol(format!("chunk {id} does not match its id")));
     }
     Ok(payload)
 }

@@ -488,6 +488,7 @@ fn worker(
                 seq: unit.seq,
                 chunks,
                 segments,
+                appendix: false,
             })
         })();
         if units.send(result?).is_err() {

@@ -129,17 +129,17 @@ fn a_clone_backed_up_with_parent_sends_only_what_differs() {
     assert_eq!(s["new_chunks"], 2, "{s}");
     let sent = s["bytes_sent"].as_u64().expect("sent");
     assert!(sent < 300_000, "a clone with --parent sent {sent} bytes");
-    // Without --parent, a new name has nothing to compare with.
+    // Without --parent, a new name is compared with the whole repository:
+    // every chunk is known, only ids cross (at most 40 bytes a chunk).
     let plain = summaries(&common::run_ok(
         repo_cmd(&sshd, &repo, &common::bin())
             .arg(remote(&sshd, &vm))
             .arg("--name")
             .arg("vm-plain"),
     ));
-    assert!(
-        plain[0]["bytes_sent"].as_u64().expect("sent") > 7 << 20,
-        "{plain:?}"
-    );
+    assert_eq!(plain[0]["reused_chunks"], 128, "{plain:?}");
+    let sent = plain[0]["bytes_sent"].as_u64().expect("sent");
+    assert!(sent < 128 * 40 + 1024, "{plain:?}");
     let out = dir.path().join("vm.out");
     restore(&repo, "vm", &out);
     assert!(

@@ -315,12 +315,15 @@ pub fn run(args: BackupArgs) -> anyhow::Result<()> {
     if names.windows(2).any(|w| w[0] == w[1]) {
         bail!("two SOURCEs would get the same snapshot name; give --name after each");
     }
+    // Parallel remote sources send a chunk they both hold once.
+    let claims = std::sync::Arc::new(diskdelta::repo::claims::Claims::new());
     let results: Vec<anyhow::Result<BackupSummary>> = std::thread::scope(|s| {
         let handles: Vec<_> = jobs
             .iter()
             .map(|(spec, loc, host, name)| {
                 let repo = &repo;
                 let args = &args;
+                let claims = &claims;
                 s.spawn(move || -> anyhow::Result<BackupSummary> {
                     let options = BackupOptions {
                         name: name.clone(),
@@ -342,6 +345,7 @@ pub fn run(args: BackupArgs) -> anyhow::Result<()> {
                         None => backup_local(repo, &loc.path, options, args.common.quiet),
                         Some(_) => super::backup_remote::run(
                             repo,
+                            claims,
                             loc,
                             spec.sudo,
                             &args.remote.rsh,

@@ -5,10 +5,14 @@ use diskdelta::remote::connection::Connection;
 use diskdelta::remote::location::Location;
 use diskdelta::remote::ssh::Remote;
 use diskdelta::repo::backup::{BackupOptions, BackupSession, BackupSummary};
+use diskdelta::repo::claims::Claims;
 use diskdelta::repo::{remote, Repository};
+use std::sync::Arc;
 
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     repo: &Repository,
+    claims: &Arc<Claims>,
     loc: &Location,
     sudo: bool,
     rsh: &str,
@@ -17,7 +21,8 @@ pub fn run(
     quiet: bool,
 ) -> anyhow::Result<BackupSummary> {
     let host = loc.host.clone().unwrap_or_default();
-    let session = BackupSession::start(repo, options)?;
+    let mut session = BackupSession::start(repo, options)?;
+    session.share_claims(claims.clone());
     super::warn_stale_locks(&session.stale_locks, quiet);
     super::warn_damaged_index(&session.damaged_index_files);
     let mut conn = Connection::remote(&Remote {
