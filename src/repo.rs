@@ -92,6 +92,7 @@ pub mod lock;
 pub mod maintenance;
 pub mod remote;
 pub mod restore;
+pub mod serve;
 pub mod time;
 pub mod tracked;
 
@@ -237,6 +238,16 @@ pub enum RepoError {
     /// A remote source failed.
     #[error(transparent)]
     Remote(#[from] crate::remote::RemoteError),
+    /// A destructive command on a repository served append-only.
+    #[error(
+        "repository {location} is append-only: {what} is refused (run it on the repository host)"
+    )]
+    AppendOnly {
+        /// The repository.
+        location: String,
+        /// The command.
+        what: &'static str,
+    },
     /// A worker thread failed without an error of its own.
     #[error("internal error: {0}")]
     Internal(&'static str),
@@ -298,12 +309,27 @@ impl RepoError {
     }
 }
 
+/// Refuses `what` on an append-only repository before anything is done.
+///
+/// # Errors
+/// [`RepoError::AppendOnly`].
+pub fn refuse_if_append_only(backend: &dyn Backend, what: &'static str) -> Result<(), RepoError> {
+    if backend.append_only() {
+        return Err(RepoError::AppendOnly {
+            location: backend.location(),
+            what,
+        });
+    }
+    Ok(())
+}
+
 impl crate::remote::WireError for RepoError {
     fn code(&self) -> crate::remote::message::ErrorCode {
         use crate::remote::message::ErrorCode;
         match self {
             RepoError::Io(e) => crate::remote::io_code(e),
             RepoError::Remote(e) => e.code(),
+            RepoError::AppendOnly { .. } => ErrorCode::Refused,
             _ => ErrorCode::Other,
         }
     }

@@ -228,9 +228,10 @@ pub enum Message {
         /// The chunks.
         blobs: Vec<WireBlob>,
     },
-    /// Open the repository at `path` on the serving host.
+    /// Open the repository at `path` on the serving host (its directory
+    /// is created by the first put, as `init` makes it).
     OpenRepo {
-        /// [`REPO_CREATE`]: create the directory if missing (`init`).
+        /// Reserved, 0.
         flags: u32,
         /// Path bytes as given by the user.
         path: Vec<u8>,
@@ -323,8 +324,6 @@ pub enum ObjStatus {
     Refused = 3,
 }
 
-/// `OpenRepo` flag: create the repository directory if it is missing.
-pub const REPO_CREATE: u32 = 1;
 /// `RepoOpened` flag: the serving end refuses deletes and overwrites.
 pub const REPO_APPEND_ONLY: u32 = 1;
 
@@ -1037,7 +1036,11 @@ fn kind_name(k: u8) -> Option<&'static str> {
         kind::BLOBS => "Blobs",
         kind::OPEN_REPO => "OpenRepo",
         kind::REPO_OPENED => "RepoOpened",
-        kind::OBJ_GET | kind::OBJ_SIZE | kind::OBJ_PUT | kind::OBJ_LIST | kind::OBJ_DELETE
+        kind::OBJ_GET
+        | kind::OBJ_SIZE
+        | kind::OBJ_PUT
+        | kind::OBJ_LIST
+        | kind::OBJ_DELETE
         | kind::OBJ_SWEEP => "Obj",
         kind::OBJ_REPLY => "ObjReply",
         _ => return None,
@@ -1078,7 +1081,7 @@ mod tests {
                 }],
             },
             Message::OpenRepo {
-                flags: REPO_CREATE,
+                flags: 0,
                 path: b"/srv/repo".to_vec(),
             },
             Message::RepoOpened {
@@ -1108,7 +1111,9 @@ mod tests {
             },
             Message::Obj {
                 tag: 10,
-                op: ObjOp::Size { key: "config".into() },
+                op: ObjOp::Size {
+                    key: "config".into(),
+                },
             },
             Message::Obj {
                 tag: 11,

@@ -19,6 +19,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 pub mod s3;
+pub mod ssh;
 
 /// Failures of a backend operation.
 #[derive(Debug, thiserror::Error)]
@@ -126,6 +127,11 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     ) -> Result<(bool, Option<Vec<u8>>), BackendError> {
         let stored = self.put_if_absent(key, &data)?;
         Ok((stored, Some(data)))
+    }
+    /// True when the store refuses deletes (a repository served with
+    /// `--append-only`).
+    fn append_only(&self) -> bool {
+        false
     }
     /// How many puts the repository should keep in flight at once (remote
     /// stores hide their latency behind several).

@@ -271,6 +271,7 @@ pub fn resolve(backend: &dyn Backend, spec: &str) -> Result<String, RepoError> {
 /// # Errors
 /// The refusals, storage failures.
 pub fn remove(backend: &dyn Backend, key: &str, current: &str) -> Result<(), RepoError> {
+    super::refuse_if_append_only(backend, "removing a key")?;
     if key == current {
         return Err(RepoError::Invalid(format!(
             "{key} is the key this command was unlocked with; remove it with another password (or use `key passwd`)"

@@ -7,6 +7,11 @@
 //!   at that endpoint (MinIO, Ceph RGW, Garage, …).
 //! - `s3:HOST/BUCKET[/PREFIX]`: virtual-host-style S3 over https
 //!   (`s3:s3.amazonaws.com/bucket/prefix`).
+//! - `ssh://[USER@]HOST[:PORT]/PATH`: a directory on another host, served
+//!   there by `diskdelta serve --repo PATH` started over ssh
+//!   (`DISKDELTA_RSH`, default `ssh`; `DISKDELTA_REMOTE_PATH`, default
+//!   `diskdelta`). `/./PATH` and `/~/PATH` are relative to the home
+//!   directory, as borg writes them.
 //!
 //! Any other `scheme:` is refused with the list of known ones, so that a
 //! mistyped location never becomes a local directory named `sftp:host`.
@@ -19,10 +24,12 @@ use std::time::Duration;
 use super::backend::s3::{
     S3Backend, S3Credentials, S3Options, DEFAULT_CONNECTIONS, DEFAULT_PART_SIZE,
 };
+use super::backend::ssh::SshBackend;
 use super::backend::{Backend, BackendError, LocalBackend};
+use crate::remote::ssh::Remote;
 
 /// The schemes a location may start with.
-pub const KNOWN_SCHEMES: &str = "local:, s3:";
+pub const KNOWN_SCHEMES: &str = "local:, s3:, ssh://";
 
 /// Failures to understand a location or to find its credentials.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +42,17 @@ pub enum LocationError {
         /// Its scheme.
         scheme: String,
     },
+    /// An `ssh://` location that does not parse.
+    #[error("repository location {text:?}: {reason} (expected ssh://[USER@]HOST[:PORT]/PATH)")]
+    BadSsh {
+        /// The location as given.
+        text: String,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// The repository host could not be reached or refused.
+    #[error(transparent)]
+    Remote(#[from] crate::remote::RemoteError),
     /// An `s3:` location that does not parse.
     #[error("repository location {text:?}: {reason} (expected s3:http://HOST:PORT/BUCKET/PREFIX or s3:HOST/BUCKET/PREFIX)")]
     BadS3 {
@@ -74,6 +92,17 @@ pub struct S3Location {
     pub virtual_host: bool,
 }
 
+/// A directory on another host, reached over ssh.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshLocation {
+    /// `[user@]host`.
+    pub destination: String,
+    /// The ssh port, when given.
+    pub port: Option<u16>,
+    /// The directory on that host (relative paths from the home directory).
+    pub path: String,
+}
+
 /// A parsed repository location.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RepoLocation {
@@ -81,6 +110,37 @@ pub enum RepoLocation {
     Local(PathBuf),
     /// An S3 bucket.
     S3(S3Location),
+    /// A directory on another host.
+    Ssh(SshLocation),
+}
+
+fn parse_ssh(text: &str, rest: &str) -> Result<SshLocation, LocationError> {
+    let bad = |reason| LocationError::BadSsh {
+        text: text.to_string(),
+        reason,
+    };
+    let (authority, path) = rest.split_once('/').ok_or_else(|| bad("no path"))?;
+    let (destination, port) = match authority.rsplit_once(':') {
+        Some((d, p)) => (d, Some(p.parse::<u16>().map_err(|_| bad("bad port"))?)),
+        None => (authority, None),
+    };
+    let host = destination.rsplit('@').next().unwrap_or_default();
+    if host.is_empty() || destination.starts_with('-') {
+        return Err(bad("no host"));
+    }
+    let path = if let Some(home) = path.strip_prefix("./").or_else(|| path.strip_prefix("~/")) {
+        home.to_string()
+    } else {
+        format!("/{path}")
+    };
+    if path.trim_matches('/').is_empty() {
+        return Err(bad("no path"));
+    }
+    Ok(SshLocation {
+        destination: destination.to_string(),
+        port,
+        path,
+    })
 }
 
 /// Parses a location.
@@ -96,6 +156,9 @@ pub fn parse(text: &OsStr) -> Result<RepoLocation, LocationError> {
     }
     if let Some(rest) = s.strip_prefix("s3:") {
         return parse_s3(s, rest).map(RepoLocation::S3);
+    }
+    if let Some(rest) = s.strip_prefix("ssh://") {
+        return parse_ssh(s, rest).map(RepoLocation::Ssh);
     }
     if let Some((scheme, _)) = s.split_once(':') {
         let looks_like_scheme = !scheme.is_empty()
@@ -306,7 +369,8 @@ pub struct OpenedBackend {
     pub s3: Option<Arc<S3Backend>>,
 }
 
-/// Makes the backend of a location (no request is made).
+/// Makes the backend of a location (no request is made, except that an
+/// `ssh://` location starts the server and opens the repository there).
 ///
 /// # Errors
 /// As [`s3_options_from_env`].
@@ -321,6 +385,33 @@ pub fn open_backend(location: &RepoLocation) -> Result<OpenedBackend, LocationEr
             Ok(OpenedBackend {
                 backend: s3.clone(),
                 s3: Some(s3),
+            })
+        }
+        RepoLocation::Ssh(loc) => {
+            let mut rsh: Vec<String> = env("DISKDELTA_RSH")
+                .unwrap_or_else(|| "ssh".into())
+                .split_whitespace()
+                .map(str::to_string)
+                .collect();
+            if let Some(port) = loc.port {
+                rsh.extend(["-p".to_string(), port.to_string()]);
+            }
+            let remote = Remote {
+                host: loc.destination.clone(),
+                rsh,
+                remote_path: env("DISKDELTA_REMOTE_PATH").unwrap_or_else(|| "diskdelta".into()),
+                sudo: false,
+            };
+            let port = loc.port.map(|p| format!(":{p}")).unwrap_or_default();
+            let shown = format!(
+                "ssh://{}{port}/{}",
+                loc.destination,
+                loc.path.trim_start_matches('/')
+            );
+            let backend = SshBackend::connect(&remote, &loc.path, shown)?;
+            Ok(OpenedBackend {
+                backend: Arc::new(backend),
+                s3: None,
             })
         }
     }

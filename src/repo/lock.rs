@@ -252,6 +252,7 @@ impl Drop for Lock {
 /// # Errors
 /// Storage failures.
 pub fn unlock(backend: &dyn Backend, all: bool) -> Result<Vec<String>, RepoError> {
+    super::refuse_if_append_only(backend, "unlock")?;
     let now = time::now();
     let mut removed = Vec::new();
     for l in list_locks(backend)? {

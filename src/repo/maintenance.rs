@@ -387,6 +387,9 @@ pub fn referenced_chunks(snaps: &[Snapshot]) -> Result<HashSet<ChunkId, IdBuildH
 /// Locked repository, unreadable snapshots or index files, missing chunks
 /// (gc refuses to run on a damaged repository), storage failures.
 pub fn gc(repo: &Repository, dry_run: bool) -> Result<GcReport, RepoError> {
+    if !dry_run {
+        super::refuse_if_append_only(repo.backend().as_ref(), "gc")?;
+    }
     let lock = Lock::acquire(repo.backend().clone(), true, "gc")?;
     let mut report = gc_locked(repo, dry_run)?;
     report.stale_locks = lock.stale.clone();
@@ -752,6 +755,9 @@ pub fn forget(
     prune: bool,
     dry_run: bool,
 ) -> Result<ForgetReport, RepoError> {
+    if !dry_run {
+        super::refuse_if_append_only(repo.backend().as_ref(), "forget")?;
+    }
     let lock = Lock::acquire(
         repo.backend().clone(),
         prune && !dry_run,

@@ -125,11 +125,16 @@ fn drive(
                     return Err(protocol(format!("Offer of unit {seq}, expected {offered}")));
                 }
                 if ids.len() != chunks_in_unit(size, seq, chunk_size) {
-                    return Err(protocol(format!("Offer of unit {seq} has {} chunks", ids.len())));
+                    return Err(protocol(format!(
+                        "Offer of unit {seq} has {} chunks",
+                        ids.len()
+                    )));
                 }
                 offered += 1;
-                let ids: Vec<Option<ChunkId>> =
-                    ids.into_iter().map(|i| i.map(ChunkId::from_bytes)).collect();
+                let ids: Vec<Option<ChunkId>> = ids
+                    .into_iter()
+                    .map(|i| i.map(ChunkId::from_bytes))
+                    .collect();
                 let mut outcomes = Vec::with_capacity(ids.len());
                 let mut need = Vec::new();
                 let mut bits = Vec::new();
@@ -271,7 +276,9 @@ fn fill(
             .zip(&unit.need)
             .any(|(b, i)| usize::from(b.index) != *i)
     {
-        return Err(protocol(format!("Blobs of unit {seq} are not the chunks asked for")));
+        return Err(protocol(format!(
+            "Blobs of unit {seq} are not the chunks asked for"
+        )));
     }
     let repo = session.repo();
     for blob in blobs {

@@ -54,9 +54,28 @@ pub enum Command {
     Key(KeyCommand),
     /// Turn a diskdump 0.1.5 store into snapshots.
     ImportDiskdump(ImportDiskdumpArgs),
-    /// Serve one end of a sync on stdin/stdout (started by `sync` over ssh).
-    #[command(hide = true)]
-    Serve,
+    /// Serve a sync end, a backup source or a repository on stdin/stdout
+    /// (started over ssh by `sync`, `backup HOST:PATH` and `-r ssh://`).
+    ///
+    /// For a client that may only add backups, put this in its
+    /// `authorized_keys` line:
+    /// command="diskdelta serve --repo /srv/repo --append-only",restrict ssh-ed25519 AAAA...
+    Serve(ServeArgs),
+}
+
+/// Arguments of `serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Serve only this repository (a client asking for another is refused).
+    #[arg(long, value_name = "PATH")]
+    pub repo: Option<PathBuf>,
+    /// Refuse every delete, forget, gc, lock removal and overwrite: the
+    /// client can add and read backups, not destroy them.
+    #[arg(long)]
+    pub append_only: bool,
+    /// Open repositories only under this path (repeatable).
+    #[arg(long, value_name = "PATH")]
+    pub restrict_to_path: Vec<PathBuf>,
 }
 
 /// Flags every subcommand takes.

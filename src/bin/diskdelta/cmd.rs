@@ -50,7 +50,13 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Copy(a) => copy::run(a),
         Command::Key(k) => key::run(k),
         Command::ImportDiskdump(a) => backup::import_diskdump(a),
-        Command::Serve => Ok(diskdelta::service::serve_stdio()?),
+        Command::Serve(a) => Ok(diskdelta::service::serve_stdio(
+            &diskdelta::repo::serve::ServeOptions {
+                repo: a.repo,
+                restrict_to: a.restrict_to_path,
+                append_only: a.append_only,
+            },
+        )?),
     }
 }
 
@@ -89,7 +95,7 @@ pub fn open_repo(
                 &password,
             )?)
         }
-        loc @ RepoLocation::S3(_) => {
+        loc => {
             let opened = location::open_backend(&loc)?;
             let where_ = opened.backend.location();
             let password = |new: bool| crate::password::repository_password(arg, &where_, new);

@@ -78,7 +78,9 @@ pub fn serve_backup_source(
 ) -> Result<(), RemoteError> {
     let chunk_size = chunk_size as usize;
     if !chunk_size.is_power_of_two() || chunk_size < 4096 || !UNIT_SIZE.is_multiple_of(chunk_size) {
-        return Err(RemoteError::Protocol(format!("bad chunk size {chunk_size}")));
+        return Err(RemoteError::Protocol(format!(
+            "bad chunk size {chunk_size}"
+        )));
     }
     let input = Input::open(path, &InputOptions::default())?;
     let kind = match input.kind() {
@@ -316,16 +318,22 @@ fn respond(
                     })?),
                 };
                 let mut data = vec![0u8; len];
-                file.read_exact_at(&mut data, offset)
-                    .map_err(|source| crate::io::IoError::Read {
+                file.read_exact_at(&mut data, offset).map_err(|source| {
+                    crate::io::IoError::Read {
                         path: path.to_path_buf(),
                         offset,
                         source,
-                    })?;
+                    }
+                })?;
                 (seq, Payload::Reread(data), bits)
             }
             Message::Finish { size } => return Ok(Some(size)),
-            other => return Err(RemoteError::unexpected(other.name(), "Need, Resend or Finish")),
+            other => {
+                return Err(RemoteError::unexpected(
+                    other.name(),
+                    "Need, Resend or Finish",
+                ))
+            }
         };
         let sent = cancel.send(
             jobs,

@@ -66,6 +66,9 @@ fn list(args: KeyArgs) -> anyhow::Result<()> {
 
 fn add(args: KeyNewArgs, replace_current: bool) -> anyhow::Result<()> {
     let repo = open_encrypted(&args.repo)?;
+    if replace_current {
+        diskdelta::repo::refuse_if_append_only(repo.backend().as_ref(), "key passwd")?;
+    }
     let where_ = repo.backend().location();
     let password = crate::password::new_password(args.new_password_file.as_deref(), &where_)?;
     let master = repo
