@@ -39,6 +39,11 @@ pub struct Index {
     packs: Vec<PackId>,
     pack_numbers: HashMap<PackId, u32, IdBuildHasher>,
     blobs: HashMap<ChunkId, BlobLocation, IdBuildHasher>,
+    /// Further locations of chunks listed more than once (two backups that
+    /// stored the same chunk, a borrowed chunk listed twice, or a wrong
+    /// entry written by a client): a read that fails verification tries
+    /// them, so no added index file can hide a good copy.
+    alternates: HashMap<ChunkId, Vec<BlobLocation>, IdBuildHasher>,
     files: Vec<IndexId>,
 }
 
@@ -83,14 +88,35 @@ impl Index {
         };
         self.blobs.reserve(entries.len());
         for e in entries {
-            self.blobs.entry(e.id).or_insert(BlobLocation {
+            let location = BlobLocation {
                 pack: number,
                 offset: e.offset,
                 stored_len: e.stored_len,
                 raw_len: e.raw_len,
                 encoding: e.encoding,
-            });
+            };
+            match self.blobs.entry(e.id) {
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(location);
+                }
+                std::collections::hash_map::Entry::Occupied(o) => {
+                    if *o.get() != location {
+                        let others = self.alternates.entry(e.id).or_default();
+                        if !others.contains(&location) {
+                            others.push(location);
+                        }
+                    }
+                }
+            }
         }
+    }
+
+    /// Other locations of the chunk with content hash `id`, beyond
+    /// [`Self::get`]'s.
+    pub fn alternates(&self, id: &ChunkId) -> &[BlobLocation] {
+        self.alternates
+            .get(&self.stored_id(id))
+            .map_or(&[], Vec::as_slice)
     }
 
     /// True when the chunk with content hash `id` is stored.

@@ -24,7 +24,7 @@ use std::time::Instant;
 use crossbeam_channel::{bounded, Receiver, Sender};
 
 use super::backup::UNIT_SIZE;
-use super::index::Index;
+use super::index::{BlobLocation, Index};
 use super::{pack_key, ChunkDecoder, RepoError, Repository};
 use crate::digest::{hash_segment, zero_segment, Digest, ImageHasher, SEGMENT_SIZE};
 use crate::format::snapshot::Snapshot;
@@ -110,34 +110,87 @@ pub fn fetch_chunks(
             j += 1;
         }
         let pack = *index.pack_id(first.pack);
-        let data = repo
+        let data = match repo
             .backend()
-            .get_range(&pack_key(&pack), start, end - start)?;
+            .get_range(&pack_key(&pack), start, end - start)
+        {
+            Ok(d) => d,
+            // A listed pack that is gone: other copies may exist.
+            Err(e) if e.is_not_found() => Vec::new(),
+            Err(e) => return Err(e.into()),
+        };
         for &(slot, id, l) in &located[i..j] {
-            // Named as the pack table and `verify` name it (its stored id).
-            let stored = index.stored_id(&id);
-            let corrupt = |reason: String| RepoError::CorruptChunk {
-                chunk: stored,
-                pack,
-                reason,
-            };
-            let from = (u64::from(l.offset) - start) as usize;
-            let blob = data
-                .get(from..from + l.stored_len as usize)
-                .ok_or_else(|| corrupt("pack is shorter than its index says".into()))?;
             let begin = slot * chunk_size;
-            let raw_len = l.raw_len as usize;
-            let target = out.get_mut(begin..begin + raw_len).ok_or_else(|| {
-                corrupt(format!("stored length {raw_len} does not fit the image"))
-            })?;
-            let content = repo
-                .decode_blob(&stored, l.encoding, blob, target, decoder)
-                .map_err(corrupt)?;
-            if content != id {
-                return Err(corrupt("content does not match its id".into()));
+            let primary =
+                decode_located(repo, index, &data, start, id, l, &mut out[begin..], decoder);
+            if let Err(e) = primary {
+                // Each other copy is tried before the chunk counts as lost.
+                let recovered = index.alternates(&id).iter().any(|alt| {
+                    let from = u64::from(alt.offset);
+                    repo.backend()
+                        .get_range(
+                            &pack_key(index.pack_id(alt.pack)),
+                            from,
+                            u64::from(alt.stored_len),
+                        )
+                        .is_ok_and(|d| {
+                            decode_located(
+                                repo,
+                                index,
+                                &d,
+                                from,
+                                id,
+                                *alt,
+                                &mut out[begin..],
+                                decoder,
+                            )
+                            .is_ok()
+                        })
+                });
+                if !recovered {
+                    return Err(e);
+                }
             }
         }
         i = j;
+    }
+    Ok(())
+}
+
+/// Decodes and verifies the blob of `id` at `l` from `data`, which holds
+/// its pack's bytes from offset `start`, into the start of `out`.
+#[allow(clippy::too_many_arguments)]
+fn decode_located(
+    repo: &Repository,
+    index: &Index,
+    data: &[u8],
+    start: u64,
+    id: ChunkId,
+    l: BlobLocation,
+    out: &mut [u8],
+    decoder: &mut ChunkDecoder,
+) -> Result<(), RepoError> {
+    let pack = *index.pack_id(l.pack);
+    // Named as the pack table and `verify` name it (its stored id).
+    let stored = index.stored_id(&id);
+    let corrupt = |reason: String| RepoError::CorruptChunk {
+        chunk: stored,
+        pack,
+        reason,
+    };
+    let from = (u64::from(l.offset) - start) as usize;
+    let blob = data
+        .get(from..from + l.stored_len as usize)
+        .ok_or_else(|| corrupt("pack is shorter than its index says".into()))?;
+    let raw_len = l.raw_len as usize;
+    let target = out
+        .get_mut(..raw_len)
+        .ok_or_else(|| corrupt(format!("stored length {raw_len} does not fit the image")))?;
+    let content = repo
+        .decode_blob(&stored, l.encoding, blob, target, decoder)
+        .map_err(corrupt)?;
+    if content != id {
+        return Err(corrupt("content does not match its id".into()));
     }
     Ok(())
 }
@@ -187,7 +240,9 @@ pub fn check_restorable(
         let loc = index
             .get(&id)
             .ok_or(RepoError::MissingChunk { chunk: id })?;
-        if checked.insert(loc.pack) && !stored.contains(index.pack_id(loc.pack)) {
+        let held = |l: &BlobLocation| stored.contains(index.pack_id(l.pack));
+        let primary_held = checked.contains(&loc.pack) || (held(loc) && checked.insert(loc.pack));
+        if !primary_held && !index.alternates(&id).iter().any(held) {
             return Err(RepoError::Damaged(format!(
                 "pack {} holding chunk {id} is missing from the repository",
                 index.pack_id(loc.pack)
