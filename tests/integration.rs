@@ -11,6 +11,8 @@ mod cli;
 mod encryption;
 #[path = "integration/errors.rs"]
 mod errors;
+#[path = "integration/fleet.rs"]
+mod fleet;
 #[path = "integration/inplace.rs"]
 mod inplace;
 #[path = "integration/legacy.rs"]

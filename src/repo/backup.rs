@@ -139,6 +139,9 @@ pub struct Unit {
     /// Chunks sent again after the image (another source's promise not
     /// kept): stored, but not part of the snapshot's list.
     pub appendix: bool,
+    /// After this unit, the open pack goes to the uploaders at once (a
+    /// remote backup's last unit: parallel backups may wait for its chunks).
+    pub flush: bool,
 }
 
 /// Compresses a chunk, or keeps it raw when zstd does not gain 1/32.
@@ -716,6 +719,7 @@ fn worker(
                 chunks,
                 segments,
                 appendix: false,
+                flush: false,
             };
             if cancel.send(&units, unit).is_err() {
                 return;
@@ -751,6 +755,7 @@ fn worker(
             chunks: outcomes,
             segments,
             appendix: false,
+            flush: false,
         };
         if cancel.send(&units, unit).is_err() {
             return;
@@ -777,8 +782,8 @@ fn run_sink(
     let mut next = 0u64;
     let mut pack = PackBuilder::reusing(fresh());
     let mut stored: HashSet<ChunkId, IdBuildHasher> = HashSet::default();
-    let flush_if_full = |pack: &mut PackBuilder| -> Result<(), RepoError> {
-        if pack.len() >= PACK_TARGET {
+    let flush_if = |pack: &mut PackBuilder, now: bool| -> Result<(), RepoError> {
+        if pack.len() >= PACK_TARGET || (now && !pack.is_empty()) {
             let next = PackBuilder::reusing(spare.try_recv().unwrap_or_else(|_| fresh()));
             let full = std::mem::replace(pack, next);
             if cancel.send(&packs, full).is_err() {
@@ -803,7 +808,7 @@ fn run_sink(
                     stats.new_chunks += 1;
                     stats.new_bytes += u64::from(raw_len);
                     pack.add(index.stored_id(&id), &blob, raw_len, encoding);
-                    flush_if_full(&mut pack)?;
+                    flush_if(&mut pack, false)?;
                 }
             }
             continue;
@@ -811,6 +816,7 @@ fn run_sink(
         pending.insert(unit.seq, unit);
         while let Some(unit) = pending.remove(&next) {
             next += 1;
+            let flush = unit.flush;
             for (h, l) in &unit.segments {
                 hasher.push_segment(h, *l);
             }
@@ -838,10 +844,11 @@ fn run_sink(
                         stats.new_chunks += 1;
                         stats.new_bytes += u64::from(raw_len);
                         pack.add(index.stored_id(&id), &blob, raw_len, encoding);
-                        flush_if_full(&mut pack)?;
+                        flush_if(&mut pack, false)?;
                     }
                 }
             }
+            flush_if(&mut pack, flush)?;
         }
     }
     if cancel.is_cancelled() {

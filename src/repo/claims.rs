@@ -4,14 +4,19 @@
 //! repository lacks, only the first to offer it sends it; the other
 //! *borrows* it. A borrowed chunk is safe only once it is in an uploaded
 //! pack: the borrower then lists that pack's entry in its own index file.
-//! A borrower that finds a chunk still pending at its end (the lender is
-//! slower, or failed and released its claims) asks its own source to send
-//! the chunk again, so one source's failure never breaks another's
-//! snapshot. Keys are stored ids (keyed hashes in encrypted repositories).
+//! At the end of its image a borrower flushes its own last pack, then
+//! waits for each borrowed chunk to be stored or released (the lender
+//! failed); released ones it asks its own source to send again, so one
+//! source's failure never breaks another's snapshot. Every owner flushes
+//! before it waits, so two backups borrowing from each other never wait
+//! in a circle. Keys are stored ids (keyed hashes in encrypted repositories).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
+use std::time::Duration;
+
+use crate::pipeline::Cancel;
 
 use crate::format::pack::PackEntry;
 use crate::id::{ChunkId, IdBuildHasher, PackId};
@@ -39,6 +44,8 @@ pub enum ClaimOutcome {
 #[derive(Debug, Default)]
 pub struct Claims {
     map: Mutex<HashMap<ChunkId, Claim, IdBuildHasher>>,
+    /// Signalled when claims are stored or released.
+    changed: Condvar,
     owners: AtomicU64,
 }
 
@@ -80,6 +87,33 @@ impl Claims {
                 *c = Claim::Stored(*pack, *e);
             }
         }
+        self.changed.notify_all();
+    }
+
+    /// Waits until the chunk's claim is stored (its location) or released
+    /// (`None`: its owner ended without storing it). Owners flush their
+    /// last pack before they wait on others, so the wait always ends;
+    /// `cancel` ends it early.
+    pub fn wait_resolved(
+        &self,
+        stored_id: &ChunkId,
+        cancel: &Cancel,
+    ) -> Option<(PackId, PackEntry)> {
+        let mut map = self.lock();
+        loop {
+            match map.get(stored_id) {
+                Some(Claim::Stored(p, e)) => return Some((*p, *e)),
+                None => return None,
+                Some(Claim::Pending(_)) if cancel.is_cancelled() => return None,
+                Some(Claim::Pending(_)) => {
+                    map = self
+                        .changed
+                        .wait_timeout(map, Duration::from_millis(200))
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .0;
+                }
+            }
+        }
     }
 
     /// Where a chunk was stored, if it was.
@@ -94,6 +128,7 @@ impl Claims {
     pub fn release(&self, owner: u64) {
         self.lock()
             .retain(|_, c| !matches!(c, Claim::Pending(o) if *o == owner));
+        self.changed.notify_all();
     }
 }
 
@@ -126,6 +161,10 @@ mod tests {
         let pack = PackId::of(b"p");
         claims.stored(&pack, &[entry(x)]);
         claims.release(b);
+        assert!(claims.wait_resolved(&x, &Cancel::new()).is_some());
+        assert!(claims
+            .wait_resolved(&ChunkId::of(b"y"), &Cancel::new())
+            .is_none());
         assert_eq!(claims.location(&x).map(|(p, _)| p), Some(pack));
         assert_eq!(claims.claim(x, a), ClaimOutcome::Borrowed);
     }

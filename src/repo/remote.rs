@@ -167,7 +167,7 @@ fn drive(
                 }
                 conn.send(Message::Need { seq, bits })?;
                 if need.is_empty() {
-                    emit(finished_unit(seq, outcomes, false))?;
+                    emit(finished_unit(seq, units, outcomes, false))?;
                     completed += 1;
                 } else {
                     awaited.insert(
@@ -185,7 +185,7 @@ fn drive(
                     .remove(&seq)
                     .ok_or_else(|| protocol(format!("Blobs for unit {seq}, which needs none")))?;
                 fill(session, &mut unit, blobs, seq)?;
-                emit(finished_unit(seq, unit.outcomes, false))?;
+                emit(finished_unit(seq, units, unit.outcomes, false))?;
                 completed += 1;
             }
             other => return Err(RemoteError::unexpected(other.name(), "Offer or Blobs").into()),
@@ -220,7 +220,7 @@ fn resend_unkept(
     let mut listed: HashSet<ChunkId, IdBuildHasher> = HashSet::default();
     for (seq, i, id) in borrowed {
         let stored_id = index.stored_id(&id);
-        match claims.location(&stored_id) {
+        match claims.wait_resolved(&stored_id, session.cancel()) {
             Some((pack, entry)) => {
                 if listed.insert(stored_id) {
                     session.add_borrowed(pack, entry);
@@ -255,7 +255,7 @@ fn resend_unkept(
                     .remove(&seq)
                     .ok_or_else(|| protocol(format!("Blobs for unit {seq}, not asked again")))?;
                 fill(session, &mut unit, blobs, seq)?;
-                emit(finished_unit(seq, unit.outcomes, true))?;
+                emit(finished_unit(seq, 0, unit.outcomes, true))?;
             }
             other => return Err(RemoteError::unexpected(other.name(), "Blobs").into()),
         }
@@ -299,12 +299,20 @@ fn fill(
     Ok(())
 }
 
-fn finished_unit(seq: u64, outcomes: Vec<Option<ChunkOutcome>>, appendix: bool) -> Unit {
+/// A unit ready for the sink; the image's last one flushes the open pack
+/// (parallel backups may be waiting for its chunks).
+fn finished_unit(
+    seq: u64,
+    units: u64,
+    outcomes: Vec<Option<ChunkOutcome>>,
+    appendix: bool,
+) -> Unit {
     Unit {
         seq,
         chunks: outcomes.into_iter().flatten().collect(),
         segments: Vec::new(),
         appendix,
+        flush: !appendix && seq + 1 == units,
     }
 }
 

@@ -489,6 +489,7 @@ fn worker(
                 chunks,
                 segments,
                 appendix: false,
+                flush: false,
             })
         })();
         if units.send(result?).is_err() {
