@@ -1226,6 +1226,11 @@ mod tests {
                     | Message::Nodes { .. }
                     | Message::Data { .. }
                     | Message::Write { .. }
+                    | Message::Need { .. }
+                    | Message::Resend { .. }
+                    | Message::OpenRepo { .. }
+                    | Message::Obj { .. }
+                    | Message::ObjReply { .. }
             );
             if !variable {
                 let mut longer = f.clone();
