@@ -244,6 +244,11 @@ impl<'a> BodyReader<'a> {
         Ok(w)
     }
 
+    /// True when every byte was read.
+    pub fn rest_is_empty(&self) -> bool {
+        self.at == self.body.len()
+    }
+
     /// Everything left.
     pub fn rest(&mut self) -> &'a [u8] {
         let out = &self.body[self.at..];

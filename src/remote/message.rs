@@ -343,6 +343,29 @@ pub struct WireBlob {
     pub payload: Vec<u8>,
 }
 
+/// Encodes a listing (the data of an `ObjReply` to a list): size u64,
+/// key length u16, key, per object.
+pub fn encode_listing<'a>(objects: impl IntoIterator<Item = (&'a str, u64)>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (key, size) in objects {
+        put_u64(&mut out, size);
+        put_key(&mut out, key);
+    }
+    out
+}
+
+/// Decodes a listing; `None` when it is malformed.
+pub fn decode_listing(data: &[u8]) -> Option<Vec<(String, u64)>> {
+    let mut r = BodyReader::new(data);
+    let mut out = Vec::new();
+    while !r.rest_is_empty() {
+        let size = r.u64().ok()?;
+        let key = read_key(&mut r).ok()?;
+        out.push((String::from_utf8(key.to_vec()).ok()?, size));
+    }
+    Some(out)
+}
+
 /// Bit `i` of a `Need`/`Resend` bitmap.
 pub fn bit(bits: &[u8], i: usize) -> bool {
     bits.get(i / 8).is_some_and(|b| b & (1 << (i % 8)) != 0)
@@ -1210,6 +1233,47 @@ mod tests {
                 "{}",
                 m.name()
             );
+        }
+    }
+
+    /// Every sample's frame, byte for byte, as `tests/golden/wire/
+    /// messages-v2.txt` pins it (`DISKDELTA_BLESS=1` rewrites the file
+    /// after a deliberate format change, which also bumps [`VERSION`]).
+    #[test]
+    fn frames_match_the_golden_file() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/golden/wire/messages-v2.txt");
+        let mut text = String::from(
+            "# name kind body: every sample message of src/remote/message.rs, protocol version 2\n",
+        );
+        for m in samples() {
+            let f = m.encode();
+            let body: String = f.body.iter().map(|b| format!("{b:02x}")).collect();
+            text.push_str(&format!("{} {:02x} {body}\n", m.name(), f.kind));
+        }
+        if std::env::var_os("DISKDELTA_BLESS").is_some() {
+            std::fs::write(&path, &text).expect("write golden file");
+        }
+        let golden = std::fs::read_to_string(&path).expect("golden file");
+        assert_eq!(golden, text, "wire format changed: {}", path.display());
+        for (line, m) in golden.lines().skip(1).zip(samples()) {
+            let mut parts = line.split(' ');
+            let (_, kind, body) = (parts.next(), parts.next(), parts.next());
+            let kind = u8::from_str_radix(kind.unwrap_or_default(), 16).expect("kind");
+            let hex = body.unwrap_or_default();
+            let body = (0..hex.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
+                .collect();
+            assert_eq!(Message::decode(&Frame { kind, body }), Ok(m));
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn listings_round_trip(objects in proptest::collection::vec(("[a-z0-9/]{0,40}", any::<u64>()), 0..20)) {
+            let bytes = encode_listing(objects.iter().map(|(k, s)| (k.as_str(), *s)));
+            prop_assert_eq!(decode_listing(&bytes), Some(objects));
         }
     }
 

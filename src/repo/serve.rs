@@ -24,7 +24,9 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 
 use super::backend::{Backend, BackendError, LocalBackend};
 use super::RepoError;
-use crate::remote::message::{Message, ObjOp, ObjStatus, MAX_OBJ_PIECE, REPO_APPEND_ONLY};
+use crate::remote::message::{
+    encode_listing, Message, ObjOp, ObjStatus, MAX_OBJ_PIECE, REPO_APPEND_ONLY,
+};
 use crate::remote::RemoteError;
 
 /// Operations carried out at once (the rest wait in the queue).
@@ -185,13 +187,9 @@ impl Session<'_> {
                 stored.map(|s| Outcome::Data(vec![u8::from(s)]))
             }
             ObjOp::List { prefix } => self.backend.list(&prefix).map(|objects| {
-                let mut out = Vec::new();
-                for o in objects {
-                    out.extend_from_slice(&o.size.to_le_bytes());
-                    out.extend_from_slice(&(o.key.len() as u16).to_le_bytes());
-                    out.extend_from_slice(o.key.as_bytes());
-                }
-                Outcome::Data(out)
+                Outcome::Data(encode_listing(
+                    objects.iter().map(|o| (o.key.as_str(), o.size)),
+                ))
             }),
             ObjOp::Delete { key } => {
                 if self.options.append_only && !self.own_locks().remove(&key) {

@@ -15,7 +15,9 @@ use crossbeam_channel::{unbounded, Receiver, Sender};
 
 use super::{Backend, BackendError, ObjectInfo};
 use crate::remote::connection::{idle_timeout, Connection};
-use crate::remote::message::{Message, ObjOp, ObjStatus, MAX_OBJ_PIECE, REPO_APPEND_ONLY};
+use crate::remote::message::{
+    decode_listing, Message, ObjOp, ObjStatus, MAX_OBJ_PIECE, REPO_APPEND_ONLY,
+};
 use crate::remote::ssh::Remote;
 use crate::remote::RemoteError;
 
@@ -305,27 +307,15 @@ impl Backend for SshBackend {
                 prefix: prefix.to_string(),
             }],
         )?;
-        let bad = || BackendError::Remote {
+        let listing = decode_listing(&data).ok_or_else(|| BackendError::Remote {
             op: "list",
             key: prefix.to_string(),
             message: "malformed listing".into(),
-        };
-        let mut out = Vec::new();
-        let mut rest = &data[..];
-        while !rest.is_empty() {
-            if rest.len() < 10 {
-                return Err(bad());
-            }
-            let size = u64_of(&rest[..8]);
-            let n = usize::from(u16::from_le_bytes([rest[8], rest[9]]));
-            let key = rest.get(10..10 + n).ok_or_else(bad)?;
-            out.push(ObjectInfo {
-                key: String::from_utf8(key.to_vec()).map_err(|_| bad())?,
-                size,
-            });
-            rest = &rest[10 + n..];
-        }
-        Ok(out)
+        })?;
+        Ok(listing
+            .into_iter()
+            .map(|(key, size)| ObjectInfo { key, size })
+            .collect())
     }
 
     fn delete(&self, key: &str) -> Result<(), BackendError> {
