@@ -17,6 +17,8 @@ from harness import (DETECTED, HARMLESS, HANG, LOST, PARTIAL, WRONG, UNCLEAR, Fa
                      Verdict, copy_tree, flip, judge, kill_group, leftovers,
                      sha256_file, spread, tree_digest)
 
+from fixtures import CHUNK_SIZE  # noqa: E402
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -401,7 +403,67 @@ def relay_command(ctx, mode, direction, after, seed) -> str:
 
 def wire_fault(ctx, scratch, command, mode, direction, after, seed):
     rsh = relay_command(ctx, mode, direction, after, seed)
+    if command in SSH_REPO_COMMANDS:
+        return ssh_repo_run(ctx, scratch, command,
+                            {"DISKDELTA_RSH": rsh, "DISKDELTA_REMOTE_PATH": ctx.tool.binary})
     return remote_run(ctx, scratch, command, ["-e", rsh], {})
+
+
+def fresh_repo(ctx, scratch) -> str:
+    repo = os.path.join(scratch, "repo")
+    ctx.tool.ok("init", "-r", repo, "--chunk-size", CHUNK_SIZE, "-q")
+    return repo
+
+
+# Commands on a repository reached over ssh:// (diskdelta serve --repo).
+SSH_REPO_COMMANDS = ("push", "restore-ssh")
+
+
+def ssh_repo_run(ctx, scratch, command, env):
+    """push: a backup of the local v2 into a copy of the repository served
+    over ssh://; restore-ssh: a restore of snapshot b (v2) from it. A fault
+    must be detected (and leave the repository verifying, with no new
+    snapshot) or harmless; the rerun without the fault must succeed."""
+    if command == "push":
+        repo = fresh_repo(ctx, scratch)
+    else:
+        repo = copy_tree(ctx.fx.path("repo"), os.path.join(scratch, "repo"))
+    url = f"ssh://127.0.0.1{repo}"
+    clean = {"DISKDELTA_RSH": ctx.sshd.command(), "DISKDELTA_REMOTE_PATH": ctx.tool.binary}
+    if command == "push":
+        argv = ["backup", "-r", url, ctx.fx.path("v2.img"), "--name", "r", "-q"]
+        result = ctx.tool(*argv, env=env)
+
+        def ok():
+            return restores(ctx, repo, "r", "v2.img", scratch)
+
+        def nothing_written():
+            if ctx.fx.snapshots(repo):
+                return f"{PARTIAL}:a failed backup wrote a snapshot"
+            return None
+        verdict = judge(result, ok, nothing_written)
+    else:
+        out = os.path.join(scratch, "out.img")
+        result = ctx.tool("restore", "-r", url, "b", "-o", out, "-q", env=env)
+
+        def ok():
+            return os.path.exists(out) and sha256_file(out) == ctx.expected("v2.img")
+
+        def nothing_written():
+            if os.path.exists(out):
+                return f"{PARTIAL}:a failed restore left {out}"
+            return None
+        verdict = judge(result, ok, nothing_written)
+    if verdict.outcome == DETECTED:
+        check = ctx.tool("verify", "-r", repo, "--read-data", "-q")
+        if check.rc != 0:
+            return Verdict(LOST, "repository does not verify: " + check.describe())
+        if command == "push":
+            again = ctx.tool("backup", "-r", url, ctx.fx.path("v2.img"), "--name", "r", "-q",
+                             env=clean)
+            if again.rc != 0 or not restores(ctx, repo, "r", "v2.img", scratch):
+                return Verdict(LOST, "the rerun did not finish the backup: " + again.describe())
+    return verdict
 
 
 def remote_run(ctx, scratch, command, extra, env):
@@ -420,7 +482,9 @@ def remote_run(ctx, scratch, command, extra, env):
             if again.rc != 0 or not ok():
                 return Verdict(LOST, "the rerun did not finish the sync: " + again.describe())
         return verdict
-    repo = copy_tree(ctx.fx.path("repo"), os.path.join(scratch, "repo"))
+    # A new repository: the wire dedups against the whole repository, so
+    # only into an empty one does the whole image cross the faulty link.
+    repo = fresh_repo(ctx, scratch)
     argv = ["backup", "-r", repo, f"127.0.0.1:{ctx.fx.path('v2.img')}", "--name", "r", "-q"]
     result = ctx.tool(*argv, *extra, env=env)
 
@@ -428,7 +492,7 @@ def remote_run(ctx, scratch, command, extra, env):
         return restores(ctx, repo, "r", "v2.img", scratch)
 
     def nothing_written():
-        if ctx.fx.snapshots(repo) != ctx.snaps:
+        if ctx.fx.snapshots(repo):
             return f"{PARTIAL}:a failed backup wrote a snapshot"
         return None
     verdict = judge(result, ok, nothing_written)
@@ -459,6 +523,9 @@ child=$!
 wait $child
 """)
     os.chmod(wrapper, 0o755)
+    if command in SSH_REPO_COMMANDS:
+        return ssh_repo_run(ctx, scratch, command,
+                            {"DISKDELTA_RSH": ctx.sshd.command(), "DISKDELTA_REMOTE_PATH": wrapper})
     verdict = remote_run(ctx, scratch, command,
                          ["-e", ctx.sshd.command(), "--remote-path", wrapper], {})
     return verdict
@@ -814,6 +881,9 @@ KINDS["wire-sync"] = (wire_faults("sync"), 12)
 KINDS["wire-backup"] = (wire_faults("backup"), 12)
 KINDS["remote-killed-sync"] = (remote_killed_faults("sync"), 4)
 KINDS["remote-killed-backup"] = (remote_killed_faults("backup"), 4)
+KINDS["wire-push"] = (wire_faults("push"), 12)
+KINDS["wire-restore-ssh"] = (wire_faults("restore-ssh"), 6)
+KINDS["remote-killed-push"] = (remote_killed_faults("push"), 4)
 KINDS["stdout-closed"] = (stdout_closed_faults, 9)
 KINDS["fifo-stops"] = (fifo_faults, 9)
 KINDS["enospc"] = (enospc_faults, 14)
