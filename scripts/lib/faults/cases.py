@@ -432,16 +432,7 @@ def ssh_repo_run(ctx, scratch, command, env):
     clean = {"DISKDELTA_RSH": ctx.sshd.command(), "DISKDELTA_REMOTE_PATH": ctx.tool.binary}
     if command == "push":
         argv = ["backup", "-r", url, ctx.fx.path("v2.img"), "--name", "r", "-q"]
-        result = ctx.tool(*argv, env=env)
-
-        def ok():
-            return restores(ctx, repo, "r", "v2.img", scratch)
-
-        def nothing_written():
-            if ctx.fx.snapshots(repo):
-                return f"{PARTIAL}:a failed backup wrote a snapshot"
-            return None
-        verdict = judge(result, ok, nothing_written)
+        verdict = backup_verdict(ctx, scratch, repo, ctx.tool(*argv, env=env))
     else:
         out = os.path.join(scratch, "out.img")
         result = ctx.tool("restore", "-r", url, "b", "-o", out, "-q", env=env)
@@ -454,15 +445,12 @@ def ssh_repo_run(ctx, scratch, command, env):
                 return f"{PARTIAL}:a failed restore left {out}"
             return None
         verdict = judge(result, ok, nothing_written)
-    if verdict.outcome == DETECTED:
-        check = ctx.tool("verify", "-r", repo, "--read-data", "-q")
-        if check.rc != 0:
-            return Verdict(LOST, "repository does not verify: " + check.describe())
-        if command == "push":
-            again = ctx.tool("backup", "-r", url, ctx.fx.path("v2.img"), "--name", "r", "-q",
-                             env=clean)
-            if again.rc != 0 or not restores(ctx, repo, "r", "v2.img", scratch):
-                return Verdict(LOST, "the rerun did not finish the backup: " + again.describe())
+        if verdict.outcome == DETECTED:
+            verdict = verified(ctx, repo, verdict)
+    if verdict.outcome == DETECTED and command == "push":
+        again = ctx.tool(*argv, env=clean)
+        if again.rc != 0 or not restores(ctx, repo, "r", "v2.img", scratch):
+            return Verdict(LOST, "the rerun did not finish the backup: " + again.describe())
     return verdict
 
 
@@ -486,8 +474,12 @@ def remote_run(ctx, scratch, command, extra, env):
     # only into an empty one does the whole image cross the faulty link.
     repo = fresh_repo(ctx, scratch)
     argv = ["backup", "-r", repo, f"127.0.0.1:{ctx.fx.path('v2.img')}", "--name", "r", "-q"]
-    result = ctx.tool(*argv, *extra, env=env)
+    return backup_verdict(ctx, scratch, repo, ctx.tool(*argv, *extra, env=env))
 
+
+def backup_verdict(ctx, scratch, repo, result):
+    """A backup of v2 as snapshot r into the empty `repo`: either it
+    restores, or it failed, wrote no snapshot and the repository verifies."""
     def ok():
         return restores(ctx, repo, "r", "v2.img", scratch)
 
@@ -497,9 +489,14 @@ def remote_run(ctx, scratch, command, extra, env):
         return None
     verdict = judge(result, ok, nothing_written)
     if verdict.outcome == DETECTED:
-        check = ctx.tool("verify", "-r", repo, "--read-data", "-q")
-        if check.rc != 0:
-            return Verdict(LOST, "repository does not verify: " + check.describe())
+        return verified(ctx, repo, verdict)
+    return verdict
+
+
+def verified(ctx, repo, verdict):
+    check = ctx.tool("verify", "-r", repo, "--read-data", "-q")
+    if check.rc != 0:
+        return Verdict(LOST, "repository does not verify: " + check.describe())
     return verdict
 
 
