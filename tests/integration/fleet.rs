@@ -70,6 +70,14 @@ fn clone_of(image: &[u8], chunks: &[usize], seed: u64) -> Vec<u8> {
     clone
 }
 
+/// A temporary directory with an encrypted repository `repo` in it.
+fn new_repo() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = common::tempdir();
+    let repo = dir.path().join("repo");
+    common::run_ok(common::diskdelta().args(["init", "-q", "-r"]).arg(&repo));
+    (dir, repo)
+}
+
 fn sent(s: &serde_json::Value) -> u64 {
     s["bytes_sent"].as_u64().expect("bytes_sent")
 }
@@ -79,9 +87,7 @@ fn a_clone_under_a_new_name_sends_only_its_differing_chunks() {
     let Some(sshd) = Sshd::start("a_clone_under_a_new_name_sends_only_its_differing_chunks") else {
         return;
     };
-    let dir = common::tempdir();
-    let repo = dir.path().join("repo");
-    common::run_ok(common::diskdelta().args(["init", "-q", "-r"]).arg(&repo));
+    let (dir, repo) = new_repo();
     let repo = repo.display().to_string();
     // 48 chunks of random data: incompressible, so "compressed differing
     // chunks" is their size.
@@ -112,9 +118,7 @@ fn parallel_clones_send_a_shared_new_chunk_once() {
     let Some(sshd) = Sshd::start("parallel_clones_send_a_shared_new_chunk_once") else {
         return;
     };
-    let dir = common::tempdir();
-    let repo = dir.path().join("repo");
-    common::run_ok(common::diskdelta().args(["init", "-q", "-r"]).arg(&repo));
+    let (dir, repo) = new_repo();
     let repo = repo.display().to_string();
     // A template the repository has never seen, and two clones of it.
     let template = common::pseudo_random(24 * MIB, 7);
@@ -172,9 +176,7 @@ fn a_slow_link_costs_latency_not_a_round_trip_per_unit() {
     let Some(sshd) = Sshd::start("a_slow_link_costs_latency_not_a_round_trip_per_unit") else {
         return;
     };
-    let dir = common::tempdir();
-    let repo = dir.path().join("repo");
-    common::run_ok(common::diskdelta().args(["init", "-q", "-r"]).arg(&repo));
+    let (dir, repo) = new_repo();
     // 256 MiB: 64 units of 4 MiB. One round trip per unit over a link
     // with 50 ms each way would take at least 64 x 100 ms = 6.4 s.
     let template = common::pseudo_random(256 * MIB, 3);
