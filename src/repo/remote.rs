@@ -39,6 +39,7 @@ use super::RepoError;
 use crate::digest::Digest;
 use crate::format::pack::Encoding;
 use crate::id::{ChunkId, IdBuildHasher};
+use crate::pipeline;
 use crate::remote::connection::Connection;
 use crate::remote::message::{set_bit, Message, WireBlob};
 use crate::remote::RemoteError;
@@ -104,21 +105,77 @@ fn drive(
     size: u64,
     units_out: &crossbeam_channel::Sender<Unit>,
 ) -> Result<DriverEnd, RepoError> {
+    let cancel = session.cancel();
+    let units = size.div_ceil(UNIT_SIZE as u64);
+    let emit = |unit: Unit| {
+        cancel
+            .send(units_out, unit)
+            .map_err(|_| RepoError::Stopped("backup sink"))
+    };
+    // Decompressing, hashing and sealing what arrives takes more than one
+    // core at network speed: verifiers share it, the sink restores order.
+    let verifiers = std::thread::available_parallelism().map_or(2, |n| n.get().min(8));
+    let (fill_tx, fill_rx) = bounded::<(u64, Awaited, Vec<WireBlob>)>(verifiers);
+    let borrowed = pipeline::scope(cancel, |s| {
+        let handles: Vec<_> = (0..verifiers)
+            .map(|_| {
+                let fill_rx = fill_rx.clone();
+                let emit = &emit;
+                s.spawn("verifier", move || -> Result<(), RepoError> {
+                    while let Ok((seq, mut unit, blobs)) = cancel.recv(&fill_rx) {
+                        fill(session, &mut unit, blobs, seq)?;
+                        emit(finished_unit(seq, units, unit.outcomes, false))?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        drop(fill_rx);
+        let mut result = receive_image(session, conn, size, &emit, &fill_tx);
+        drop(fill_tx);
+        for handle in handles {
+            let joined = handle
+                .join()
+                .unwrap_or(Err(RepoError::Internal("verifier panicked")));
+            result = pipeline::both(result, joined).map(|(b, ())| b);
+        }
+        result
+    })?;
+    resend_unkept(session, conn, size, borrowed, &emit)?;
+    conn.send(Message::Finish { size })?;
+    match conn.recv()? {
+        Message::Done { chain, bytes } => Ok(DriverEnd {
+            digest: Digest::from_bytes(chain),
+            bytes_read: bytes,
+        }),
+        other => Err(RemoteError::unexpected(other.name(), "Done").into()),
+    }
+}
+
+/// Receives the image's offers and blobs: answers each offer, hands each
+/// unit to the sink (or, with blobs, to the verifiers). Returns the chunks
+/// borrowed from parallel backups.
+fn receive_image(
+    session: &BackupSession,
+    conn: &mut Connection,
+    size: u64,
+    emit: &(dyn Fn(Unit) -> Result<(), RepoError> + Sync),
+    verify: &crossbeam_channel::Sender<(u64, Awaited, Vec<WireBlob>)>,
+) -> Result<Vec<(u64, usize, ChunkId)>, RepoError> {
+    let cancel = session.cancel();
     let chunk_size = session.chunk_size();
     let units = size.div_ceil(UNIT_SIZE as u64);
     let index = session.index();
     let claims = session.claims();
-    let emit = |unit: Unit| {
-        units_out
-            .send(unit)
-            .map_err(|_| RepoError::Stopped("backup sink"))
-    };
     // Chunks this backup asked for, when no run registry is shared.
     let mut requested: HashSet<ChunkId, IdBuildHasher> = HashSet::default();
     let mut borrowed: Vec<(u64, usize, ChunkId)> = Vec::new();
     let mut awaited: BTreeMap<u64, Awaited> = BTreeMap::new();
     let (mut offered, mut completed) = (0u64, 0u64);
     while completed < units {
+        if cancel.is_cancelled() {
+            return Err(RepoError::Stopped("remote backup"));
+        }
         match conn.recv()? {
             Message::Offer { seq, ids } => {
                 if seq != offered || seq >= units {
@@ -181,25 +238,18 @@ fn drive(
                 }
             }
             Message::Blobs { seq, blobs } => {
-                let mut unit = awaited
+                let unit = awaited
                     .remove(&seq)
                     .ok_or_else(|| protocol(format!("Blobs for unit {seq}, which needs none")))?;
-                fill(session, &mut unit, blobs, seq)?;
-                emit(finished_unit(seq, units, unit.outcomes, false))?;
+                if cancel.send(verify, (seq, unit, blobs)).is_err() {
+                    return Err(RepoError::Stopped("remote backup"));
+                }
                 completed += 1;
             }
             other => return Err(RemoteError::unexpected(other.name(), "Offer or Blobs").into()),
         }
     }
-    resend_unkept(session, conn, size, borrowed, &emit)?;
-    conn.send(Message::Finish { size })?;
-    match conn.recv()? {
-        Message::Done { chain, bytes } => Ok(DriverEnd {
-            digest: Digest::from_bytes(chain),
-            bytes_read: bytes,
-        }),
-        other => Err(RemoteError::unexpected(other.name(), "Done").into()),
-    }
+    Ok(borrowed)
 }
 
 /// Borrowed chunks whose lender stored them are listed in this backup's
@@ -209,7 +259,7 @@ fn resend_unkept(
     conn: &mut Connection,
     size: u64,
     borrowed: Vec<(u64, usize, ChunkId)>,
-    emit: &dyn Fn(Unit) -> Result<(), RepoError>,
+    emit: &(dyn Fn(Unit) -> Result<(), RepoError> + Sync),
 ) -> Result<(), RepoError> {
     let Some((claims, _)) = session.claims() else {
         return Ok(());
