@@ -391,3 +391,149 @@ fn check_blob(
     }
     Ok(payload)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+    use std::sync::Arc;
+
+    use crossbeam_channel::{Receiver, Sender};
+
+    use super::*;
+    use crate::repo::backup::BackupOptions;
+    use crate::repo::claims::Claims;
+    use crate::repo::{no_password, InitOptions, Repository};
+    use crate::service::ServiceError;
+
+    const MIB: usize = 1 << 20;
+
+    fn image(len: usize, seed: u64) -> Vec<u8> {
+        let mut out = Vec::with_capacity(len);
+        let mut counter = 0u64;
+        while out.len() < len {
+            let block = blake3::hash(&[seed.to_le_bytes(), counter.to_le_bytes()].concat());
+            out.extend_from_slice(block.as_bytes());
+            counter += 1;
+        }
+        out.truncate(len);
+        out
+    }
+
+    fn options(name: &str) -> BackupOptions {
+        BackupOptions {
+            name: name.into(),
+            source: name.into(),
+            host: "test".into(),
+            tags: Vec::new(),
+            time: None,
+            time_nanos: 0,
+            progress: None,
+            threads: 0,
+            expected_size: None,
+            thin_id: None,
+            parent: None,
+        }
+    }
+
+    /// The real backup source of `diskdelta serve`, on a thread.
+    fn real_source(name: &str) -> Connection {
+        Connection::local(name, |requests, replies| {
+            crate::remote::serve::serve(requests, replies, |first, rq, rp| {
+                crate::service::route(&Default::default(), first, rq, rp)
+            })
+        })
+    }
+
+    /// A source that offers the first unit of `data`, reports the `Need`,
+    /// then fails when told to: a lender that dies holding promises.
+    fn failing_source(data: Vec<u8>, needed: Sender<()>, fail: Receiver<()>) -> Connection {
+        Connection::local("failing", move |requests, replies| {
+            crate::remote::serve::serve(requests, replies, move |_first, rq, rp| {
+                let send = |m| crate::remote::serve::send(rp, m);
+                send(Message::Opened {
+                    kind: crate::remote::message::ObjectKind::File,
+                    size: data.len() as u64,
+                    id: [0; 32],
+                    resume_from: 0,
+                    resume_chain: [0; 32],
+                })?;
+                let ids = data[..UNIT_SIZE]
+                    .chunks(MIB)
+                    .map(|c| Some(*ChunkId::of(c).as_bytes()))
+                    .collect();
+                send(Message::Offer { seq: 0, ids })?;
+                match rq.recv() {
+                    Ok(Message::Need { .. }) => {}
+                    other => panic!("expected Need, got {other:?}"),
+                }
+                let _ = needed.send(());
+                let _ = fail.recv();
+                Err::<(), ServiceError>(RemoteError::Protocol("source died".into()).into())
+            })
+        })
+    }
+
+    #[test]
+    fn a_borrower_sends_again_what_a_failed_lender_promised() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("repo");
+        std::fs::create_dir_all(&root).expect("mkdir");
+        let init = InitOptions {
+            chunk_size: MIB as u32,
+            encrypt: false,
+            ..InitOptions::default()
+        };
+        let password = no_password("test");
+        let repo = Repository::open_local(&root, Some(&init), &password).expect("repo");
+        let data = image(8 * MIB, 1);
+        let path: PathBuf = dir.path().join("b.img");
+        std::fs::write(&path, &data).expect("image");
+        let claims = Arc::new(Claims::new());
+        let (needed_tx, needed_rx) = crossbeam_channel::bounded(1);
+        let (fail_tx, fail_rx) = crossbeam_channel::bounded(1);
+        std::thread::scope(|s| {
+            let lender = s.spawn(|| {
+                let mut session = BackupSession::start(&repo, options("a")).expect("session a");
+                session.share_claims(claims.clone());
+                let mut conn = failing_source(data.clone(), needed_tx, fail_rx);
+                let result = run_remote(&session, &mut conn, Path::new("/a"));
+                drop(session);
+                result
+            });
+            // The lender has claimed unit 0's four chunks.
+            needed_rx.recv().expect("the lender's Need");
+            let borrower = s.spawn(|| {
+                let mut session = BackupSession::start(&repo, options("b")).expect("session b");
+                session.share_claims(claims.clone());
+                let mut conn = real_source("b");
+                run_remote(&session, &mut conn, &path)
+            });
+            // The borrower reaches its end and waits for the lender.
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            assert!(
+                !borrower.is_finished(),
+                "the borrower waits for the lender's promise"
+            );
+            fail_tx.send(()).expect("fail the lender");
+            assert!(lender.join().expect("lender").is_err());
+            let summary = borrower
+                .join()
+                .expect("borrower")
+                .expect("borrower's backup");
+            assert_eq!(summary.new_chunks, 8, "{summary:?}");
+        });
+        let snapshot = repo.resolve("b").expect("snapshot b");
+        let (index, _) = repo.load_index_lenient().expect("index");
+        let ids: Vec<(usize, ChunkId)> = snapshot
+            .chunk_ids()
+            .expect("ids")
+            .map(|i| i.expect("id"))
+            .enumerate()
+            .collect();
+        let mut out = vec![0u8; data.len()];
+        let mut decoder = crate::repo::ChunkDecoder::new().expect("decoder");
+        crate::repo::restore::fetch_chunks(&repo, &index, &ids, MIB, &mut out, &mut decoder)
+            .expect("every chunk of b is stored");
+        assert!(out == data, "b restores");
+    }
+}
