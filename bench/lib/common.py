@@ -18,6 +18,7 @@ import json
 import os
 import platform
 import random
+import re
 import shutil
 import signal
 import socket
@@ -152,8 +153,9 @@ def signal_pid(pid, sig):
         pass
 
 
-def descendants(root):
-    """Live processes below root (from /proc), parents first."""
+def descendants(root, zombies=False):
+    """Live processes below root (from /proc), parents first; with
+    zombies, also those that have exited and wait to be reaped."""
     children = {}
     for name in os.listdir("/proc"):
         if not name.isdigit():
@@ -164,7 +166,7 @@ def descendants(root):
         except OSError:
             continue
         fields = stat[stat.rfind(")") + 2 :].split()
-        if fields and fields[0] not in ("Z", "X"):
+        if fields and (zombies or fields[0] not in ("Z", "X")):
             children.setdefault(int(fields[1]), []).append(int(name))
     out, queue = [], [root]
     while queue:
@@ -221,6 +223,294 @@ def with_server(make, body, what):
             log(f"{what} stopped")
         for s, h in old.items():
             signal.signal(s, h)
+
+
+# ------------------------------------------------------------------- sshd
+
+SSH_HOST = "127.0.0.1"
+SSHD = "/usr/sbin/sshd"  # by absolute path: sshd re-executes itself
+PRIVSEP_DIR = "/run/sshd"  # sshd refuses to start without it
+SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"
+# Debian's sftp server (its default sshd_config's Subsystem); internal-sftp
+# where it is missing.
+SFTP_SERVER = "/usr/lib/openssh/sftp-server"
+DELAY_PROXY = os.path.join(REPO, "scripts", "delay-proxy")
+
+APT_PACKAGES.update({"ssh": "openssh-client", "ssh-keygen": "openssh-client",
+                     "scp": "openssh-client", SSHD: "openssh-server"})
+
+
+class Sshd:
+    """`sshd -D -e` on a free port of 127.0.0.1 with its own host key,
+    client key and config in a fresh directory under `parent`.
+
+    Mirrors tests/common/sshd.rs: root login by key only, no PAM, PATH of
+    remote commands = the directory of target/release/diskdelta followed by
+    the system directories, SHLVL=1 so bash skips root's ~/.bashrc (slow,
+    and it may print on stdout), curve25519 key exchange only (the
+    post-quantum default costs ~0.1 s of CPU per connection), an sftp
+    subsystem (restic's sftp backend, scp). `stop()` kills the daemon and
+    everything below it; call it from a `finally`."""
+
+    def __init__(self, parent):
+        self.dir = tempfile.mkdtemp(prefix="sshd-", dir=parent)
+        if re.search(r"[\s'\"\\]", self.dir):
+            raise RuntimeError(
+                f"{self.dir}: the work directory must not contain whitespace or quotes "
+                "(the ssh command is split on whitespace)"
+            )
+        self.user = _current_user()
+        self.proc = None
+        self.port = None
+        self.host_key = os.path.join(self.dir, "host_ed25519")
+        self.client_key = os.path.join(self.dir, "client_ed25519")
+        self.config = os.path.join(self.dir, "sshd_config")
+        self.log_path = os.path.join(self.dir, "sshd.log")
+
+    @property
+    def destination(self):
+        return f"{self.user}@{SSH_HOST}"
+
+    def start(self):
+        os.makedirs(PRIVSEP_DIR, mode=0o755, exist_ok=True)
+        _keygen(self.host_key)
+        _keygen(self.client_key)
+        shutil.copy(self.client_key + ".pub", os.path.join(self.dir, "authorized_keys"))
+        last = "?"
+        for _attempt in range(5):
+            self.port = free_port(SSH_HOST)
+            with open(self.config, "w") as f:
+                f.write(self._config_text())
+            logf = open(self.log_path, "w")
+            self.proc = subprocess.Popen(
+                [SSHD, "-D", "-e", "-f", self.config],
+                stdin=subprocess.DEVNULL,
+                stdout=logf,
+                stderr=logf,
+                start_new_session=True,
+                preexec_fn=_become_subreaper,
+            )
+            logf.close()
+            ready, last = self._wait_ready()
+            if ready:
+                log(f"sshd listening on {SSH_HOST}:{self.port} (pid {self.proc.pid}, {self.dir})")
+                return
+            self.stop(remove_dir=False)
+            if "Address already in use" not in last and "Cannot bind" not in last:
+                break
+        raise RuntimeError(f"cannot start sshd: {last}")
+
+    def _config_text(self):
+        bin_dir = os.path.dirname(DISKDELTA)
+        return (
+            "# Written by bench/lib/common.py (Sshd) for one benchmark run.\n"
+            f"ListenAddress {SSH_HOST}:{self.port}\n"
+            f"HostKey {self.host_key}\n"
+            f"AuthorizedKeysFile {self.dir}/authorized_keys\n"
+            f"PidFile {self.dir}/sshd.pid\n"
+            "PasswordAuthentication no\n"
+            "KbdInteractiveAuthentication no\n"
+            "PubkeyAuthentication yes\n"
+            "PermitRootLogin prohibit-password\n"
+            "StrictModes no\n"
+            "UsePAM no\n"
+            "UseDNS no\n"
+            "PrintMotd no\n"
+            "PrintLastLog no\n"
+            "X11Forwarding no\n"
+            "MaxStartups 100\n"
+            "LogLevel ERROR\n"
+            "KexAlgorithms curve25519-sha256,curve25519-sha256@libssh.org\n"
+            f"Subsystem sftp {SFTP_SERVER if os.access(SFTP_SERVER, os.X_OK) else 'internal-sftp'}\n"
+            "# SHLVL=1: bash skips ~/.bashrc for ssh commands. Only the first\n"
+            "# SetEnv line counts.\n"
+            f"SetEnv PATH={bin_dir}:{SYSTEM_PATH} SHLVL=1\n"
+        )
+
+    def ssh_argv(self, count_log=None, config="/dev/null"):
+        """The ssh command as an argument vector. With count_log, ssh logs at
+        VERBOSE into that file (not stderr), which includes its
+        "Transferred: sent N, received M bytes" line at exit. config: an
+        ssh_config file (proxy_config) instead of none."""
+        argv = ["ssh", "-F", config]
+        if count_log:
+            # The first LogLevel given wins, so it goes before the others.
+            argv += ["-o", "LogLevel=VERBOSE", "-E", count_log]
+        argv += [
+            "-p",
+            str(self.port),
+            "-i",
+            self.client_key,
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "LogLevel=ERROR",
+            "-o",
+            "ConnectTimeout=10",
+        ]
+        return argv
+
+    def ssh_command(self, count_log=None, config="/dev/null"):
+        """The same as one string for -e/--rsh (no quoting needed: no path
+        in it contains whitespace)."""
+        return " ".join(self.ssh_argv(count_log, config))
+
+    def proxy_config(self, delay_ms):
+        """An ssh_config file whose only line is a ProxyCommand through
+        scripts/delay-proxy adding delay_ms in each direction (0: the same
+        relay without delay). -e and DISKDELTA_RSH are split on whitespace,
+        so the command goes in a file (`ssh -F FILE`), not in -o."""
+        path = os.path.join(self.dir, f"ssh_config-delay-{delay_ms}")
+        with open(path, "w") as f:
+            f.write(f"ProxyCommand {DELAY_PROXY} {SSH_HOST} {self.port} {delay_ms}\n")
+        return path
+
+    def server_cpu_seconds(self):
+        """CPU seconds of the daemon and of every process below it that has
+        exited and been waited for (its own user + system time plus its
+        children's, from /proc/PID/stat): per connection sshd's encryption
+        and the remote command. Call wait_idle() first so that the last
+        session has been reaped."""
+        try:
+            with open(f"/proc/{self.proc.pid}/stat") as f:
+                stat = f.read()
+        except (OSError, AttributeError):
+            return None
+        fields = stat[stat.rfind(")") + 2 :].split()
+        return sum(int(x) for x in fields[11:15]) / _CLK_TCK
+
+    def wait_idle(self, timeout=10.0):
+        """Waits until no session is left below the daemon, not even one
+        that has exited but is not reaped yet (the remote side of the last
+        command may still be exiting when the client returns, and only once
+        reaped does its CPU time reach the daemon's); False if some are
+        still there after timeout seconds."""
+        deadline = time.monotonic() + timeout
+        while self.proc is not None and descendants(self.proc.pid, zombies=True):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
+        return True
+
+    def _wait_ready(self):
+        deadline = time.monotonic() + 15
+        listening = False
+        why = "port never accepted a connection"
+        logins = 0
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                return False, f"sshd exited with {self.proc.returncode}: {self._log_text()}"
+            if not listening:
+                try:
+                    socket.create_connection((SSH_HOST, self.port), timeout=0.2).close()
+                    listening = True
+                except OSError:
+                    time.sleep(0.02)
+                    continue
+            res = subprocess.run(
+                self.ssh_argv() + [self.destination, "true"],
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            if res.returncode == 0:
+                return True, None
+            logins += 1
+            why = (
+                f"`ssh ... true` failed ({res.returncode}): {res.stderr.strip()}; "
+                f"sshd log: {self._log_text()}"
+            )
+            if logins >= 3:
+                break
+            time.sleep(0.1)
+        return False, why
+
+    def _log_text(self):
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return f.read().strip()
+        except OSError:
+            return ""
+
+    def stop(self, remove_dir=True):
+        """Kills the daemon and every process below it (sessions, remote
+        commands), by pid; removes the directory."""
+        proc, self.proc = self.proc, None
+        kill_tree(proc, "sshd")
+        if remove_dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _become_subreaper():
+    """In the daemon's process before exec (the setting survives execve):
+    processes orphaned below it (a remote command whose session process
+    exited without waiting for it, e.g. sftp-server after restic killed its
+    ssh client) are re-parented to the daemon instead of init, so that
+    kill_tree still finds them and their CPU time still reaches the
+    daemon's children's times (server_cpu_seconds), as sshd reaps every
+    child it has."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+    except (OSError, AttributeError):
+        pass
+
+
+def _current_user():
+    res = subprocess.run(["id", "-un"], capture_output=True, text=True)
+    return res.stdout.strip() or os.environ.get("USER") or "root"
+
+
+def _keygen(path):
+    res = subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "diskdelta-bench", "-f", path],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+    )
+    if res.returncode != 0:
+        raise RuntimeError(f"ssh-keygen -f {path} failed: {res.stderr.strip()}")
+
+
+
+_SSH_TRANSFERRED = re.compile(r"Transferred: sent (\d+), received (\d+) bytes")
+
+
+def ssh_counted(path):
+    """(sent, received, sessions) summed over the ssh clients' Transferred
+    lines in path, or None if there is none."""
+    try:
+        with open(path, errors="replace") as f:
+            found = _SSH_TRANSFERRED.findall(f.read())
+    except OSError:
+        return None
+    if not found:
+        return None
+    return sum(int(a) for a, _ in found), sum(int(b) for _, b in found), len(found)
+
+
+def loopback_bytes():
+    """Bytes received on the loopback interface since boot (/proc/net/dev;
+    on lo every byte sent is received once: IP and TCP headers included),
+    or None."""
+    try:
+        with open("/proc/net/dev") as f:
+            for line in f:
+                name, _, rest = line.partition(":")
+                if name.strip() == "lo":
+                    return int(rest.split()[0])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
 
 
 # ------------------------------------------------------------------ tools
@@ -482,6 +772,7 @@ def standard_images(size, names=("base.img", "new.img")):
       new.img    base.img with ~2% of the 4 KiB blocks rewritten in 64 KiB clusters
       grown.img  new.img plus 64 MiB of new data appended
       step3.img  new.img with another ~1% rewritten, plus 64 MiB appended
+      clone.img  base.img with 2% of its 1 MiB chunks rewritten (repo --remote)
 
     Returns (directory, {name: stamp}) for names and what they derive from."""
     directory = image_dir(size)
@@ -500,6 +791,11 @@ def standard_images(size, names=("base.img", "new.img")):
             "new.img",
             ["mutate", "--input", "new.img", "--change", "0.01", "--cluster", "64K",
              "--seed", "4", "--grow", "64M"],
+        ),
+        "clone.img": (
+            "base.img",
+            ["mutate", "--input", "base.img", "--change", "0.02", "--cluster", "1M",
+             "--seed", "5"],
         ),
     }
     stamps = {}

@@ -264,6 +264,8 @@ PEERS = [
     ),
 ]
 TOOL_NAMES = [t.name for t in PEERS]
+# `repo --remote` (repo_remote.py): the tools that back up over ssh.
+REMOTE_TOOLS = ["diskdelta", "diskdump", "restic"]
 # `repo --encrypted` adds it after the plain diskdelta.
 ENCRYPTED = _diskdelta_tool("diskdelta-encrypted", encrypted=True)
 DISKDELTA_TOOL = PEERS[0]
@@ -570,7 +572,8 @@ def add_arguments(sub):
     )
     p.add_argument("--size", default="2G", help="base image size, K/M/G suffixes (default 2G)")
     p.add_argument(
-        "--tools", default=",".join(TOOL_NAMES), help=f"subset of {','.join(TOOL_NAMES)}"
+        "--tools",
+        help=f"subset of {','.join(TOOL_NAMES)} (with --remote: of {','.join(REMOTE_TOOLS)})",
     )
     p.add_argument(
         "--repeat", type=int, default=1, help="runs per tool; the fastest counts per step"
@@ -580,6 +583,12 @@ def add_arguments(sub):
         "--encrypted",
         action="store_true",
         help="also diskdelta on an encrypted repository (init's default), with its own targets",
+    )
+    p.add_argument(
+        "--remote",
+        action="store_true",
+        help="backups over ssh through a local sshd instead: diskdelta pull and push, "
+        "diskdump's remote dump, restic over sftp, against `ssh cat` (see bench/README.md)",
     )
     p.set_defaults(func=cmd_repo)
 
@@ -620,7 +629,14 @@ def cmd_repo(args):
     size = _parse_size_arg(args.size, "--size")
     if args.repeat < 1:
         common.die("--repeat must be at least 1", 2)
-    names = common.parse_list(args.tools, TOOL_NAMES, "tools")
+    if args.remote:
+        import repo_remote  # imports this module
+
+        if args.encrypted:
+            common.die("--encrypted and --remote cannot be combined", 2)
+        names = common.parse_list(args.tools or ",".join(REMOTE_TOOLS), REMOTE_TOOLS, "tools")
+        return repo_remote.cmd_repo_remote(args, size, names)
+    names = common.parse_list(args.tools or ",".join(TOOL_NAMES), TOOL_NAMES, "tools")
     tools = [t for t in PEERS if t.name in names]
     if args.encrypted:
         if "diskdelta" not in names:

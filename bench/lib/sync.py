@@ -3,7 +3,7 @@
 sync: `diskdelta sync` next to `rsync -I --inplace --no-whole-file` (and
 bdsync, diskrsync when they are on PATH), each making an old copy of
 base.img on the "remote" side equal to new.img, through a real OpenSSH
-sshd on 127.0.0.1 that this module starts and stops itself. Per tool it
+sshd on 127.0.0.1 that it starts and stops itself (common.Sshd). Per tool it
 measures wall seconds, bytes on the wire, and the peak RSS of both the
 local process and the remote one; `--sweep` adds diskdelta's block sizes.
 
@@ -26,22 +26,17 @@ rsync): `exec /usr/bin/time -a -o FILE -f '%M %U %S' TOOL "$@"`.
 
 import json
 import os
-import re
 import shlex
 import shutil
-import socket
 import subprocess
-import tempfile
 import time
 from dataclasses import dataclass
 
 import common
 from common import log
 
-HOST = "127.0.0.1"
-SSHD = "/usr/sbin/sshd"  # by absolute path: sshd re-executes itself
-PRIVSEP_DIR = "/run/sshd"  # sshd refuses to start without it
-SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"
+HOST = common.SSH_HOST
+SSHD = common.SSHD
 DEFAULT_SIZES = "1G,2G"
 SWEEP_BLOCKS = "4K,16K,64K,256K,1M"
 RSS_TARGET_MIB = 256  # the issue's target, on either end
@@ -67,188 +62,8 @@ REQUIRED = ["ssh", "ssh-keygen", SSHD, "rsync", "zstd", common.GNU_TIME]
 
 # ------------------------------------------------------------------- sshd
 
-
-class Sshd:
-    """`sshd -D -e` on a free port of 127.0.0.1 with its own host key,
-    client key and config in a fresh directory under `parent`.
-
-    Mirrors tests/common/sshd.rs: root login by key only, no PAM, PATH of
-    remote commands = the directory of target/release/diskdelta followed by
-    the system directories, SHLVL=1 so bash skips root's ~/.bashrc (slow,
-    and it may print on stdout), curve25519 key exchange only (the
-    post-quantum default costs ~0.1 s of CPU per connection). `stop()` kills
-    the daemon and everything below it; call it from a `finally`."""
-
-    def __init__(self, parent):
-        self.dir = tempfile.mkdtemp(prefix="sshd-", dir=parent)
-        if re.search(r"[\s'\"\\]", self.dir):
-            raise RuntimeError(
-                f"{self.dir}: the work directory must not contain whitespace or quotes "
-                "(the ssh command is split on whitespace)"
-            )
-        self.user = _current_user()
-        self.proc = None
-        self.port = None
-        self.host_key = os.path.join(self.dir, "host_ed25519")
-        self.client_key = os.path.join(self.dir, "client_ed25519")
-        self.config = os.path.join(self.dir, "sshd_config")
-        self.log_path = os.path.join(self.dir, "sshd.log")
-
-    @property
-    def destination(self):
-        return f"{self.user}@{HOST}"
-
-    def start(self):
-        os.makedirs(PRIVSEP_DIR, mode=0o755, exist_ok=True)
-        _keygen(self.host_key)
-        _keygen(self.client_key)
-        shutil.copy(self.client_key + ".pub", os.path.join(self.dir, "authorized_keys"))
-        last = "?"
-        for _attempt in range(5):
-            self.port = common.free_port(HOST)
-            with open(self.config, "w") as f:
-                f.write(self._config_text())
-            logf = open(self.log_path, "w")
-            self.proc = subprocess.Popen(
-                [SSHD, "-D", "-e", "-f", self.config],
-                stdin=subprocess.DEVNULL,
-                stdout=logf,
-                stderr=logf,
-                start_new_session=True,
-            )
-            logf.close()
-            ready, last = self._wait_ready()
-            if ready:
-                log(f"sshd listening on {HOST}:{self.port} (pid {self.proc.pid}, {self.dir})")
-                return
-            self.stop(remove_dir=False)
-            if "Address already in use" not in last and "Cannot bind" not in last:
-                break
-        raise RuntimeError(f"cannot start sshd: {last}")
-
-    def _config_text(self):
-        bin_dir = os.path.dirname(common.DISKDELTA)
-        return (
-            "# Written by bench/lib/sync.py for one benchmark run.\n"
-            f"ListenAddress {HOST}:{self.port}\n"
-            f"HostKey {self.host_key}\n"
-            f"AuthorizedKeysFile {self.dir}/authorized_keys\n"
-            f"PidFile {self.dir}/sshd.pid\n"
-            "PasswordAuthentication no\n"
-            "KbdInteractiveAuthentication no\n"
-            "PubkeyAuthentication yes\n"
-            "PermitRootLogin prohibit-password\n"
-            "StrictModes no\n"
-            "UsePAM no\n"
-            "UseDNS no\n"
-            "PrintMotd no\n"
-            "PrintLastLog no\n"
-            "X11Forwarding no\n"
-            "MaxStartups 100\n"
-            "LogLevel ERROR\n"
-            "KexAlgorithms curve25519-sha256,curve25519-sha256@libssh.org\n"
-            "# SHLVL=1: bash skips ~/.bashrc for ssh commands. Only the first\n"
-            "# SetEnv line counts.\n"
-            f"SetEnv PATH={bin_dir}:{SYSTEM_PATH} SHLVL=1\n"
-        )
-
-    def ssh_argv(self, count_log=None):
-        """The ssh command as an argument vector. With count_log, ssh logs at
-        VERBOSE into that file (not stderr), which includes its
-        "Transferred: sent N, received M bytes" line at exit."""
-        argv = ["ssh", "-F", "/dev/null"]
-        if count_log:
-            # The first LogLevel given wins, so it goes before the others.
-            argv += ["-o", "LogLevel=VERBOSE", "-E", count_log]
-        argv += [
-            "-p",
-            str(self.port),
-            "-i",
-            self.client_key,
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "LogLevel=ERROR",
-            "-o",
-            "ConnectTimeout=10",
-        ]
-        return argv
-
-    def ssh_command(self, count_log=None):
-        """The same as one string for -e/--rsh (no quoting needed: no path
-        in it contains whitespace)."""
-        return " ".join(self.ssh_argv(count_log))
-
-    def _wait_ready(self):
-        deadline = time.monotonic() + 15
-        listening = False
-        why = "port never accepted a connection"
-        logins = 0
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                return False, f"sshd exited with {self.proc.returncode}: {self._log_text()}"
-            if not listening:
-                try:
-                    socket.create_connection((HOST, self.port), timeout=0.2).close()
-                    listening = True
-                except OSError:
-                    time.sleep(0.02)
-                    continue
-            res = subprocess.run(
-                self.ssh_argv() + [self.destination, "true"],
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                text=True,
-                timeout=30,
-            )
-            if res.returncode == 0:
-                return True, None
-            logins += 1
-            why = (
-                f"`ssh ... true` failed ({res.returncode}): {res.stderr.strip()}; "
-                f"sshd log: {self._log_text()}"
-            )
-            if logins >= 3:
-                break
-            time.sleep(0.1)
-        return False, why
-
-    def _log_text(self):
-        try:
-            with open(self.log_path, errors="replace") as f:
-                return f.read().strip()
-        except OSError:
-            return ""
-
-    def stop(self, remove_dir=True):
-        """Kills the daemon and every process below it (sessions, remote
-        commands), by pid; removes the directory."""
-        proc, self.proc = self.proc, None
-        common.kill_tree(proc, "sshd")
-        if remove_dir:
-            shutil.rmtree(self.dir, ignore_errors=True)
-
-
-def _current_user():
-    res = subprocess.run(["id", "-un"], capture_output=True, text=True)
-    return res.stdout.strip() or os.environ.get("USER") or "root"
-
-
-def _keygen(path):
-    res = subprocess.run(
-        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "diskdelta-bench", "-f", path],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-    )
-    if res.returncode != 0:
-        raise RuntimeError(f"ssh-keygen -f {path} failed: {res.stderr.strip()}")
+# The daemon itself is common.Sshd (shared with `repo --remote`).
+Sshd = common.Sshd
 
 
 def _with_sshd(parent, body):
@@ -486,22 +301,6 @@ def _remote_usage(path):
         time.sleep(0.05)
 
 
-_TRANSFERRED = re.compile(r"Transferred: sent (\d+), received (\d+) bytes")
-
-
-def _ssh_counted(path):
-    """(sent, received, sessions) summed over the ssh clients' Transferred
-    lines in path, or None if there is none."""
-    try:
-        with open(path, errors="replace") as f:
-            found = _TRANSFERRED.findall(f.read())
-    except OSError:
-        return None
-    if not found:
-        return None
-    return sum(int(a) for a, _ in found), sum(int(b) for _, b in found), len(found)
-
-
 # ----------------------------------------------------------------- images
 
 
@@ -570,7 +369,7 @@ def _measure_once(tool, r, verify):
         _write_wrapper(r, tool.remote_program)
     steps, why = common.run_phase(tool.steps(r), r.prefix)
     remote_rss, remote_cpu = _remote_usage(r.remote_time) if tool.remote_program else (None, None)
-    counted = _ssh_counted(r.count_log)
+    counted = common.ssh_counted(r.count_log)
     seconds = sum(m.seconds for m in steps)
     local_cpu = sum(m.cpu_seconds for m in steps)
     # Other processes' load: machine-wide busy time minus both ends' CPU
