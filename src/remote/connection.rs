@@ -173,9 +173,27 @@ impl Connection {
     /// # Errors
     /// [`RemoteError::Version`] when the peer speaks another version.
     pub fn handshake(&mut self) -> Result<(), RemoteError> {
+        self.send_hello()?;
+        self.expect_hello()
+    }
+
+    /// Sends `Hello`. A client may send its first request right after it
+    /// and call [`Self::expect_hello`] then: one round trip fewer.
+    ///
+    /// # Errors
+    /// The connection is gone.
+    pub fn send_hello(&mut self) -> Result<(), RemoteError> {
         self.send(Message::Hello {
             version: super::message::VERSION,
-        })?;
+        })
+    }
+
+    /// Waits for the peer's `Hello`, checks its version and marks the
+    /// handshake done.
+    ///
+    /// # Errors
+    /// [`RemoteError::Version`] when the peer speaks another version.
+    pub fn expect_hello(&mut self) -> Result<(), RemoteError> {
         match self.recv()? {
             Message::Hello { version } if version == super::message::VERSION => {}
             Message::Hello { version } => {

@@ -70,12 +70,13 @@ pub fn run_remote(
     path: &Path,
 ) -> Result<BackupSummary, RepoError> {
     use std::os::unix::ffi::OsStrExt;
-    conn.handshake()?;
+    conn.send_hello()?;
     let chunk_size = session.chunk_size();
     conn.send(Message::OpenBackup {
         chunk_size: chunk_size as u32,
         path: path.as_os_str().as_bytes().to_vec(),
     })?;
+    conn.expect_hello()?;
     let size = match conn.recv()? {
         Message::Opened { size, .. } => size,
         other => return Err(RemoteError::unexpected(other.name(), "Opened").into()),

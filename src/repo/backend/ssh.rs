@@ -62,11 +62,12 @@ impl SshBackend {
         location: String,
     ) -> Result<SshBackend, RemoteError> {
         let mut conn = Connection::remote_serve(remote, &["--repo", path])?;
-        conn.handshake()?;
+        conn.send_hello()?;
         conn.send(Message::OpenRepo {
             flags: 0,
             path: path.as_bytes().to_vec(),
         })?;
+        conn.expect_hello()?;
         let flags = match conn.recv()? {
             Message::RepoOpened { flags } => flags,
             other => return Err(RemoteError::unexpected(other.name(), "RepoOpened")),

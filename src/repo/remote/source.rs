@@ -30,8 +30,8 @@ use crate::remote::RemoteError;
 use crate::repo::backup::{encode_chunk, UNIT_SIZE};
 
 /// Units whose ids are offered and whose answer is awaited, by default:
-/// 64 MiB, a 100 ms round trip at 640 MB/s.
-pub const HELD_UNITS: usize = 16;
+/// 128 MiB, a 100 ms round trip at 1.3 GB/s.
+pub const HELD_UNITS: usize = 32;
 
 /// Compression level of the remote side.
 const REMOTE_LEVEL: i32 = crate::repo::DEFAULT_COMPRESSION_LEVEL;
