@@ -59,11 +59,17 @@ PULL = "diskdelta pull"
 PUSH = "diskdelta push"
 PROXY0 = "diskdelta pull, proxy +0 ms"
 PROXY = f"diskdelta pull, proxy +{DELAY_MS} ms"
+# `ssh cat` of as many bytes as the clone backup moved, on each link: what
+# the transport alone needs (ssh's 2 MiB channel window caps a stream at
+# window / round trip on a slow link, whatever runs inside).
+CAT_WIRE0 = "ssh cat wire bytes, proxy +0 ms"
+CAT_WIRE = f"ssh cat wire bytes, proxy +{DELAY_MS} ms"
 DUMP = "diskdump dump"
 RESTIC = "restic sftp"
-ROWS = [CAT, PULL, PUSH, PROXY0, PROXY, DUMP, RESTIC]
+ROWS = [CAT, PULL, PUSH, PROXY0, PROXY, CAT_WIRE0, CAT_WIRE, DUMP, RESTIC]
 ROW_TOOL = {CAT: None, PULL: "diskdelta", PUSH: "diskdelta", PROXY0: "diskdelta",
-            PROXY: "diskdelta", DUMP: "diskdump", RESTIC: "restic"}
+            PROXY: "diskdelta", CAT_WIRE0: "diskdelta", CAT_WIRE: "diskdelta",
+            DUMP: "diskdump", RESTIC: "restic"}
 STEPS = ["connect", "init", "base", "clone", "restore"]
 
 CONFIGS = {
@@ -298,8 +304,19 @@ def _run_diskdelta_pull(c, delays):
             subprocess.run(["cp", "-a", saved, copy], check=True)
             config = sshd.proxy_config(ms)
             _connect(c, row, config)
-            backup(row, "clone", f"clone-delay-{ms}", copy, config)
+            r = backup(row, "clone", f"clone-delay-{ms}", copy, config)
             shutil.rmtree(copy, ignore_errors=True)
+            wire = r.get("ssh_bytes") or r.get("lo_bytes")
+            if _ok(r) and wire:
+                payload = os.path.join(scratch, "wire-bytes")
+                with open(payload, "wb") as f:
+                    f.write(os.urandom(wire))
+                cat_row = CAT_WIRE0 if ms == 0 else CAT_WIRE
+                count = c.prefix(cat_row, "clone") + ".ssh.log"
+                argv = ["sh", "-c", 'exec "$@" > /dev/null', "sh",
+                        *sshd.ssh_argv(count, config), sshd.destination, "cat", payload]
+                c.step(cat_row, "clone", argv, count_log=count)
+                os.remove(payload)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -518,6 +535,9 @@ def _targets(results, reference):
     if None not in (c0, c1, d0, d1):
         t.update(added_seconds=round(d1 - d0, 4), connect_added_seconds=round(c1 - c0, 4),
                  without_connect=_round(_div(d1 - c1, d0 - c0), 3))
+    w1 = _get(results, CAT_WIRE, "clone", "seconds")
+    if None not in (w1, d1):
+        t.update(transport_seconds=w1, vs_transport=_round(_div(d1, w1), 3))
     out.append(t)
     for row in (PULL, PUSH):
         r = results.get(row, {}).get("restore")
@@ -648,6 +668,9 @@ def _print(report):
                 text += (f"; the delay added {t['added_seconds']:.2f} s, of which "
                          f"{t['connect_added_seconds']:.2f} s opening the ssh session "
                          f"(`ssh HOST true`); without that: {without}")
+            if t.get("vs_transport") is not None:
+                text += (f"; `ssh cat` of the same bytes on the delayed link takes "
+                         f"{t['transport_seconds']:.2f} s: diskdelta {_x(t['vs_transport'])} of it")
         elif "restore" in name:
             text = {True: "identical", False: f"DIFFERS or failed ({t.get('reason')})",
                     None: "not run"}[v]
@@ -702,7 +725,7 @@ def cmd_repo_remote(args, size, names):
                 continue
             if tool in skipped:
                 summary[row] = {"skipped": skipped[tool]}
-            elif row in (PROXY0, PROXY) and "delay" in skipped:
+            elif row in (PROXY0, PROXY, CAT_WIRE0, CAT_WIRE) and "delay" in skipped:
                 summary[row] = {"skipped": skipped["delay"]}
             elif row in results:
                 summary[row] = {k: _summarize(v) for k, v in results[row].items()}

@@ -29,9 +29,54 @@ use crate::remote::message::{bit, Message, ObjectKind, WireBlob};
 use crate::remote::RemoteError;
 use crate::repo::backup::{encode_chunk, UNIT_SIZE};
 
-/// Units whose ids are offered and whose answer is awaited, by default:
+/// Units whose bytes are kept until the repository answers, by default:
 /// 128 MiB, a 100 ms round trip at 1.3 GB/s.
 pub const HELD_UNITS: usize = 32;
+
+/// Units offered ahead of the answers at most (their ids only: 16 GiB of
+/// the source for a few hundred KiB of memory).
+const MAX_AHEAD: usize = 4096;
+
+/// Answers remembered to judge whether running ahead pays.
+const RECENT: usize = 16;
+
+/// A unit offered and not yet answered.
+enum Held {
+    /// Its bytes, kept.
+    Data(Chunk),
+    /// Its bytes were let go (the repository has lately needed little):
+    /// read again if it asks for any, and checked against these ids.
+    Dropped(Vec<Option<ChunkId>>),
+}
+
+/// Whether the last answers needed data: while they mostly did not (a
+/// clone, an incremental), the source runs ahead of the answers past its
+/// kept bytes, so a slow link's round trip does not stall it; while they
+/// mostly did (a first backup), it waits, so nothing is read twice.
+#[derive(Default)]
+struct Recent(std::sync::Mutex<std::collections::VecDeque<bool>>);
+
+impl Recent {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<bool>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn record(&self, needed: bool) {
+        let mut r = self.lock();
+        if r.len() == RECENT {
+            r.pop_front();
+        }
+        r.push_back(needed);
+    }
+
+    /// At most a quarter of the last (at least 8) answers needed data.
+    fn sparse(&self) -> bool {
+        let r = self.lock();
+        r.len() >= RECENT / 2 && r.iter().filter(|n| **n).count() * 4 <= r.len()
+    }
+}
 
 /// Compression level of the remote side.
 const REMOTE_LEVEL: i32 = crate::repo::DEFAULT_COMPRESSION_LEVEL;
@@ -64,6 +109,9 @@ struct CompressJob {
     seq: u64,
     payload: Payload,
     bits: Vec<u8>,
+    /// For a unit read again after its bytes were let go: the ids it was
+    /// offered with, which the new read must match.
+    expect: Option<Vec<Option<ChunkId>>>,
 }
 
 /// Serves one backup source after `OpenBackup`.
@@ -117,7 +165,14 @@ pub fn serve_backup_source(
     let recycler = reader.recycler();
     let (hash_tx, hash_rx) = bounded::<(u64, Chunk)>(threads);
     let (hashed_tx, hashed_rx) = bounded::<(u64, Chunk, Vec<Option<ChunkId>>)>(threads * 2);
-    let (held_tx, held_rx) = bounded::<(u64, Chunk)>(held);
+    let (held_tx, held_rx) = bounded::<(u64, Held)>(MAX_AHEAD);
+    // One token per unit whose bytes may be kept.
+    let (slot_tx, slot_rx) = bounded::<()>(held);
+    for _ in 0..held {
+        let _ = slot_tx.try_send(());
+    }
+    let recent = Recent::default();
+    let recent = &recent;
     let (job_tx, job_rx) = bounded::<CompressJob>(threads);
     let (blobs_tx, blobs_rx) = bounded::<(u64, u64, Vec<WireBlob>, Payload)>(threads * 2);
     pipeline::scope(&cancel, |s| -> Result<(), RemoteError> {
@@ -155,14 +210,23 @@ pub fn serve_backup_source(
         }
         drop(hash_rx);
         drop(hashed_tx);
+        let offer_recycler = recycler.clone();
         s.spawn("offers", move || -> Result<(), RemoteError> {
             let mut pending = BTreeMap::new();
             let mut next = 0u64;
             while let Ok((seq, chunk, ids)) = cancel.recv(&hashed_rx) {
                 pending.insert(seq, (chunk, ids));
                 while let Some((chunk, ids)) = pending.remove(&next) {
+                    let keep = slot_rx.try_recv().is_ok()
+                        || (!recent.sparse() && cancel.recv(&slot_rx).is_ok());
+                    let entry = if keep {
+                        Held::Data(chunk)
+                    } else {
+                        offer_recycler.recycle(chunk);
+                        Held::Dropped(ids.clone())
+                    };
                     // Held before offered: the answer finds it waiting.
-                    if cancel.send(&held_tx, (next, chunk)).is_err() {
+                    if cancel.send(&held_tx, (next, entry)).is_err() {
                         return Ok(());
                     }
                     send(Message::Offer {
@@ -186,6 +250,14 @@ pub fn serve_backup_source(
                     let mut blobs = Vec::new();
                     for i in (0..count).filter(|&i| bit(&job.bits, i)) {
                         let piece = &data[i * chunk_size..((i + 1) * chunk_size).min(data.len())];
+                        if let Some(ids) = &job.expect {
+                            if ids.get(i).copied().flatten() != Some(ChunkId::of(piece)) {
+                                return Err(RemoteError::SourceChanged {
+                                    path: path.to_path_buf(),
+                                    offset: job.seq * UNIT_SIZE as u64 + (i * chunk_size) as u64,
+                                });
+                            }
+                        }
                         let (encoding, payload) = encode_chunk(&mut compressor, piece);
                         blobs.push(WireBlob {
                             index: i as u16,
@@ -222,7 +294,19 @@ pub fn serve_backup_source(
             }
             Ok(())
         });
-        let final_size = respond(path, size, requests, &held_rx, &job_tx, &recycler, cancel)?;
+        let final_size = respond(
+            &Responder {
+                path,
+                size,
+                held: &held_rx,
+                slots: &slot_tx,
+                recent,
+                jobs: &job_tx,
+                recycler: &recycler,
+                cancel,
+            },
+            requests,
+        )?;
         drop(job_tx);
         drop(held_rx);
         blob_sender
@@ -271,62 +355,94 @@ fn chunk_ids(chunk: &Chunk, chunk_size: usize) -> Vec<Option<ChunkId>> {
         .collect()
 }
 
+/// What answers the repository's requests works with.
+struct Responder<'a> {
+    path: &'a Path,
+    size: u64,
+    held: &'a Receiver<(u64, Held)>,
+    slots: &'a Sender<()>,
+    recent: &'a Recent,
+    jobs: &'a Sender<CompressJob>,
+    recycler: &'a Recycler,
+    cancel: &'a Cancel,
+}
+
+impl Responder<'_> {
+    /// Unit `seq` read again from the source.
+    fn read_unit(
+        &self,
+        file: &mut Option<std::fs::File>,
+        seq: u64,
+    ) -> Result<Vec<u8>, RemoteError> {
+        let offset = seq.saturating_mul(UNIT_SIZE as u64);
+        if offset >= self.size {
+            return Err(RemoteError::Protocol(format!(
+                "unit {seq} is past the end of the source"
+            )));
+        }
+        let len = (self.size - offset).min(UNIT_SIZE as u64) as usize;
+        let path = self.path.to_path_buf();
+        let file = match file {
+            Some(f) => f,
+            None => file.insert(std::fs::File::open(&path).map_err(|source| {
+                crate::io::IoError::Open {
+                    path: path.clone(),
+                    source,
+                }
+            })?),
+        };
+        let mut data = vec![0u8; len];
+        file.read_exact_at(&mut data, offset)
+            .map_err(|source| crate::io::IoError::Read {
+                path,
+                offset,
+                source,
+            })?;
+        Ok(data)
+    }
+}
+
 /// Answers the repository's `Need` and `Resend` until `Finish` (its size)
 /// or the end of the requests (`None`).
-fn respond(
-    path: &Path,
-    size: u64,
-    requests: &Receiver<Message>,
-    held: &Receiver<(u64, Chunk)>,
-    jobs: &Sender<CompressJob>,
-    recycler: &Recycler,
-    cancel: &Cancel,
-) -> Result<Option<u64>, RemoteError> {
+fn respond(r: &Responder<'_>, requests: &Receiver<Message>) -> Result<Option<u64>, RemoteError> {
     let mut job = 0u64;
     let mut reread: Option<std::fs::File> = None;
     let stopped = || RemoteError::Protocol("backup stopped".into());
-    while let Ok(m) = cancel.recv(requests) {
-        let (seq, payload, bits) = match m {
+    while let Ok(m) = r.cancel.recv(requests) {
+        let (seq, payload, bits, expect) = match m {
             Message::Need { seq, bits } => {
-                let (held_seq, chunk) = cancel.recv(held).map_err(|_| stopped())?;
+                let (held_seq, entry) = r.cancel.recv(r.held).map_err(|_| stopped())?;
                 if held_seq != seq {
                     return Err(RemoteError::Protocol(format!(
                         "Need for unit {seq}, expected {held_seq}"
                     )));
                 }
-                if bits.iter().all(|b| *b == 0) {
-                    recycler.recycle(chunk);
-                    continue;
-                }
-                (seq, Payload::Held(chunk), bits)
-            }
-            Message::Resend { seq, bits } => {
-                let offset = seq.saturating_mul(UNIT_SIZE as u64);
-                if offset >= size {
-                    return Err(RemoteError::Protocol(format!(
-                        "Resend of unit {seq} past the end of the source"
-                    )));
-                }
-                let len = (size - offset).min(UNIT_SIZE as u64) as usize;
-                let file = match &reread {
-                    Some(f) => f,
-                    None => reread.insert(std::fs::File::open(path).map_err(|source| {
-                        crate::io::IoError::Open {
-                            path: path.to_path_buf(),
-                            source,
+                let needed = bits.iter().any(|b| *b != 0);
+                r.recent.record(needed);
+                match entry {
+                    Held::Data(chunk) => {
+                        let _ = r.slots.try_send(());
+                        if !needed {
+                            r.recycler.recycle(chunk);
+                            continue;
                         }
-                    })?),
-                };
-                let mut data = vec![0u8; len];
-                file.read_exact_at(&mut data, offset).map_err(|source| {
-                    crate::io::IoError::Read {
-                        path: path.to_path_buf(),
-                        offset,
-                        source,
+                        (seq, Payload::Held(chunk), bits, None)
                     }
-                })?;
-                (seq, Payload::Reread(data), bits)
+                    Held::Dropped(_) if !needed => continue,
+                    Held::Dropped(ids) => (
+                        seq,
+                        Payload::Reread(r.read_unit(&mut reread, seq)?),
+                        bits,
+                        Some(ids),
+                    ),
+                }
             }
+            Message::Resend { seq, bits } => (
+                seq,
+                Payload::Reread(r.read_unit(&mut reread, seq)?),
+                bits,
+                None,
+            ),
             Message::Finish { size } => return Ok(Some(size)),
             other => {
                 return Err(RemoteError::unexpected(
@@ -335,13 +451,14 @@ fn respond(
                 ))
             }
         };
-        let sent = cancel.send(
-            jobs,
+        let sent = r.cancel.send(
+            r.jobs,
             CompressJob {
                 job,
                 seq,
                 payload,
                 bits,
+                expect,
             },
         );
         if sent.is_err() {
