@@ -891,3 +891,98 @@ pub fn restore_in_place(
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::pack::{Encoding, PackEntry};
+    use crate::format::pack_index;
+    use crate::io::{Input, InputOptions};
+    use crate::repo::backup::{BackupOptions, BackupSession};
+    use crate::repo::{index_key, no_password, InitOptions};
+
+    const MIB: usize = 1 << 20;
+
+    /// An index that lists a garbage copy of every chunk first: reads fall
+    /// back to the good copies, listed second.
+    #[test]
+    fn a_chunk_whose_first_copy_is_bad_is_read_from_another() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("repo");
+        let init = InitOptions {
+            chunk_size: MIB as u32,
+            encrypt: false,
+            ..InitOptions::default()
+        };
+        let password = no_password("test");
+        let repo = Repository::open_local(&root, Some(&init), &password).expect("repo");
+        let data: Vec<u8> = (0..4 * MIB).map(|i| (i * 7 % 251) as u8).collect();
+        let image = dir.path().join("disk.img");
+        std::fs::write(&image, &data).expect("image");
+        let session = BackupSession::start(
+            &repo,
+            BackupOptions {
+                name: "disk".into(),
+                source: "disk".into(),
+                host: "test".into(),
+                tags: Vec::new(),
+                time: None,
+                time_nanos: 0,
+                progress: None,
+                threads: 0,
+                expected_size: None,
+                thin_id: None,
+                parent: None,
+            },
+        )
+        .expect("session");
+        let input = Input::open(&image, &InputOptions::default()).expect("input");
+        session.run_local(input).expect("backup");
+        drop(session);
+        let (good, _) = repo.load_index_lenient().expect("index");
+        let mut records = Vec::new();
+        for file in good.files() {
+            let bytes = repo.backend().get(&index_key(file)).expect("index file");
+            records.extend(pack_index::decode(&bytes).expect("decode"));
+        }
+        let garbage = vec![0x5a; 2 * MIB];
+        let garbage_id = PackId::of(&garbage);
+        repo.backend()
+            .put_if_absent(&pack_key(&garbage_id), &garbage)
+            .expect("put garbage");
+        let forged: Vec<PackEntry> = records
+            .iter()
+            .flat_map(|r| r.entries.iter())
+            .map(|e| PackEntry {
+                offset: 0,
+                encoding: Encoding::Raw,
+                stored_len: e.raw_len,
+                ..*e
+            })
+            .collect();
+        let mut index = Index::new(None);
+        index.add_pack(garbage_id, &forged);
+        for r in &records {
+            index.add_pack(r.pack, &r.entries);
+        }
+        let snap = repo.resolve("disk").expect("snapshot");
+        check_restorable(&repo, &snap, &index).expect("restorable");
+        let ids: Vec<(usize, ChunkId)> = snap
+            .chunk_ids()
+            .expect("ids")
+            .map(|i| i.expect("id"))
+            .enumerate()
+            .collect();
+        assert!(ids.iter().all(|(_, id)| !index.alternates(id).is_empty()));
+        let mut out = vec![0u8; data.len()];
+        let mut decoder = ChunkDecoder::new().expect("decoder");
+        fetch_chunks(&repo, &index, &ids, MIB, &mut out, &mut decoder).expect("fetch");
+        assert!(out == data);
+        // Without the good copies the bad one is reported, not returned.
+        let mut only_bad = Index::new(None);
+        only_bad.add_pack(garbage_id, &forged);
+        let err =
+            fetch_chunks(&repo, &only_bad, &ids, MIB, &mut out, &mut decoder).expect_err("garbage");
+        assert!(matches!(err, RepoError::CorruptChunk { .. }), "{err}");
+    }
+}
