@@ -425,14 +425,7 @@ mod tests {
             name: name.into(),
             source: name.into(),
             host: "test".into(),
-            tags: Vec::new(),
-            time: None,
-            time_nanos: 0,
-            progress: None,
-            threads: 0,
-            expected_size: None,
-            thin_id: None,
-            parent: None,
+            ..BackupOptions::default()
         }
     }
 

@@ -925,14 +925,7 @@ mod tests {
                 name: "disk".into(),
                 source: "disk".into(),
                 host: "test".into(),
-                tags: Vec::new(),
-                time: None,
-                time_nanos: 0,
-                progress: None,
-                threads: 0,
-                expected_size: None,
-                thin_id: None,
-                parent: None,
+                ..BackupOptions::default()
             },
         )
         .expect("session");
