@@ -8,11 +8,14 @@
 //!   after every check passed).
 //! - [`source`]: reads any supported delta format as one stream of extents.
 //! - [`inspect`]: the `info` command.
+//! - `journal`: the redo journal that lets an in-place apply of records
+//!   compressed against OLD resume after it was cut short.
 
 pub mod apply;
 pub mod create;
 pub mod from_snapshot;
 pub mod inspect;
+mod journal;
 pub mod source;
 pub mod tracked;
 

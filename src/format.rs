@@ -31,6 +31,10 @@ pub enum ExtentData {
     Bytes(Vec<u8>),
     /// This many zero bytes (a hole, discard, or zero-fill).
     Zeros(u64),
+    /// A native record compressed against the bytes the image holds at its
+    /// range before it is applied; decoded by the applier, which holds them
+    /// ([`delta::RawRecord::decode_against`]).
+    Referenced(Box<delta::RawRecord>),
 }
 
 impl Extent {
@@ -39,6 +43,7 @@ impl Extent {
         match &self.data {
             ExtentData::Bytes(b) => b.len() as u64,
             ExtentData::Zeros(n) => *n,
+            ExtentData::Referenced(r) => r.length,
         }
     }
 

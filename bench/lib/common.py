@@ -35,7 +35,13 @@ GEN_IMAGE = os.path.join(REPO, "target", "release", "examples", "gen_image")
 DISKDELTA = os.path.join(REPO, "target", "release", "diskdelta")
 
 # Debian package that provides each external program.
-APT_PACKAGES = {"xdelta3": "xdelta3", "rdiff": "rdiff", "zstd": "zstd", GNU_TIME: "time"}
+APT_PACKAGES = {
+    "xdelta3": "xdelta3",
+    "rdiff": "rdiff",
+    "zstd": "zstd",
+    GNU_TIME: "time",
+    "mkfs.xfs": "xfsprogs",
+}
 
 
 def log(msg):

@@ -120,6 +120,18 @@ SCENARIOS = {
     "changed": ("new.img", "~2% of 4 KiB blocks rewritten in 64 KiB clusters"),
     "grown": ("grown.img", "new.img plus 64 MiB of new data appended"),
 }
+# --images real: file systems of system files, night N-1 -> night N
+# (bench/lib/real_images.py). name -> (fs, night)
+REAL_SCENARIOS = {
+    "ext4-1": ("ext4", 1),
+    "ext4-7": ("ext4", 7),
+    "xfs-1": ("xfs", 1),
+    "xfs-7": ("xfs", 7),
+}
+REAL_WHAT = (
+    "night {n}: {fs} of system files after package upgrades, appended logs, an SQLite "
+    "database updated in place, a tree deleted and another added, fstrim"
+)
 
 
 def add_arguments(sub):
@@ -133,7 +145,15 @@ def add_arguments(sub):
         "--tools", default=",".join(TOOL_NAMES), help=f"subset of {','.join(TOOL_NAMES)}"
     )
     p.add_argument(
-        "--scenarios", default=",".join(SCENARIOS), help=f"subset of {','.join(SCENARIOS)}"
+        "--scenarios",
+        help=f"subset of {','.join(SCENARIOS)} (synthetic) or {','.join(REAL_SCENARIOS)} (real)",
+    )
+    p.add_argument(
+        "--images",
+        choices=("synthetic", "real"),
+        default="synthetic",
+        help="generated images (default) or the real set: ext4/xfs of system files, "
+        "changed night by night (bench/lib/real_images.py; needs root)",
     )
     p.add_argument(
         "--repeat", type=int, default=1, help="runs per tool and scenario; the fastest counts"
@@ -172,17 +192,33 @@ def cmd_diff(args):
     if args.repeat < 1:
         common.die("--repeat must be at least 1", 2)
     names = common.parse_list(args.tools, TOOL_NAMES, "tools")
-    scenarios = common.parse_list(args.scenarios, list(SCENARIOS), "scenarios")
+    known = REAL_SCENARIOS if args.images == "real" else SCENARIOS
+    scenarios = common.parse_list(args.scenarios or ",".join(known), list(known), "scenarios")
     tools = [t for t in PEERS if t.name in names]
 
     work = common.work_dir()
     machine = common.machine_info()
     skipped = _prepare(tools, args.no_build)
 
-    names = ["base.img"] + [SCENARIOS[x][0] for x in scenarios]
-    directory, images = common.standard_images(size, names)
-    base = os.path.join(directory, "base.img")
-    common.warm_cache([os.path.join(directory, n) for n in images])
+    pairs = {}  # scenario -> (base, new, description)
+    if args.images == "real":
+        import real_images
+
+        filesystems = sorted({REAL_SCENARIOS[x][0] for x in scenarios})
+        _directory, paths, images = real_images.real_images(size, filesystems)
+        for x in scenarios:
+            fs, n = REAL_SCENARIOS[x]
+            pairs[x] = (paths[fs][n - 1], paths[fs][n], REAL_WHAT.format(n=n, fs=fs))
+    else:
+        names = ["base.img"] + [SCENARIOS[x][0] for x in scenarios]
+        directory, images = common.standard_images(size, names)
+        for x in scenarios:
+            new_name, what = SCENARIOS[x]
+            pairs[x] = (
+                os.path.join(directory, "base.img"),
+                os.path.join(directory, new_name),
+                f"base.img -> {new_name} ({what})",
+            )
     busy_before, load_warning = common.load_check()
 
     scratch_root = os.path.join(work, "diff")
@@ -192,8 +228,8 @@ def cmd_diff(args):
 
     results = []
     for scenario in scenarios:
-        new_name = SCENARIOS[scenario][0]
-        new = os.path.join(directory, new_name)
+        base, new, _what = pairs[scenario]
+        common.warm_cache([base, new])
         new_size = os.stat(new).st_size
         for tool in tools:
             r = {"scenario": scenario, "tool": tool.name, "new_bytes": new_size, "notes": []}
@@ -211,6 +247,8 @@ def cmd_diff(args):
     report = {
         **common.report_header("diff", size, args.repeat, machine, busy_before, load_warning),
         "images": common.image_summaries(images),
+        "image_set": args.images,
+        "scenarios": {x: pairs[x][2] for x in scenarios},
         "tools": common.tool_versions(tools, skipped),
         "results": results,
         "ratios": _ratios(results),
@@ -325,8 +363,7 @@ def _print_report(report, scenarios, tools):
     for name, s in images.items():
         print(f"  {name}: {s.get('summary', '')}")
     for scenario in scenarios:
-        new_name, what = SCENARIOS[scenario]
-        print(f"  scenario {scenario}: base.img -> {new_name} ({what})")
+        print(f"  scenario {scenario}: {report['scenarios'][scenario]}")
     m = report["machine"]
     print(
         f"  machine: {m.get('cpus')} cores, {m.get('cpu', '?')}; best of {report['repeat']} "
@@ -472,6 +509,8 @@ def cmd_diff_memory(args):
         "machine": machine,
         "load_warning": load_warning,
         "images": common.image_summaries(images),
+        "image_set": args.images,
+        "scenarios": {x: pairs[x][2] for x in scenarios},
         "tool": common.tool_versions([tool], {})["diskdelta"],
         "result": r,
         "logs": logs,

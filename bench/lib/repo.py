@@ -56,6 +56,24 @@ STEPS = [
     ("backup3", "step3.img", "another ~1% rewritten, 64 MiB appended"),
 ]
 PHASES = [s[0] for s in STEPS] + ["restore"]
+# --images real: a week of nightly backups of an ext4 or xfs image of system
+# files (bench/lib/real_images.py), with the real-data issue's targets.
+REAL_FIRST_TARGET = 5.0
+REAL_SIZE_TARGET = 0.9
+
+
+def _use_real_steps(fs, paths):
+    """Replaces STEPS/PHASES with one backup per night of the real set."""
+    global STEPS, PHASES, FIRST_TARGET, SIZE_TARGET
+    STEPS = [(f"backup{n + 1}", os.path.basename(p),
+              "first backup (night 0)" if n == 0 else f"night {n}")
+             for n, p in enumerate(paths)]
+    PHASES = [s[0] for s in STEPS] + ["restore"]
+    FIRST_TARGET, SIZE_TARGET = REAL_FIRST_TARGET, REAL_SIZE_TARGET
+
+
+def _last():
+    return STEPS[-1][0]
 
 
 # ------------------------------------------------------------------ tools
@@ -234,7 +252,7 @@ PEERS = [
         version_argv=["borg", "--version"],
         config="env BORG_BASE_DIR=CACHE; init -e none REPO; create REPO::backupN disk.img "
         "(in SRC's directory; default lz4 compression, default buzhash chunker "
-        "19,23,21,4095); extract --sparse REPO::backup3 (in OUT)",
+        "19,23,21,4095); extract --sparse REPO::backupN of the last (in OUT)",
         init=lambda c: [["borg", "init", "-e", "none", c.repo]],
         backup=lambda c, n: ([["borg", "create", f"{c.repo}::backup{n}", "disk.img"]], c.src_dir),
         restore=lambda c, n: ([["borg", "extract", "--sparse", f"{c.repo}::backup{n}"]], c.out_dir),
@@ -489,7 +507,8 @@ def run_sequence(tool, c, images, logs, prefix, sparse=False, inspect=None, obse
         shutil.rmtree(c.scratch, ignore_errors=True)
 
 
-def _summarize(runs, phases=PHASES):
+def _summarize(runs, phases=None):
+    phases = phases or PHASES
     """Per phase over the repeats: the fastest run's seconds (with its CPU
     and others), the largest peak RSS, sizes of the first run."""
     summary = {}
@@ -590,6 +609,7 @@ def add_arguments(sub):
         help="backups over ssh through a local sshd instead: diskdelta pull and push, "
         "diskdump's remote dump, restic over sftp, against `ssh cat` (see bench/README.md)",
     )
+    _image_arguments(p)
     p.set_defaults(func=cmd_repo)
 
     s = sub.add_parser(
@@ -603,6 +623,7 @@ def add_arguments(sub):
     )
     s.add_argument("--repeat", type=int, default=1, help="runs per chunk size; fastest counts")
     s.add_argument("--no-build", action="store_true", help="use the binaries as they are")
+    _image_arguments(s)
     s.set_defaults(func=cmd_repo_sweep)
 
     m = sub.add_parser(
@@ -619,7 +640,25 @@ def add_arguments(sub):
     m.set_defaults(func=cmd_repo_memory)
 
 
-def _repo_images(size):
+def _image_arguments(p):
+    p.add_argument(
+        "--images",
+        choices=("synthetic", "real"),
+        default="synthetic",
+        help="generated images (default), or the real set: a week of nightly backups of a "
+        "file system of system files (bench/lib/real_images.py; needs root)",
+    )
+    p.add_argument("--fs", choices=("ext4", "xfs"), default="ext4",
+                   help="with --images real: which file system (default ext4)")
+
+
+def _repo_images(size, args=None):
+    if args is not None and args.images == "real":
+        import real_images
+
+        _directory, paths, stamps = real_images.real_images(size, (args.fs,))
+        _use_real_steps(args.fs, paths[args.fs])
+        return paths[args.fs], stamps
     names = [s[1] for s in STEPS]
     directory, stamps = common.standard_images(size, names)
     return [os.path.join(directory, n) for n in names], stamps
@@ -644,7 +683,7 @@ def cmd_repo(args):
         tools.insert([t.name for t in tools].index("diskdelta") + 1, ENCRYPTED)
     machine = common.machine_info()
     skipped, features = _prepare(tools, args.no_build)
-    images, stamps = _repo_images(size)
+    images, stamps = _repo_images(size, args)
     root, logs = _scratch_root("repo")
     common.warm_cache(images)
     busy, load_warning = common.load_check()
@@ -770,7 +809,7 @@ def _ratios(results):
             3,
         )
         q["repo_size"] = _round(
-            _div(dd["phases"]["backup3"]["repo_bytes"], r["phases"]["backup3"]["repo_bytes"]), 3
+            _div(dd["phases"][_last()]["repo_bytes"], r["phases"][_last()]["repo_bytes"]), 3
         )
         q["peak_rss"] = _round(_div(_peak_rss(dd), _peak_rss(r)), 3)
         out.append(q)
@@ -828,7 +867,7 @@ def _encrypted_targets(results, unlock):
         rs_s, enc_s = rs["phases"]["backup1"]["seconds"], e["backup1"]["seconds"]
         target("encrypted first backup vs restic", _div(rs_s, enc_s), ">= 3x faster",
                lambda v: v >= 3, _div(rs_s, enc_s - fixed) if enc_s > fixed else None)
-    target("encrypted repository vs plain", _div(e["backup3"]["repo_bytes"], p["backup3"]["repo_bytes"]),
+    target("encrypted repository vs plain", _div(e[_last()]["repo_bytes"], p[_last()]["repo_bytes"]),
            "<= 1.01x", lambda v: v <= 1.01)
     return out
 
@@ -854,10 +893,10 @@ def _targets(results):
 
     target("first backup vs restic", speed("backup1"), f">= {FIRST_TARGET:g}x faster",
            lambda v: v >= FIRST_TARGET)
-    size = _div(p["backup3"]["repo_bytes"], rp["backup3"]["repo_bytes"]) if have_restic else None
-    target("repository after 3 backups vs restic", size, f"<= {SIZE_TARGET:g}x",
+    size = _div(p[_last()]["repo_bytes"], rp[_last()]["repo_bytes"]) if have_restic else None
+    target(f"repository after {len(STEPS)} backups vs restic", size, f"<= {SIZE_TARGET:g}x",
            lambda v: v <= SIZE_TARGET)
-    for k in ("backup2", "backup3"):
+    for k in [s[0] for s in STEPS[1:]]:
         target(f"incremental {k} vs restic", speed(k), f">= {INCREMENTAL_TARGET:g}x faster",
                lambda v: v >= INCREMENTAL_TARGET)
     rate = _div(p["restore"]["image_bytes"], p["restore"]["seconds"])
@@ -892,7 +931,7 @@ def _print_repo(report):
         print(f"  {name}: {s.get('summary', '')}")
     for s in report["steps"]:
         print(f"  {s['phase']}: {s['image']} ({s['what']})")
-    print("  restore: the last snapshot to a file, then cmp with step3.img")
+    print(f"  restore: the last snapshot to a file, then cmp with {STEPS[-1][1]}")
     print(
         f"  machine: {m.get('cpus')} cores, {m.get('cpu', '?')}; best of {report['repeat']} "
         "run(s) per step; MB = 10^6 bytes; MB/s = image bytes / wall s; CPU s = user + system"
@@ -960,18 +999,17 @@ def _print_repo(report):
         print()
         print("diskdelta relative to each peer (speed: peer s / diskdelta s, >1 = diskdelta "
               "faster; repo size")
-        print("after backup 3 and peak RSS over all steps: diskdelta / peer, <1 = diskdelta "
+        print(f"after {_last()} and peak RSS over all steps: diskdelta / peer, <1 = diskdelta "
               "smaller)")
         print()
+        keys = [s[0] for s in STEPS]
         common.print_table(
-            ["peer", "backup1 speed", "backup2 speed", "backup3 speed", "restore speed",
+            ["peer"] + [f"{k} speed" for k in keys] + ["restore speed",
              "restore+sync speed", "repo size", "peak RSS"],
             [
-                [
-                    q["peer"],
-                    _x(q["backup1_speed"], ".2f"),
-                    _x(q["backup2_speed"], ".2f"),
-                    _x(q["backup3_speed"], ".2f"),
+                [q["peer"]]
+                + [_x(q[f"{k}_speed"], ".2f") for k in keys]
+                + [
                     _x(q["restore_speed"], ".2f"),
                     _x(q["restore_sync_speed"], ".2f"),
                     _x(q["repo_size"], ".3f"),
@@ -1070,7 +1108,7 @@ def cmd_repo_sweep(args):
     skipped, _ = _prepare([tool], args.no_build)
     if "diskdelta" in skipped:
         common.die(f"cannot run: {skipped['diskdelta']}")
-    images, stamps = _repo_images(size)
+    images, stamps = _repo_images(size, args)
     root, logs = _scratch_root("repo-sweep")
     common.warm_cache(images)
     busy, load_warning = common.load_check()
@@ -1109,11 +1147,12 @@ def _print_sweep(report):
         print(f"  {name}: {s.get('summary', '')}")
     print(
         f"  machine: {m.get('cpus')} cores, {m.get('cpu', '?')}; MB = 10^6 bytes; MB/s = "
-        "image bytes / wall s; repo MB: du -sb after the 3 backups; added: growth in"
+        f"image bytes / wall s; repo MB: du -sb after the {len(STEPS)} backups; added: growth "
+        "in"
     )
     print(
-        "  backup 2 / 3; to null: restore to /dev/null; chunks: status --json; index, "
-        "snapshots: du -sb of index/ and"
+        "  the incremental backups; incr MB/s: their image bytes / their seconds; to null: "
+        "restore to /dev/null; chunks: status --json; index, snapshots: du -sb of index/ and"
     )
     print(f"  snapshots/; * = the default ({report['default_chunk_size']})")
     print()
@@ -1124,6 +1163,11 @@ def _print_sweep(report):
         def get(k, key):
             return p.get(k, {}).get(key)
 
+        incremental = [p.get(k[0], {}) for k in STEPS[1:]]
+        added = sum(x.get("added_bytes") or 0 for x in incremental)
+        incr_seconds = sum(x.get("seconds") or 0 for x in incremental)
+        incr_bytes = sum(x.get("image_bytes") or 0 for x in incremental)
+
         status = r["status"]
         if r.get("reason"):
             if r["reason"] not in footnotes:
@@ -1132,12 +1176,10 @@ def _print_sweep(report):
         rows.append(
             [
                 r["chunk_size"] + (" *" if r["chunk_size"] == report["default_chunk_size"] else ""),
-                _mb(get("backup3", "repo_bytes")),
-                _mb(get("backup2", "added_bytes")),
-                _mb(get("backup3", "added_bytes")),
+                _mb(get(_last(), "repo_bytes")),
+                _mb(added),
                 common.fmt(get("backup1", "mb_per_s"), ".0f"),
-                common.fmt(get("backup2", "mb_per_s"), ".0f"),
-                common.fmt(get("backup3", "mb_per_s"), ".0f"),
+                common.fmt(common.mb_per_s(incr_bytes, incr_seconds), ".0f"),
                 common.fmt(get("restore", "mb_per_s"), ".0f"),
                 common.fmt(get("restore_null", "mb_per_s"), ".0f"),
                 common.fmt(st.get("chunks"), ","),
@@ -1150,8 +1192,7 @@ def _print_sweep(report):
             ]
         )
     common.print_table(
-        ["chunk", "repo MB", "added 2 MB", "added 3 MB", "backup1 MB/s", "backup2 MB/s",
-         "backup3 MB/s", "restore MB/s", "to null MB/s", "chunks", "index bytes", "snapshot bytes",
+        ["chunk", "repo MB", "added MB", "backup1 MB/s", "incr MB/s", "restore MB/s", "to null MB/s", "chunks", "index bytes", "snapshot bytes",
          "peak RSS MiB", "others", "status"],
         rows,
     )

@@ -503,6 +503,13 @@ def add_arguments(sub):
         "--block-sizes", default=SWEEP_BLOCKS, help=f"block sizes of --sweep ({SWEEP_BLOCKS})"
     )
     p.add_argument("--no-build", action="store_true", help="use the binaries as they are")
+    p.add_argument(
+        "--images",
+        choices=("synthetic", "real"),
+        default="synthetic",
+        help="generated images at --sizes (default), or the real set: ext4 and xfs of system "
+        "files, night 6 synced onto night 7 (bench/lib/real_images.py; needs root)",
+    )
     p.set_defaults(func=cmd_sync)
 
     m = sub.add_parser(
@@ -578,9 +585,21 @@ def _sync_body(args, sizes, tools, blocks, skipped, machine, sshd, scratch, logs
     for t in tools:
         if t.name in skipped:
             print(f"{t.name}: {skipped[t.name]}")
-    for size in sizes:
+    pairs = [None] * len(sizes)
+    if args.images == "real":
+        import real_images
+
+        _directory, paths, stamps = real_images.real_images(2 << 30, ("ext4", "xfs"))
+        sizes = [2 << 30] * 2
+        pairs = [
+            (f"{fs} night 6->7", paths[fs][6], paths[fs][7],
+             {k: v for k, v in stamps.items() if k in (f"{fs}-6.img", f"{fs}-7.img")})
+            for fs in ("ext4", "xfs")
+        ]
+    report["image_set"] = args.images
+    for size, pair in zip(sizes, pairs):
         report["per_size"].append(
-            _sync_size(size, tools, skipped, args.repeat, sshd, scratch, logs)
+            _sync_size(size, tools, skipped, args.repeat, sshd, scratch, logs, pair)
         )
         _print_size(report["per_size"][-1], report)
     if args.sweep and "diskdelta" not in skipped:
@@ -601,10 +620,16 @@ def _sync_body(args, sizes, tools, blocks, skipped, machine, sshd, scratch, logs
     return 1 if failed else 0
 
 
-def _sync_size(size, tools, skipped, repeat, sshd, scratch, logs):
-    label = common.size_label(size)
-    directory, stamps = _images(size)
-    base, new = os.path.join(directory, "base.img"), os.path.join(directory, "new.img")
+def _sync_size(size, tools, skipped, repeat, sshd, scratch, logs, pair=None):
+    """pair: (label, base, new, stamps) of the real image set, or None for
+    the synthetic base.img -> new.img of that size."""
+    if pair:
+        label, base, new, stamps = pair
+        label = label.replace(" ", "-").replace(">", "")
+    else:
+        label = common.size_label(size)
+        directory, stamps = _images(size)
+        base, new = os.path.join(directory, "base.img"), os.path.join(directory, "new.img")
     log(f"{label}: finding the changed 4 KiB blocks and their zstd -1 size")
     common.warm_cache([base, new])
     reference = _reference(base, new, scratch)

@@ -4,16 +4,18 @@
 //! The first byte selects how to read (low 4 bits: bytes per `read` call,
 //! 0 for all at once) and how to prepare the rest (high bits):
 //! - 0: as is;
-//! - 1: magic, version and header length forced, header check resealed, so
-//!   the record parser is reached;
+//! - 1: magic, version (1, or 2 when bit 2 of the mode is set) and header
+//!   length forced, header check resealed, so the record parser is reached;
 //! - 2: as 1, and every record checksum resealed (and the trailer's header
 //!   and record-sequence digests set), so payload decoding and the
-//!   trailer's consistency checks are reached too.
+//!   trailer's consistency checks are reached too. Reference-compressed
+//!   records (version 2) are decoded against `reference(length)`.
 #![no_main]
 
 use diskdelta::format::delta::{
     DeltaReader, Header, Trailer, HEADER_LEN, MAGIC, RECORD_HEADER_LEN,
 };
+use diskdelta::format::ExtentData;
 use libfuzzer_sys::fuzz_target;
 
 #[path = "common.rs"]
@@ -22,11 +24,25 @@ use common::{control, Chunky, OrderCheck};
 
 const KIND_ZERO: u8 = 3;
 const KIND_ZSTD: u8 = 2;
+const KIND_ZSTD_REF: u8 = 4;
+
+/// What the fuzzer pretends OLD holds under a reference record.
+fn reference(length: u64) -> Vec<u8> {
+    (0..length.min(1 << 20)).map(|i| (i % 251) as u8).collect()
+}
+
+fn decompress_against(payload: &[u8], reference: &[u8], cap: usize) -> Option<Vec<u8>> {
+    let mut dctx = zstd::zstd_safe::DCtx::create();
+    dctx.ref_prefix(reference).ok()?;
+    let mut out = Vec::with_capacity(cap);
+    dctx.decompress(&mut out, payload).ok()?;
+    Some(out)
+}
 const KIND_END: u8 = 255;
 
-fn reseal_header(d: &mut [u8]) {
+fn reseal_header(d: &mut [u8], version: u16) {
     d[0..8].copy_from_slice(&MAGIC);
-    d[8..10].copy_from_slice(&1u16.to_le_bytes());
+    d[8..10].copy_from_slice(&version.to_le_bytes());
     d[10..12].copy_from_slice(&(HEADER_LEN as u16).to_le_bytes());
     let check = blake3::hash(&d[0..56]);
     d[56..64].copy_from_slice(&check.as_bytes()[0..8]);
@@ -61,6 +77,12 @@ fn reseal_records(d: &mut [u8]) {
             KIND_ZSTD => {
                 let cap = length.min(1 << 24) as usize;
                 if let Ok(data) = zstd::bulk::decompress(&d[start..end], cap) {
+                    h.update(&data);
+                }
+            }
+            KIND_ZSTD_REF => {
+                let cap = length.min(1 << 20) as usize;
+                if let Some(data) = decompress_against(&d[start..end], &reference(length), cap) {
                     h.update(&data);
                 }
             }
@@ -107,7 +129,7 @@ fuzz_target!(|data: &[u8]| {
     }
 
     if mode % 4 != 0 && bytes.len() >= HEADER_LEN {
-        reseal_header(&mut bytes);
+        reseal_header(&mut bytes, if mode & 4 != 0 { 2 } else { 1 });
         if mode % 4 >= 2 {
             reseal_records(&mut bytes);
         }
@@ -134,8 +156,19 @@ fuzz_target!(|data: &[u8]| {
                     assert!(offset + length <= n, "record past the header's NEW size");
                 }
                 match raw.decode(&mut decompressor) {
-                    Ok(extent) => {
+                    Ok(mut extent) => {
                         assert_eq!((extent.offset, extent.len()), (offset, length));
+                        if let ExtentData::Referenced(raw) = &extent.data {
+                            assert_eq!(header.version, 2, "reference records only in version 2");
+                            match raw.decode_against(&reference(length)) {
+                                Ok(bytes) => {
+                                    assert_eq!(bytes.len() as u64, length);
+                                    assert!(raw.holds(&bytes));
+                                    extent.data = ExtentData::Bytes(bytes);
+                                }
+                                Err(_) => return,
+                            }
+                        }
                         order.check(&extent);
                     }
                     Err(_) => return,

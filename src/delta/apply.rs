@@ -20,10 +20,11 @@ use std::sync::Arc;
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 
+use super::journal;
 use super::source::{DeltaKind, DeltaSource, DeltaStream};
 use super::DeltaError;
 use crate::digest::{Digest, ImageHasher, SEGMENT_SIZE};
-use crate::format::delta::Trailer;
+use crate::format::delta::{RawRecord, Trailer};
 use crate::format::{Extent, ExtentData};
 use crate::io::reader::{AlignedBuf, Chunk, ReaderOptions, DEFAULT_CHUNK_SIZE};
 use crate::io::{ChunkReader, Input, InputKind, InputOptions, IoError, Output, OutputKind};
@@ -190,12 +191,26 @@ impl ExtentQueue {
     }
 
     /// Writes the extents' bytes that fall into `chunk`; drops extents that
-    /// end inside it.
-    fn overlay(&mut self, chunk: &mut Chunk) {
+    /// end inside it. Reference-compressed records are decoded here, from
+    /// the chunk's bytes before they are overwritten (a record lies inside
+    /// one reference window, so inside one chunk).
+    fn overlay(&mut self, chunk: &mut Chunk) -> Result<(), DeltaError> {
         let (start, end) = (chunk.offset, chunk.end());
-        while let Some(e) = self.queue.front() {
+        while let Some(e) = self.queue.front_mut() {
             if e.offset >= end {
                 break;
+            }
+            if let ExtentData::Referenced(raw) = &e.data {
+                if e.offset < start || e.end() > end {
+                    return Err(DeltaError::Panic("apply (reference record across chunks)"));
+                }
+                let range = (e.offset - start) as usize..(e.end() - start) as usize;
+                let decoded = if chunk.hole {
+                    raw.decode_against(&vec![0; range.len()])?
+                } else {
+                    raw.decode_against(&chunk.data()[range])?
+                };
+                e.data = ExtentData::Bytes(decoded);
             }
             let from = e.offset.max(start);
             let to = e.end().min(end);
@@ -211,6 +226,9 @@ impl ExtentQueue {
                             chunk.range_mut(dst).fill(0);
                         }
                     }
+                    ExtentData::Referenced(_) => {
+                        return Err(DeltaError::Panic("apply (undecoded reference record)"))
+                    }
                 }
             }
             if e.end() <= end {
@@ -219,6 +237,7 @@ impl ExtentQueue {
                 break;
             }
         }
+        Ok(())
     }
 }
 
@@ -482,7 +501,7 @@ fn produce_new(
                 Chunk::zeros(pos, len as usize, buf)
             }
         };
-        queue.overlay(&mut chunk);
+        queue.overlay(&mut chunk)?;
         pos += len;
         if chunks.send(chunk).is_err() {
             return Err(DeltaError::Panic("writer (stopped)"));
@@ -555,10 +574,12 @@ pub fn apply_in_place(
     let mut extents = 0u64;
     let mut changed = 0u64;
     let mut max_end = 0u64;
+    let mut referenced = 0u64;
     while let Some(e) = source.next_extent()? {
         extents += 1;
         changed += e.len();
         max_end = max_end.max(e.end());
+        referenced += u64::from(matches!(e.data, ExtentData::Referenced(_)));
     }
     let trailer = source.trailer().cloned();
     let mut notes = Vec::new();
@@ -642,6 +663,34 @@ pub fn apply_in_place(
         }
     }
 
+    // Records compressed against OLD must decode against the target
+    // before anything is written; one already applied (a rerun after an
+    // interrupted apply) is recognized by its checksum, one whose write was
+    // cut short is taken from the journal of that apply.
+    let journal = journal::journal_path(target, output.kind() == OutputKind::File);
+    let records_digest = trailer
+        .as_ref()
+        .map(|t| t.records_digest)
+        .unwrap_or_default();
+    let recovered = if referenced > 0 {
+        let recovered = journal::Recovered::load(&journal, &records_digest);
+        let mut source = DeltaSource::open(
+            &delta_path,
+            rewind(&delta_path, &mut delta_file)?,
+            Some(kind),
+            options.block_size,
+        )?;
+        while let Some(e) = source.next_extent()? {
+            if let ExtentData::Referenced(raw) = &e.data {
+                decode_in_place(&output, raw, old_size, &recovered)?;
+            }
+        }
+        recovered
+    } else {
+        journal::Recovered::default()
+    };
+    let mut batch = journal::Batch::new(journal, records_digest);
+
     // Pass 2: write. Every check has passed.
     let mut source = DeltaSource::open(
         &delta_path,
@@ -660,12 +709,21 @@ pub fn apply_in_place(
             // Discarded where the device supports it, so thin volumes
             // unmap instead of filling the pool with zeros.
             ExtentData::Zeros(n) => output.discard_range(e.offset, *n)?,
+            ExtentData::Referenced(raw) => {
+                if let Some(bytes) = decode_in_place(&output, raw, old_size, &recovered)? {
+                    if batch.push(raw, bytes) {
+                        batch.flush(&output)?;
+                    }
+                }
+            }
         }
         if let Some(p) = &options.progress {
             p.fetch_add(e.len(), Ordering::Relaxed);
         }
     }
+    batch.flush(&output)?;
     output.sync()?;
+    batch.finish();
     let mut verified = false;
     if options.verify {
         match &trailer {
@@ -700,6 +758,44 @@ pub fn apply_in_place(
         verified,
         notes,
     })
+}
+
+/// Decodes a reference-compressed record against the target's bytes at its
+/// range (OLD's, zero past OLD's end), or takes it from the journal of an
+/// interrupted apply. `None` when the target already holds the record's
+/// result.
+fn decode_in_place(
+    output: &Output,
+    raw: &RawRecord,
+    old_size: u64,
+    recovered: &journal::Recovered,
+) -> Result<Option<Vec<u8>>, DeltaError> {
+    let mut current = vec![0u8; raw.length as usize];
+    let readable = old_size.saturating_sub(raw.offset).min(raw.length) as usize;
+    read_exact_at(
+        output.file(),
+        &mut current[..readable],
+        raw.offset,
+        output.path(),
+    )?;
+    if raw.holds(&current) {
+        return Ok(None);
+    }
+    match raw.decode_against(&current) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(_) if recovered.bytes_of(raw).is_some() => {
+            Ok(recovered.bytes_of(raw).map(<[u8]>::to_vec))
+        }
+        Err(_) => Err(DeltaError::BaseMismatch {
+            path: output.path().into(),
+            detail: format!(
+                "bytes {}..{} hold neither OLD's bytes for delta record {} nor its result (a damaged record, or another base)",
+                raw.offset,
+                raw.offset + raw.length,
+                raw.index
+            ),
+        }),
+    }
 }
 
 fn check_samples(output: &Output, trailer: &Trailer, block_size: u32) -> Result<(), DeltaError> {

@@ -20,8 +20,8 @@ use super::DeltaError;
 use crate::change::compare::{compare_blocks, BlockChange, View};
 use crate::digest::Digest;
 use crate::format::delta::{
-    encode_record, Compression, DeltaWriter, EncodedRecord, Header, Sample, TrailerInput,
-    WRITER_RECORD_LEN,
+    encode_record, Compression, DeltaWriter, EncodedRecord, Header, RecordEncoder, Sample,
+    TrailerInput, REFERENCE_WINDOW, VERSION, VERSION_1, WRITER_RECORD_LEN,
 };
 use crate::format::diffdd::DiffDdV2Writer;
 use crate::format::{Extent, ExtentData};
@@ -32,10 +32,29 @@ use crate::units::BlockSize;
 /// Which format `diff` writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OutputFormat {
-    /// The native format.
+    /// The native format, version 2: records may be compressed against
+    /// the OLD bytes they replace.
     Native,
+    /// The native format, version 1, for readers older than version 2.
+    NativeV1,
     /// C++ diff-dd format v2, for users who must keep that tool.
     DiffDdV2,
+}
+
+impl OutputFormat {
+    /// The native format version this writes (for the header of native
+    /// deltas).
+    pub fn native_version(self) -> u16 {
+        match self {
+            OutputFormat::NativeV1 => VERSION_1,
+            _ => VERSION,
+        }
+    }
+
+    /// True for the native format, any version.
+    pub fn is_native(self) -> bool {
+        matches!(self, OutputFormat::Native | OutputFormat::NativeV1)
+    }
 }
 
 /// Validated options of `diff`.
@@ -154,34 +173,117 @@ impl Sampler {
     }
 }
 
+/// Longest run of unchanged bytes a reference-compressed extent may carry
+/// between two changes: against OLD such a run costs a few bytes, less
+/// than the record header a split would add.
+const GAP_MAX: usize = 16 << 10;
+
+/// What OLD holds under a changed block, for reference compression.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Reference<'a> {
+    /// Not used: the writer makes self-contained records.
+    Absent,
+    /// Zeros (a hole in OLD, or past its end).
+    Zeros,
+    /// OLD's bytes, zero-extended if shorter than the block.
+    Old(&'a [u8]),
+}
+
+/// An extent ready for the encoders, with the bytes the applier will hold
+/// at its range (same length) when the writer uses reference compression.
+#[derive(Debug)]
+pub(super) struct Built {
+    pub(super) extent: Extent,
+    pub(super) reference: Option<Vec<u8>>,
+}
+
 /// Accumulates changed blocks into extents: contiguous, of one kind (data
-/// or zeros), data extents at most [`WRITER_RECORD_LEN`] long.
+/// or zeros), data extents inside one [`REFERENCE_WINDOW`]. With
+/// references, short runs of unchanged bytes between changes join the
+/// extent (tentatively: a run that no change follows is cut off again).
 #[derive(Debug, Default)]
 pub(super) struct ExtentBuilder {
     pending: Option<Extent>,
+    reference: Option<Vec<u8>>,
+    /// Bytes of the pending data extent up to its last change.
+    committed: usize,
+}
+
+fn same_window(start: u64, end: u64) -> bool {
+    start / REFERENCE_WINDOW == (end - 1) / REFERENCE_WINDOW
 }
 
 impl ExtentBuilder {
-    pub(super) fn push_data(&mut self, offset: u64, bytes: &[u8]) -> Option<Extent> {
+    /// Adds changed NEW bytes without a reference.
+    pub(super) fn push_data(&mut self, offset: u64, bytes: &[u8]) -> Option<Built> {
+        self.push_data_against(offset, bytes, Reference::Absent)
+    }
+
+    /// Adds changed NEW bytes with what OLD holds under them.
+    pub(super) fn push_data_against(
+        &mut self,
+        offset: u64,
+        bytes: &[u8],
+        reference: Reference<'_>,
+    ) -> Option<Built> {
+        let with_reference = !matches!(reference, Reference::Absent);
         if let Some(Extent {
             offset: start,
             data: ExtentData::Bytes(buf),
         }) = &mut self.pending
         {
-            if *start + buf.len() as u64 == offset && buf.len() + bytes.len() <= WRITER_RECORD_LEN {
+            if *start + buf.len() as u64 == offset
+                && same_window(*start, offset + bytes.len() as u64)
+                && with_reference == self.reference.is_some()
+            {
                 buf.extend_from_slice(bytes);
+                self.committed = buf.len();
+                if let Some(r) = &mut self.reference {
+                    extend_reference(r, reference, bytes.len());
+                }
                 return None;
             }
         }
+        let flushed = self.flush();
         let mut buf = Vec::with_capacity(WRITER_RECORD_LEN.max(bytes.len()));
         buf.extend_from_slice(bytes);
-        self.pending.replace(Extent {
+        self.committed = buf.len();
+        self.reference = with_reference.then(|| {
+            let mut r = Vec::with_capacity(buf.capacity());
+            extend_reference(&mut r, reference, bytes.len());
+            r
+        });
+        self.pending = Some(Extent {
             offset,
             data: ExtentData::Bytes(buf),
-        })
+        });
+        flushed
     }
 
-    pub(super) fn push_zeros(&mut self, offset: u64, len: u64) -> Option<Extent> {
+    /// Notes NEW bytes equal to OLD's. A short run inside a
+    /// reference-compressed extent joins it; anything else ends the extent.
+    pub(super) fn push_unchanged(&mut self, offset: u64, bytes: &[u8]) -> Option<Built> {
+        if let (
+            Some(Extent {
+                offset: start,
+                data: ExtentData::Bytes(buf),
+            }),
+            Some(reference),
+        ) = (&mut self.pending, &mut self.reference)
+        {
+            if *start + buf.len() as u64 == offset
+                && buf.len() - self.committed + bytes.len() <= GAP_MAX
+                && same_window(*start, offset + bytes.len() as u64)
+            {
+                buf.extend_from_slice(bytes);
+                reference.extend_from_slice(bytes);
+                return None;
+            }
+        }
+        self.flush()
+    }
+
+    pub(super) fn push_zeros(&mut self, offset: u64, len: u64) -> Option<Built> {
         if let Some(Extent {
             offset: start,
             data: ExtentData::Zeros(n),
@@ -192,15 +294,34 @@ impl ExtentBuilder {
                 return None;
             }
         }
-        self.pending.replace(Extent {
+        let flushed = self.flush();
+        self.pending = Some(Extent {
             offset,
             data: ExtentData::Zeros(len),
-        })
+        });
+        flushed
     }
 
-    pub(super) fn flush(&mut self) -> Option<Extent> {
-        self.pending.take()
+    pub(super) fn flush(&mut self) -> Option<Built> {
+        let mut extent = self.pending.take()?;
+        let mut reference = self.reference.take();
+        if let ExtentData::Bytes(buf) = &mut extent.data {
+            buf.truncate(self.committed);
+            if let Some(r) = &mut reference {
+                r.truncate(self.committed);
+            }
+        }
+        Some(Built { extent, reference })
     }
+}
+
+fn extend_reference(r: &mut Vec<u8>, reference: Reference<'_>, len: usize) {
+    let old: &[u8] = match reference {
+        Reference::Old(old) => &old[..old.len().min(len)],
+        Reference::Absent | Reference::Zeros => &[],
+    };
+    r.extend_from_slice(old);
+    r.resize(r.len() + len - old.len(), 0);
 }
 
 /// What the extent producer hands back.
@@ -225,13 +346,15 @@ fn view(chunk: &Chunk) -> View<'_> {
 /// [`RECORDS_IN_FLIGHT`] are buffered anywhere.
 pub(super) struct ExtentSink {
     seq: u64,
-    jobs: Sender<(u64, Extent)>,
+    jobs: Sender<(u64, Built)>,
     tokens: Receiver<()>,
+    /// The encoders use references: worth collecting them.
+    pub(super) references: bool,
 }
 
 impl ExtentSink {
     /// Returns false when the writer has stopped.
-    pub(super) fn send(&mut self, extent: Option<Extent>) -> bool {
+    pub(super) fn send(&mut self, extent: Option<Built>) -> bool {
         let Some(extent) = extent else { return true };
         if self.tokens.recv().is_err() {
             return false;
@@ -251,6 +374,7 @@ fn compare_all(
     let mut builder = ExtentBuilder::default();
     let mut sampler = Sampler::new();
     let mut old_done = false;
+    let references = sink.references;
     let block_u64 = block as u64;
     let stopped = loop {
         let new_chunk = match new.next_chunk() {
@@ -294,10 +418,23 @@ fn compare_all(
                                 }
                             }
                         }
-                        builder.flush()
+                        if references && !new_chunk.hole {
+                            builder.push_unchanged(offset, &new_chunk.data()[start..end])
+                        } else {
+                            builder.flush()
+                        }
                     }
                     BlockChange::Zeroed => builder.push_zeros(offset, (end - start) as u64),
-                    BlockChange::Data => builder.push_data(offset, &new_chunk.data()[start..end]),
+                    BlockChange::Data => {
+                        let reference = match &old_chunk {
+                            _ if !references => Reference::Absent,
+                            Some(oc) if !oc.hole && start < old_len => {
+                                Reference::Old(&oc.data()[start..end.min(old_len)])
+                            }
+                            _ => Reference::Zeros,
+                        };
+                        builder.push_data_against(offset, &new_chunk.data()[start..end], reference)
+                    }
                 };
                 if !sink.send(flushed) {
                     stop = true;
@@ -341,19 +478,27 @@ enum Encoded {
 }
 
 fn encoder(
-    jobs: Receiver<(u64, Extent)>,
+    jobs: Receiver<(u64, Built)>,
     done: Sender<(u64, Encoded)>,
     format: OutputFormat,
     compression: Compression,
 ) {
     let mut compressor = match (format, compression) {
-        (OutputFormat::Native, Compression::Zstd(level)) => zstd::bulk::Compressor::new(level).ok(),
+        (OutputFormat::NativeV1, Compression::Zstd(level)) => {
+            zstd::bulk::Compressor::new(level).ok()
+        }
         _ => None,
     };
-    for (seq, extent) in jobs {
+    let mut record_encoder = RecordEncoder::new(compression);
+    for (seq, built) in jobs {
         let out = match format {
-            OutputFormat::Native => Encoded::Record(encode_record(&extent, compressor.as_mut())),
-            OutputFormat::DiffDdV2 => Encoded::Plain(extent),
+            OutputFormat::Native => {
+                Encoded::Record(record_encoder.encode(&built.extent, built.reference.as_deref()))
+            }
+            OutputFormat::NativeV1 => {
+                Encoded::Record(encode_record(&built.extent, compressor.as_mut()))
+            }
+            OutputFormat::DiffDdV2 => Encoded::Plain(built.extent),
         };
         if done.send((seq, out)).is_err() {
             return;
@@ -394,6 +539,7 @@ pub fn create_delta<W: Write + Send>(
 ) -> Result<(W, DiffSummary), DeltaError> {
     let block = options.block_size.as_usize();
     let header = Header {
+        version: options.format.native_version(),
         block_size: options.block_size.get(),
         old_size: old.size(),
         new_size: new.size(),
@@ -427,11 +573,13 @@ where
     let change_tracked = header.change_tracked;
     let out = BufWriter::with_capacity(1 << 20, out);
     let mut sink = match options.format {
-        OutputFormat::Native => Sink::Native(Box::new(DeltaWriter::new(out, header)?)),
+        OutputFormat::Native | OutputFormat::NativeV1 => {
+            Sink::Native(Box::new(DeltaWriter::new(out, header)?))
+        }
         OutputFormat::DiffDdV2 => Sink::DiffDd(DiffDdV2Writer::new(out)?, 0),
     };
     let threads = options.threads.clamp(1, 16);
-    let (job_tx, job_rx) = bounded::<(u64, Extent)>(threads);
+    let (job_tx, job_rx) = bounded::<(u64, Built)>(threads);
     let (done_tx, done_rx) = bounded::<(u64, Encoded)>(RECORDS_IN_FLIGHT);
     let (token_tx, token_rx) = bounded::<()>(RECORDS_IN_FLIGHT);
     for _ in 0..RECORDS_IN_FLIGHT {
@@ -445,6 +593,7 @@ where
                 seq: 0,
                 jobs: job_tx,
                 tokens: token_rx,
+                references: format == OutputFormat::Native && compression != Compression::None,
             })
         });
         for _ in 0..threads {

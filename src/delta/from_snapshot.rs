@@ -52,6 +52,7 @@ pub fn create_delta_from_snapshot<W: std::io::Write + Send>(
     let old_size = snap.meta.size;
     let snapshot_id = snap.id.to_hex();
     let header = Header {
+        version: options.format.native_version(),
         block_size: chunk as u32,
         old_size: Some(old_size),
         new_size: new.size(),

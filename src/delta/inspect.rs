@@ -10,7 +10,6 @@ use serde::Serialize;
 
 use super::source::{DeltaKind, DeltaSource, DeltaStream};
 use super::DeltaError;
-use crate::format::delta::VERSION;
 use crate::io::Input;
 
 /// A description of a delta, as printed by `info`.
@@ -22,7 +21,8 @@ pub struct DeltaInfo {
     pub version: Option<u16>,
     /// True when the format carries checksums (every record and both images).
     pub checksums: bool,
-    /// True when every checksum was verified.
+    /// True when every checksum was verified (not those of records
+    /// compressed against OLD, which need OLD).
     pub verified: bool,
     /// Comparison block size, where recorded.
     pub block_size: Option<u32>,
@@ -36,6 +36,9 @@ pub struct DeltaInfo {
     pub raw_extents: u64,
     /// zstd-compressed extents.
     pub zstd_extents: u64,
+    /// Extents compressed against the OLD bytes they replace (version 2):
+    /// their checksums can be verified only against OLD, when applied.
+    pub zstd_ref_extents: u64,
     /// Zero extents (holes).
     pub zero_extents: u64,
     /// NEW bytes covered by extents.
@@ -100,6 +103,7 @@ pub fn inspect_stream(
     let mut source = DeltaSource::open(path, stream, format, block_size)?;
     let kind = source.kind();
     let (mut extents, mut raw, mut zstd, mut zero) = (0u64, 0u64, 0u64, 0u64);
+    let mut zstd_ref = 0u64;
     let (mut changed, mut stored, mut data_changed) = (0u64, 0u64, 0u64);
     while let Some(r) = source.next_record()? {
         extents += 1;
@@ -107,6 +111,7 @@ pub fn inspect_stream(
         stored += r.stored;
         match r.encoding {
             "zstd" => zstd += 1,
+            "zstd-ref" => zstd_ref += 1,
             "zero" => zero += 1,
             _ => raw += 1,
         }
@@ -123,9 +128,9 @@ pub fn inspect_stream(
     };
     Ok(DeltaInfo {
         format: kind.name(),
-        version: header.map(|_| VERSION),
+        version: header.map(|h| h.version),
         checksums: kind.has_checksums(),
-        verified: kind.has_checksums(),
+        verified: kind.has_checksums() && zstd_ref == 0,
         block_size: header.map(|h| h.block_size).or_else(|| {
             (kind != DeltaKind::DiffDdV2).then(|| block_size.unwrap_or(kind.default_block_size()))
         }),
@@ -134,6 +139,7 @@ pub fn inspect_stream(
         extents,
         raw_extents: raw,
         zstd_extents: zstd,
+        zstd_ref_extents: zstd_ref,
         zero_extents: zero,
         changed_bytes: changed,
         stored_bytes: stored,

@@ -56,6 +56,7 @@ pub fn create_tracked_delta<W: std::io::Write + Send>(
         .and_then(Input::size)
         .unwrap_or(new_size);
     let header = Header {
+        version: options.format.native_version(),
         block_size: options.block_size.get(),
         old_size: Some(old_size),
         new_size: Some(new_size),

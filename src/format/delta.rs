@@ -1,4 +1,4 @@
-//! The native delta format, version 1 (spec: `docs/formats/delta.md`).
+//! The native delta format, versions 1 and 2 (spec: `docs/formats/delta.md`).
 //!
 //! A delta turns OLD into NEW: NEW is OLD cut or zero-extended to NEW's size,
 //! with the delta's extents written over it. It is written in one pass (to a
@@ -9,7 +9,7 @@
 //!
 //! header (64 bytes)
 //!   0   8  magic "DSKDELTA"
-//!   8   2  version (1)
+//!   8   2  version (1 or 2)
 //!  10   2  header length (64)
 //!  12   4  flags: 1 OLD size known, 2 NEW size known, 4 change-tracked
 //!  16   4  block size (bytes, power of two)
@@ -20,7 +20,7 @@
 //!  56   8  first 8 bytes of BLAKE3(header bytes 0..56)
 //!
 //! record header (56 bytes), then `stored length` payload bytes
-//!   0   1  kind: 1 raw, 2 zstd, 3 zero, 255 end
+//!   0   1  kind: 1 raw, 2 zstd, 3 zero, 4 zstd against OLD (version 2), 255 end
 //!   1   3  reserved, zero
 //!   4   4  stored length (payload bytes)
 //!   8   8  offset in NEW        (end record: 0)
@@ -50,8 +50,16 @@ use crate::format::{Extent, ExtentData};
 
 /// File magic.
 pub const MAGIC: [u8; 8] = *b"DSKDELTA";
-/// The version this module writes.
-pub const VERSION: u16 = 1;
+/// The version this module writes by default.
+pub const VERSION: u16 = 2;
+/// The first version: records are self-contained.
+pub const VERSION_1: u16 = 1;
+/// The versions this module reads.
+pub const VERSIONS: [u16; 2] = [VERSION_1, VERSION];
+/// A reference-compressed record (version 2) lies inside one aligned window
+/// of this many bytes, so an applier streaming OLD in aligned chunks of a
+/// multiple of it always holds a record's whole reference.
+pub const REFERENCE_WINDOW: u64 = 1 << 20;
 /// Header size in bytes.
 pub const HEADER_LEN: usize = 64;
 /// Record header size in bytes.
@@ -79,6 +87,7 @@ const KNOWN_FLAGS: u32 = FLAG_OLD_SIZE | FLAG_NEW_SIZE | FLAG_CHANGE_TRACKED;
 const KIND_RAW: u8 = 1;
 const KIND_ZSTD: u8 = 2;
 const KIND_ZERO: u8 = 3;
+const KIND_ZSTD_REF: u8 = 4;
 const KIND_END: u8 = 255;
 
 /// Errors of reading or writing the native delta format.
@@ -96,7 +105,7 @@ pub enum DeltaFormatError {
     #[error("not a diskdelta delta file (bad magic)")]
     NotADelta,
     /// A version this build does not read.
-    #[error("unsupported delta format version {version} (this build reads version {VERSION})")]
+    #[error("unsupported delta format version {version} (this build reads versions 1 and 2)")]
     UnsupportedVersion {
         /// The version found.
         version: u16,
@@ -135,6 +144,17 @@ pub enum DeltaFormatError {
         /// One past the last NEW byte covered.
         end: u64,
     },
+    /// A reference-compressed record does not decode against the bytes the
+    /// image holds at its range.
+    #[error("delta record {index} (NEW bytes {start}..{end}) does not decode against the base's bytes there: the base is not the delta's OLD, or the record is damaged")]
+    ReferenceMismatch {
+        /// Record number, from 0.
+        index: u64,
+        /// First NEW byte covered.
+        start: u64,
+        /// One past the last NEW byte covered.
+        end: u64,
+    },
     /// The trailer is inconsistent with the header or the records.
     #[error("corrupt delta trailer: {reason}")]
     CorruptTrailer {
@@ -162,6 +182,8 @@ type Result<T> = std::result::Result<T, DeltaFormatError>;
 /// The delta header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
+    /// Format version: [`VERSION`] or [`VERSION_1`].
+    pub version: u16,
     /// Comparison granularity used to make the delta.
     pub block_size: u32,
     /// OLD size, if known when writing started.
@@ -197,7 +219,7 @@ impl Header {
     pub fn encode(&self) -> [u8; HEADER_LEN] {
         let mut b = [0u8; HEADER_LEN];
         b[0..8].copy_from_slice(&MAGIC);
-        b[8..10].copy_from_slice(&VERSION.to_le_bytes());
+        b[8..10].copy_from_slice(&self.version.to_le_bytes());
         b[10..12].copy_from_slice(&(HEADER_LEN as u16).to_le_bytes());
         let mut flags = 0;
         if self.old_size.is_some() {
@@ -228,7 +250,7 @@ impl Header {
             return Err(DeltaFormatError::NotADelta);
         }
         let version = le_u16(b, 8);
-        if version != VERSION {
+        if !VERSIONS.contains(&version) {
             return Err(DeltaFormatError::UnsupportedVersion { version });
         }
         let corrupt = |reason| Err(DeltaFormatError::CorruptHeader { reason });
@@ -257,6 +279,7 @@ impl Header {
             return corrupt("size given without its flag");
         }
         Ok(Header {
+            version,
             block_size,
             old_size: (flags & FLAG_OLD_SIZE != 0).then_some(old_size),
             new_size: (flags & FLAG_NEW_SIZE != 0).then_some(new_size),
@@ -446,6 +469,7 @@ pub fn encode_record(
     compressor: Option<&mut zstd::bulk::Compressor<'_>>,
 ) -> EncodedRecord {
     let (kind, payload, data): (u8, Option<Vec<u8>>, Option<&[u8]>) = match &extent.data {
+        ExtentData::Referenced(raw) => return raw.encoded(),
         ExtentData::Zeros(_) => (KIND_ZERO, None, None),
         ExtentData::Bytes(bytes) => {
             let compressed = compressor
@@ -462,6 +486,108 @@ pub fn encode_record(
         (None, Some(d)) if kind == KIND_RAW => d,
         _ => &[],
     };
+    assemble(kind, extent, Some(stored), data)
+}
+
+/// Encodes records of a version 2 delta: zstd against the OLD bytes of the
+/// same range where that is smaller, plain zstd or raw otherwise. One per
+/// worker thread.
+pub struct RecordEncoder {
+    level: Option<i32>,
+    plain: Option<zstd::bulk::Compressor<'static>>,
+}
+
+impl std::fmt::Debug for RecordEncoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecordEncoder")
+            .field("level", &self.level)
+            .finish()
+    }
+}
+
+impl RecordEncoder {
+    /// An encoder for `compression`.
+    pub fn new(compression: Compression) -> Self {
+        let level = match compression {
+            Compression::None => None,
+            Compression::Zstd(level) => Some(level),
+        };
+        RecordEncoder {
+            level,
+            plain: level.and_then(|l| zstd::bulk::Compressor::new(l).ok()),
+        }
+    }
+
+    /// Encodes `extent`. `reference` is what the applier will hold at the
+    /// extent's range before writing it: OLD's bytes there, zero past OLD's
+    /// end (as long as the extent). Only extents inside one
+    /// [`REFERENCE_WINDOW`] can use it.
+    pub fn encode(&mut self, extent: &Extent, reference: Option<&[u8]>) -> EncodedRecord {
+        let (ExtentData::Bytes(bytes), Some(level)) = (&extent.data, self.level) else {
+            return encode_record(extent, None);
+        };
+        let reference = reference.filter(|r| {
+            r.len() == bytes.len()
+                && within_window(extent.offset, extent.len())
+                && r.iter().any(|&b| b != 0)
+        });
+        let referenced = reference.and_then(|r| compress_with_reference(bytes, r, level));
+        // Against a reference that did not help much, plain zstd may do
+        // better; compressing twice costs only on such extents.
+        let try_plain = referenced
+            .as_ref()
+            .is_none_or(|c| c.len() > bytes.len() / 2);
+        let plain = if try_plain {
+            self.plain.as_mut().and_then(|c| c.compress(bytes).ok())
+        } else {
+            None
+        };
+        match (referenced, plain) {
+            (Some(r), p)
+                if r.len() < bytes.len() && p.as_ref().is_none_or(|p| r.len() <= p.len()) =>
+            {
+                assemble(KIND_ZSTD_REF, extent, Some(&r), Some(bytes))
+            }
+            (_, Some(p)) if p.len() < bytes.len() => {
+                assemble(KIND_ZSTD, extent, Some(&p), Some(bytes))
+            }
+            _ => assemble(KIND_RAW, extent, Some(bytes), Some(bytes)),
+        }
+    }
+}
+
+/// True when `offset .. offset + length` lies in one [`REFERENCE_WINDOW`].
+pub fn within_window(offset: u64, length: u64) -> bool {
+    length > 0
+        && length <= REFERENCE_WINDOW
+        && offset / REFERENCE_WINDOW == (offset + length - 1) / REFERENCE_WINDOW
+}
+
+fn compress_with_reference(data: &[u8], reference: &[u8], level: i32) -> Option<Vec<u8>> {
+    let mut cctx = zstd::zstd_safe::CCtx::create();
+    cctx.set_parameter(zstd::zstd_safe::CParameter::CompressionLevel(level))
+        .ok()?;
+    cctx.ref_prefix(reference).ok()?;
+    let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(data.len()));
+    cctx.compress2(&mut out, data).ok()?;
+    Some(out)
+}
+
+fn decompress_with_reference(payload: &[u8], reference: &[u8], length: usize) -> Option<Vec<u8>> {
+    let mut dctx = zstd::zstd_safe::DCtx::create();
+    dctx.ref_prefix(reference).ok()?;
+    let mut out = Vec::with_capacity(length);
+    dctx.decompress(&mut out, payload).ok()?;
+    Some(out)
+}
+
+fn assemble(
+    kind: u8,
+    extent: &Extent,
+    stored: Option<&[u8]>,
+    data: Option<&[u8]>,
+) -> EncodedRecord {
+    let stored = stored.unwrap_or(&[]);
     let prefix = record_prefix(kind, stored.len() as u32, extent.offset, extent.len());
     let checksum = record_checksum(&prefix, data);
     let mut bytes = Vec::with_capacity(RECORD_HEADER_LEN + stored.len());
@@ -630,7 +756,7 @@ impl<W: Write> DeltaWriter<W> {
 }
 
 /// A record as read, before its payload is decoded.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RawRecord {
     /// Record number, from 0.
     pub index: u64,
@@ -655,8 +781,56 @@ impl RawRecord {
         match self.kind {
             KIND_RAW => "raw",
             KIND_ZSTD => "zstd",
+            KIND_ZSTD_REF => "zstd-ref",
             _ => "zero",
         }
+    }
+
+    /// Decodes a reference-compressed record against `reference`: the
+    /// bytes the image holds at the record's range before the record is
+    /// applied (OLD's bytes, zero past OLD's end), and verifies the result.
+    ///
+    /// # Errors
+    /// [`DeltaFormatError::Checksum`] when the payload does not decode
+    /// against this reference to the recorded bytes.
+    pub fn decode_against(&self, reference: &[u8]) -> Result<Vec<u8>> {
+        let length = self.length as usize;
+        let mismatch = || DeltaFormatError::ReferenceMismatch {
+            index: self.index,
+            start: self.offset,
+            end: self.offset + self.length,
+        };
+        if reference.len() != length {
+            return Err(mismatch());
+        }
+        let out = decompress_with_reference(&self.payload, reference, length)
+            .filter(|out| out.len() == length)
+            .ok_or_else(mismatch)?;
+        if record_checksum(&self.prefix, Some(&out)) != self.checksum {
+            return Err(mismatch());
+        }
+        Ok(out)
+    }
+
+    /// The record as it was stored, to be written again unchanged.
+    pub fn encoded(&self) -> EncodedRecord {
+        let mut bytes = Vec::with_capacity(RECORD_HEADER_LEN + self.payload.len());
+        bytes.extend_from_slice(&self.prefix);
+        bytes.extend_from_slice(self.checksum.as_bytes());
+        bytes.extend_from_slice(&self.payload);
+        EncodedRecord {
+            bytes,
+            offset: self.offset,
+            length: self.length,
+            checksum: self.checksum,
+        }
+    }
+
+    /// True when `bytes` are what this record decodes to (a target that
+    /// already holds them needs no write).
+    pub fn holds(&self, bytes: &[u8]) -> bool {
+        bytes.len() as u64 == self.length
+            && record_checksum(&self.prefix, Some(bytes)) == self.checksum
     }
 
     /// Decodes the payload and verifies the checksum. CPU-bound, so callers
@@ -665,12 +839,15 @@ impl RawRecord {
     /// # Errors
     /// [`DeltaFormatError::Checksum`] or [`DeltaFormatError::CorruptRecord`].
     pub fn decode(self, decompressor: &mut zstd::bulk::Decompressor<'_>) -> Result<Extent> {
-        let mismatch = || DeltaFormatError::Checksum {
-            index: self.index,
-            start: self.offset,
-            end: self.offset + self.length,
-        };
+        let (index, start, end) = (self.index, self.offset, self.offset + self.length);
+        let mismatch = move || DeltaFormatError::Checksum { index, start, end };
         let data = match self.kind {
+            KIND_ZSTD_REF => {
+                return Ok(Extent {
+                    offset: self.offset,
+                    data: ExtentData::Referenced(Box::new(self)),
+                })
+            }
             KIND_ZERO => {
                 if record_checksum(&self.prefix, None) != self.checksum {
                     return Err(mismatch());
@@ -835,7 +1012,20 @@ impl<R: Read> DeltaReader<R> {
                 )))
             }
             KIND_ZERO if stored_len != 0 => return Err(corrupt("zero record with payload".into())),
-            KIND_RAW | KIND_ZSTD | KIND_ZERO => {}
+            KIND_ZSTD_REF if self.header.version == VERSION_1 => {
+                return Err(corrupt(format!("unknown record kind {kind}")))
+            }
+            KIND_ZSTD_REF if stored_len == 0 || stored_len >= length => {
+                return Err(corrupt(format!(
+                    "zstd-ref record stores {stored_len} bytes for length {length}"
+                )))
+            }
+            KIND_ZSTD_REF if !within_window(offset, length) => {
+                return Err(corrupt(format!(
+                    "zstd-ref record {offset}+{length} crosses a {REFERENCE_WINDOW}-byte window"
+                )))
+            }
+            KIND_RAW | KIND_ZSTD | KIND_ZERO | KIND_ZSTD_REF => {}
             other => return Err(corrupt(format!("unknown record kind {other}"))),
         }
         if length == 0 {

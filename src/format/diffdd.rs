@@ -767,6 +767,10 @@ impl<W: Write> DiffDdV2Writer<W> {
         match &extent.data {
             ExtentData::Bytes(bytes) => self.write_extent(extent.offset, bytes),
             ExtentData::Zeros(len) => self.write_zeros(extent.offset, *len),
+            ExtentData::Referenced(_) => Err(DiffDdError::Write {
+                position: self.position(),
+                source: io::Error::other("a reference-compressed record must be decoded first"),
+            }),
         }
     }
 
@@ -825,6 +829,7 @@ mod tests {
             let data = match &e.data {
                 ExtentData::Bytes(b) => b.clone(),
                 ExtentData::Zeros(n) => vec![0; *n as usize],
+                ExtentData::Referenced(_) => panic!("diff-dd formats have no reference records"),
             };
             if data.is_empty() {
                 continue;

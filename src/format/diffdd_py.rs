@@ -427,7 +427,9 @@ mod tests {
                     assert!(!b.is_empty());
                     out.extend_from_slice(&b);
                 }
-                ExtentData::Zeros(_) => panic!("the format has no zero records"),
+                ExtentData::Zeros(_) | ExtentData::Referenced(_) => {
+                    panic!("the format has only data records")
+                }
             }
         }
         assert!(reader.next_extent()?.is_none());

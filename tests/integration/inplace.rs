@@ -746,3 +746,124 @@ fn alternating_changes_still_leave_base_samples() {
     assert_eq!(out.status.code(), Some(3));
     assert_eq!(std::fs::read(&target).expect("target"), wrong);
 }
+
+// ---------------------------------------------------------------------------
+// Version 2: records compressed against OLD.
+
+/// OLD random; in NEW every third 4 KiB block is OLD's rotated by one byte:
+/// only OLD makes the changes compressible, so the delta is zstd-ref
+/// records, and they copy from other positions of OLD (a half-written
+/// record then no longer decodes: one byte changed in place would).
+fn old_and_sparse_new(seed: u64) -> (Vec<u8>, Vec<u8>) {
+    let old = common::pseudo_random(4 * MIB + 5 * KIB, seed);
+    let mut new = old.clone();
+    for block in (0..3 * MIB / (4 * KIB)).step_by(3) {
+        new[block * 4 * KIB..(block + 1) * 4 * KIB].rotate_left(1);
+    }
+    (old, new)
+}
+
+fn reference_records(delta: &Path) -> u64 {
+    let out = common::run_ok(common::diskdelta().arg("info").arg(delta).arg("--json"));
+    json(&out)["zstd_ref_extents"]
+        .as_u64()
+        .expect("zstd_ref_extents")
+}
+
+#[test]
+fn a_write_cut_short_inside_a_reference_record_resumes_from_the_journal() {
+    let (old, new) = old_and_sparse_new(30);
+    let dir = common::tempdir();
+    let delta = make_delta(dir.path(), &old, &new, &[]);
+    assert!(
+        reference_records(&delta) >= 2,
+        "the delta has zstd-ref records"
+    );
+    assert!(std::fs::metadata(&delta).expect("stat").len() < 64 * KIB as u64);
+    let target = common::write_file(dir.path(), "target.img", &old);
+    let journal = dir.path().join(".target.img.diskdelta-apply");
+
+    // A crash inside the first write of a batch: half of it reached the
+    // target, the journal holds the batch.
+    let out = in_place(&delta, &target, &[])
+        .env("DISKDELTA_TESTONLY_CUT_IN_PLACE", "1")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(99), "{out:?}");
+    let cut = read(&target);
+    assert!(cut != old && cut != new, "the target holds a cut write");
+    assert!(journal.exists(), "the journal was written first");
+
+    // Without the journal the cut record cannot be decoded: refused, named,
+    // nothing written.
+    let saved = read(&journal);
+    std::fs::remove_file(&journal).expect("remove journal");
+    let err = in_place_refused(&delta, &target, &[], EXIT_INTEGRITY, "cut, no journal");
+    assert!(err.contains("delta record"), "{err}");
+    assert_same(&read(&target), &cut, "refused rerun changed the target");
+
+    // With it, the rerun completes, verified, and removes the journal.
+    std::fs::write(&journal, saved).expect("restore journal");
+    let v = in_place_ok(&delta, &target, &["--verify"]);
+    assert_eq!(v["verified"], true, "{v}");
+    assert_same(&read(&target), &new, "rerun from the journal");
+    assert!(!journal.exists(), "journal removed after the apply");
+
+    // Applied again: the sampled blocks are unchanged ones, and every
+    // zstd-ref record already holds its result.
+    let v = in_place_ok(&delta, &target, &["--verify"]);
+    assert_eq!(v["verified"], true, "{v}");
+    assert_same(&read(&target), &new, "second apply of the same delta");
+}
+
+#[test]
+fn a_reference_record_refuses_another_base_before_writing() {
+    let (old, new) = old_and_sparse_new(31);
+    let dir = common::tempdir();
+    let delta = make_delta(dir.path(), &old, &new, &[]);
+    // The sampled blocks are right, a changed block's OLD is not.
+    let mut other = old.clone();
+    other[3 * 4 * KIB + 100] ^= 1;
+    let target = common::write_file(dir.path(), "target.img", &other);
+    let err = in_place_refused(&delta, &target, &[], EXIT_INTEGRITY, "other base");
+    assert!(err.contains("hold neither OLD"), "{err}");
+    assert_same(&read(&target), &other, "refused apply changed the target");
+    // Stream apply names the record too and publishes nothing.
+    let out_path = dir.path().join("out.img");
+    let out = common::run_fail(
+        common::diskdelta()
+            .arg("apply")
+            .arg(&delta)
+            .arg("--base")
+            .arg(&target)
+            .arg("-o")
+            .arg(&out_path),
+    );
+    let err = assert_error(&out, EXIT_INTEGRITY, "stream apply on another base");
+    assert!(err.contains("does not decode against the base"), "{err}");
+    assert!(!out_path.exists());
+}
+
+#[test]
+fn loop_device_resumes_a_cut_reference_record_from_the_state_directory() {
+    let (old, new) = old_and_sparse_new(32);
+    let Some(dev) = LoopDevice::attach("loop_device_journal", &old, old.len() as u64) else {
+        return;
+    };
+    let dir = common::tempdir();
+    let delta = make_delta(dir.path(), &old, &new, &[]);
+    let state = dir.path().join("state");
+    let out = in_place(&delta, dev.path(), &[])
+        .env("XDG_STATE_HOME", &state)
+        .env("DISKDELTA_TESTONLY_CUT_IN_PLACE", "1")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(99), "{out:?}");
+    let journals = common::entries(&state.join("diskdelta"));
+    assert_eq!(journals.len(), 1, "{journals:?}");
+    let out =
+        common::run_ok(in_place(&delta, dev.path(), &["--verify"]).env("XDG_STATE_HOME", &state));
+    assert_eq!(json(&out)["verified"], true);
+    assert_same(&dev.read_all(), &new, "device after the resumed apply");
+    assert!(common::entries(&state.join("diskdelta")).is_empty());
+}

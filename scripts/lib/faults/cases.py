@@ -77,17 +77,20 @@ def all_of(*checks):
 # Deltas ---------------------------------------------------------------------
 
 DELTA_FORMATS = {
-    # name: (fixture file, extra apply flags, carries checksums)
-    "native": ("d.native", [], True),
-    "v2": ("d.v2", [], False),
-    "v1": ("d.v1", ["--format", "diff-dd-v1", "--block-size", "512"], False),
-    "py": ("d.py", ["--format", "diff-dd-py", "--block-size", "8192"], False),
+    # name: (fixture file, extra apply flags, carries checksums, NEW image)
+    "native": ("d.native", [], True, "v1.img"),
+    "native1": ("d.native1", [], True, "v1.img"),
+    # zstd-ref records (compressed against OLD), base.img -> near.img
+    "native-ref": ("d.ref", [], True, "near.img"),
+    "v2": ("d.v2", [], False, "v1.img"),
+    "v1": ("d.v1", ["--format", "diff-dd-v1", "--block-size", "512"], False, "v1.img"),
+    "py": ("d.py", ["--format", "diff-dd-py", "--block-size", "8192"], False, "v1.img"),
 }
 
 
 def delta_faults(fmt: str, damage: str):
     def make(ctx, rng, n):
-        name, flags, checksums = DELTA_FORMATS[fmt]
+        name, flags, checksums, new_image = DELTA_FORMATS[fmt]
         src = ctx.fx.path(name)
         if not os.path.exists(src):
             return []
@@ -101,19 +104,21 @@ def delta_faults(fmt: str, damage: str):
                 f"delta-{fmt}-{damage}",
                 f"{damage} of {name} at byte {pos}/{size}" + (" (in place)" if in_place else ""),
                 lambda scratch, pos=pos, mask=mask, in_place=in_place:
-                    apply_damaged(ctx, scratch, src, flags, checksums, damage, pos, mask, in_place)))
+                    apply_damaged(ctx, scratch, src, flags, checksums, damage, pos, mask, in_place,
+                                  new_image)))
         return faults
     return make
 
 
-def apply_damaged(ctx, scratch, src, flags, checksums, damage, pos, mask, in_place):
+def apply_damaged(ctx, scratch, src, flags, checksums, damage, pos, mask, in_place,
+                  new_image="v1.img"):
     delta = os.path.join(scratch, "delta")
     shutil.copyfile(src, delta)
     if damage == "flip":
         flip(delta, pos, mask)
     else:
         os.truncate(delta, pos)
-    want = ctx.expected("v1.img")
+    want = ctx.expected(new_image)
     if in_place:
         target = os.path.join(scratch, "target.img")
         shutil.copyfile(ctx.fx.path("base.img"), target)
@@ -784,7 +789,7 @@ def eio(ctx, scratch, command, offset):
 # kill -9 ----------------------------------------------------------------------
 
 KILL_COMMANDS = ["backup", "gc", "forget-prune", "sync", "apply-in-place", "restore",
-                 "restore-in-place"]
+                 "restore-in-place", "apply-in-place-ref"]
 
 
 def kill9_faults(ctx, rng, n):
@@ -827,6 +832,12 @@ def killed(ctx, scratch, command, delay):
         shutil.copyfile(fx.path("base.img"), target)
         argv = ["apply", fx.path("d.native"), "--in-place", target, "-q"]
         done = file_is(target, ctx.expected("v1.img"))
+    elif command == "apply-in-place-ref":
+        # zstd-ref records: a rerun needs the redo journal for a cut write.
+        target = os.path.join(scratch, "t.img")
+        shutil.copyfile(fx.path("base.img"), target)
+        argv = ["apply", fx.path("d.ref"), "--in-place", target, "-q"]
+        done = file_is(target, ctx.expected("near.img"))
     elif command == "restore":
         out = os.path.join(scratch, "out.img")
         argv = ["restore", "-r", fx.path("repo"), "b", "-o", out, "-q"]
@@ -863,9 +874,11 @@ def killed(ctx, scratch, command, delay):
 
 # kind name -> (generator, faults in the suite)
 KINDS = {}
+_DELTA_COUNTS = {"native1": (20, 10), "native-ref": (40, 20)}
 for _fmt in DELTA_FORMATS:
-    KINDS[f"delta-{_fmt}-flip"] = (delta_faults(_fmt, "flip"), 50)
-    KINDS[f"delta-{_fmt}-cut"] = (delta_faults(_fmt, "cut"), 30 if _fmt in ("native", "v2") else 20)
+    _flips, _cuts = _DELTA_COUNTS.get(_fmt, (50, 30 if _fmt in ("native", "v2") else 20))
+    KINDS[f"delta-{_fmt}-flip"] = (delta_faults(_fmt, "flip"), _flips)
+    KINDS[f"delta-{_fmt}-cut"] = (delta_faults(_fmt, "cut"), _cuts)
 for _part in REPO_FILES:
     KINDS[f"{_part}-flip"] = (repo_faults(_part, "flip"), 50)
     KINDS[f"{_part}-cut"] = (repo_faults(_part, "cut"), 20)
@@ -885,7 +898,7 @@ KINDS["stdout-closed"] = (stdout_closed_faults, 9)
 KINDS["fifo-stops"] = (fifo_faults, 9)
 KINDS["enospc"] = (enospc_faults, 14)
 KINDS["eio"] = (eio_faults, 12)
-KINDS["kill-9"] = (kill9_faults, 14)
+KINDS["kill-9"] = (kill9_faults, 16)
 
 import s3  # noqa: E402  (its cases need the table's helpers above)
 KINDS["s3"] = (s3.s3_faults, 9)

@@ -85,14 +85,28 @@ class Fixtures:
                      "--cluster", "64K", "--seed", "3", "-o", v2 + ".tmp"]):
                 subprocess.run(argv, check=True, stderr=subprocess.DEVNULL)
             os.rename(v2 + ".tmp", v2)
-        for name in ("base.img", "v1.img", "v2.img"):
+        near = self.path("near.img")
+        if not os.path.exists(near):
+            # base.img with every 7th 4 KiB block rotated by one byte: a
+            # change only OLD makes compressible (zstd-ref records).
+            with open(base, "rb") as f:
+                data = bytearray(f.read())
+            for at in range(0, len(data) - 4096, 7 * 4096):
+                data[at:at + 4096] = data[at + 1:at + 4096] + data[at:at + 1]
+            with open(near + ".tmp", "wb") as f:
+                f.write(data)
+            os.rename(near + ".tmp", near)
+        for name in ("base.img", "v1.img", "v2.img", "near.img"):
             self.hashes[name] = sha256_file(self.path(name))
 
     def make_deltas(self) -> None:
         base, v1 = self.path("base.img"), self.path("v1.img")
-        for name, extra in (("d.native", []), ("d.v2", ["--format", "diff-dd-v2"])):
+        for name, extra in (("d.native", []), ("d.v2", ["--format", "diff-dd-v2"]),
+                            ("d.native1", ["--format", "diskdelta-v1"])):
             if not os.path.exists(self.path(name)):
                 self.tool.ok("diff", base, v1, "-o", self.path(name), "-q", *extra)
+        if not os.path.exists(self.path("d.ref")):
+            self.tool.ok("diff", base, self.path("near.img"), "-o", self.path("d.ref"), "-q")
         if not os.path.exists(self.path("d.v1")):
             write_diffdd_v1(base, v1, self.path("d.v1"))
         pydiffdd = os.environ.get("DISKDELTA_TEST_PYDIFFDD")

@@ -49,6 +49,11 @@ fn apply(old: &[u8], new_size: u64, extents: &[Extent]) -> Vec<u8> {
         match &e.data {
             ExtentData::Bytes(b) => out[at..at + b.len()].copy_from_slice(b),
             ExtentData::Zeros(n) => out[at..at + *n as usize].fill(0),
+            ExtentData::Referenced(raw) => {
+                let range = at..at + raw.length as usize;
+                let decoded = raw.decode_against(&out[range.clone()]).expect("reference");
+                out[range].copy_from_slice(&decoded);
+            }
         }
     }
     out
@@ -109,6 +114,7 @@ fn record_bytes(kind: u8, stored_len: u32, offset: u64, length: u64, payload: &[
 
 fn header(old: Option<u64>, new: Option<u64>) -> Header {
     Header {
+        version: VERSION_1,
         block_size: 4096,
         old_size: old,
         new_size: new,
@@ -223,6 +229,7 @@ fn goldens() -> [Golden; 4] {
             old: TINY_OLD,
             new: TINY_NEW,
             header: Header {
+                version: VERSION_1,
                 block_size: 512,
                 old_size: Some(1058),
                 new_size: Some(1058),
@@ -236,6 +243,7 @@ fn goldens() -> [Golden; 4] {
             old: OLD,
             new: NEW_GROWN,
             header: Header {
+                version: VERSION_1,
                 block_size: 512,
                 old_size: Some(6000),
                 new_size: Some(7680),
@@ -253,6 +261,7 @@ fn goldens() -> [Golden; 4] {
             old: OLD,
             new: NEW_SHRUNK,
             header: Header {
+                version: VERSION_1,
                 block_size: 1024,
                 old_size: Some(6000),
                 new_size: Some(4500),
@@ -270,6 +279,7 @@ fn goldens() -> [Golden; 4] {
             old: OLD,
             new: NEW_GROWN,
             header: Header {
+                version: VERSION_1,
                 block_size: 512,
                 old_size: Some(6000),
                 new_size: None,
@@ -583,6 +593,7 @@ fn any_header() -> impl Strategy<Value = Header> {
         any::<bool>(),
     )
         .prop_map(|(log, old_size, new_size, change_tracked)| Header {
+            version: VERSION_1,
             block_size: 1 << log,
             old_size,
             new_size,
@@ -621,6 +632,7 @@ proptest! {
         }
         let new_size = end + tail;
         let header = Header {
+            version: VERSION_1,
             block_size: 1 << log,
             old_size: old_known.then_some(old_size),
             new_size: new_known.then_some(new_size),
@@ -679,6 +691,7 @@ fn small_deltas() -> Vec<(&'static str, Vec<u8>)> {
         .collect();
     // A change-tracked delta with no records and no samples.
     let header = Header {
+        version: VERSION_1,
         block_size: 512,
         old_size: None,
         new_size: None,
@@ -842,11 +855,11 @@ fn header_checks() {
     ));
 
     let mut b = good;
-    b[8] = 2;
+    b[8] = 3;
     reseal_header(&mut b);
     assert!(matches!(
         Header::decode(&b),
-        Err(DeltaFormatError::UnsupportedVersion { version: 2 })
+        Err(DeltaFormatError::UnsupportedVersion { version: 3 })
     ));
     // The version is checked before the checksum: a future version may
     // protect its header differently.
@@ -905,6 +918,7 @@ fn header_checks() {
 #[test]
 fn header_bytes_are_pinned() {
     let h = Header {
+        version: VERSION_1,
         block_size: 4096,
         old_size: Some(0x0102_0304_0506_0708),
         new_size: None,
@@ -1346,6 +1360,7 @@ fn image_digest_vectors() {
 #[test]
 fn writer_refuses_what_readers_would_reject() {
     let header = Header {
+        version: VERSION_1,
         block_size: 4096,
         old_size: Some(8192),
         new_size: Some(8192),
@@ -1399,4 +1414,302 @@ fn golden_change_tracked_delta_decodes_to_new() {
         apply(TINY_OLD, trailer.new_size, &extents),
         TINY_NEW.to_vec()
     );
+}
+
+// --- version 2: records compressed against OLD ------------------------------
+
+const V2_GROWN_ZSTD: &[u8] = include_bytes!("../../../tests/golden/delta/v2-grown-zstd.delta");
+const V2_SHRUNK_ZSTD: &[u8] = include_bytes!("../../../tests/golden/delta/v2-shrunk-zstd.delta");
+
+fn v2_goldens() -> [Golden; 2] {
+    [
+        Golden {
+            name: "v2-grown-zstd",
+            delta: V2_GROWN_ZSTD,
+            old: OLD,
+            new: NEW_GROWN,
+            header: Header {
+                version: VERSION,
+                block_size: 512,
+                old_size: Some(6000),
+                new_size: Some(7680),
+                change_tracked: false,
+            },
+            // One record from the flipped byte to the end of the new data:
+            // the unchanged runs between changes ride along against OLD.
+            records: &[("zstd-ref", 512, 6656, 1635)],
+        },
+        Golden {
+            name: "v2-shrunk-zstd",
+            delta: V2_SHRUNK_ZSTD,
+            old: OLD,
+            new: NEW_SHRUNK,
+            header: Header {
+                version: VERSION,
+                block_size: 1024,
+                old_size: Some(6000),
+                new_size: Some(4500),
+                change_tracked: false,
+            },
+            records: &[("zero", 1024, 1024, 0), ("zstd-ref", 2048, 2452, 74)],
+        },
+    ]
+}
+
+#[test]
+fn v2_golden_deltas_decode_to_new_against_old() {
+    let descriptions = [
+        include_str!("../../../tests/golden/delta/v2-grown-zstd.json"),
+        include_str!("../../../tests/golden/delta/v2-shrunk-zstd.json"),
+    ];
+    for (g, text) in v2_goldens().iter().zip(descriptions) {
+        assert_eq!(le_u16(g.delta, 8), 2, "{}", g.name);
+        let (header, extents, trailer) =
+            read_all(g.delta).unwrap_or_else(|e| panic!("{}: {e}", g.name));
+        assert_eq!(header, g.header, "{}", g.name);
+        let mut reader = DeltaReader::new(g.delta).expect("header");
+        let json: serde_json::Value = serde_json::from_str(text).expect("JSON");
+        let records = json["records"].as_array().expect("records");
+        let mut seen = Vec::new();
+        for r in records {
+            let raw = reader.next_record().expect("record").expect("a record");
+            assert_eq!(r["kind"].as_str(), Some(raw.encoding()));
+            assert_eq!(r["checksum"].as_str(), Some(raw.checksum.to_hex().as_str()));
+            seen.push((raw.encoding(), raw.offset, raw.length, raw.stored_len()));
+        }
+        assert_eq!(seen, g.records, "{}", g.name);
+        assert_eq!(trailer.old_digest, Some(image_digest(g.old)), "{}", g.name);
+        assert_eq!(trailer.new_digest, image_digest(g.new), "{}", g.name);
+        let block = g.header.block_size as usize;
+        for s in &trailer.samples {
+            let range = s.block as usize * block..(s.block as usize + 1) * block;
+            assert_eq!(s.digest, Digest::of(&g.old[range.clone()]), "{}", g.name);
+            assert_eq!(
+                g.old[range.clone()],
+                g.new[range],
+                "{}: sampled a changed block",
+                g.name
+            );
+        }
+        assert_eq!(
+            apply(g.old, g.new.len() as u64, &extents),
+            g.new,
+            "{}",
+            g.name
+        );
+    }
+}
+
+#[test]
+fn v2_records_do_not_decode_against_another_base() {
+    for g in v2_goldens() {
+        let (_, extents, _) = read_all(g.delta).expect("golden");
+        let mut other = g.old.to_vec();
+        other[5000] ^= 0x40;
+        for e in &extents {
+            let ExtentData::Referenced(raw) = &e.data else {
+                continue;
+            };
+            let mut base = other.clone();
+            base.resize(g.new.len().max(base.len()), 0);
+            let range = e.offset as usize..e.end() as usize;
+            if range.contains(&5000) {
+                assert!(matches!(
+                    raw.decode_against(&base[range]),
+                    Err(DeltaFormatError::ReferenceMismatch { .. })
+                ));
+            }
+        }
+    }
+}
+
+/// Every single-bit flip of a version 2 golden is either rejected (by the
+/// reader, or by decoding against OLD) or decodes to NEW all the same.
+#[test]
+fn v2_golden_bit_flips_never_give_other_bytes() {
+    for g in v2_goldens() {
+        for at in 0..g.delta.len() {
+            for bit in [0x01u8, 0x80] {
+                let mut d = g.delta.to_vec();
+                d[at] ^= bit;
+                let Ok((_, extents, trailer)) = read_all(&d) else {
+                    continue;
+                };
+                let mut out = g.old.to_vec();
+                out.resize(trailer.new_size as usize, 0);
+                let mut ok = true;
+                for e in &extents {
+                    let range = e.offset as usize..e.end() as usize;
+                    match &e.data {
+                        ExtentData::Bytes(b) => out[range].copy_from_slice(b),
+                        ExtentData::Zeros(_) => out[range].fill(0),
+                        ExtentData::Referenced(raw) => {
+                            match raw.decode_against(&out[range.clone()]) {
+                                Ok(b) => out[range].copy_from_slice(&b),
+                                Err(_) => ok = false,
+                            }
+                        }
+                    }
+                }
+                if ok {
+                    assert_eq!(
+                        out, g.new,
+                        "{}: flip {bit:#x} at {at} gave other bytes",
+                        g.name
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn reference_kind_is_unknown_in_version_1() {
+    let old = noise(4096, 7);
+    let mut new = old.clone();
+    new[100] ^= 1;
+    let e = Extent {
+        offset: 0,
+        data: ExtentData::Bytes(new),
+    };
+    let record = RecordEncoder::new(Compression::DEFAULT).encode(&e, Some(&old));
+    assert_eq!(record.as_bytes()[0], KIND_ZSTD_REF);
+    for (version, ok) in [(VERSION_1, false), (VERSION, true)] {
+        let h = Header {
+            version,
+            ..header(Some(4096), Some(4096))
+        };
+        let mut writer = DeltaWriter::new(Vec::new(), h).expect("header");
+        writer.write_record(&record).expect("record");
+        let (bytes, _, _) = writer
+            .finish(TrailerInput {
+                old_size: 4096,
+                new_size: 4096,
+                old_digest: Some(image_digest(&old)),
+                new_digest: Digest::NONE,
+                samples: Vec::new(),
+            })
+            .expect("finish");
+        match read_all(&bytes) {
+            Ok(_) => assert!(ok),
+            Err(DeltaFormatError::CorruptRecord { reason, .. }) => {
+                assert!(!ok);
+                assert!(reason.contains("unknown record kind 4"), "{reason}");
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+#[test]
+fn readers_name_the_versions_they_read() {
+    // An older reader checks the version before anything else and names
+    // it; this one reads 1 and 2 and refuses 3 the same way.
+    let mut b = header(Some(1), Some(1)).encode();
+    b[8..10].copy_from_slice(&3u16.to_le_bytes());
+    reseal_header(&mut b);
+    let e = Header::decode(&b).expect_err("version 3");
+    assert!(matches!(
+        e,
+        DeltaFormatError::UnsupportedVersion { version: 3 }
+    ));
+    assert!(e.to_string().contains("reads versions 1 and 2"), "{e}");
+    for g in goldens() {
+        assert_eq!(le_u16(g.delta, 8), 1, "{}", g.name);
+    }
+}
+
+#[test]
+fn a_reference_record_crossing_a_window_is_rejected() {
+    let window = REFERENCE_WINDOW;
+    let prefix = record_prefix(KIND_ZSTD_REF, 10, window - 512, 1024);
+    let mut bytes = Header {
+        version: VERSION,
+        ..header(None, None)
+    }
+    .encode()
+    .to_vec();
+    bytes.extend_from_slice(&prefix);
+    bytes.extend_from_slice(&[0u8; 32]);
+    bytes.extend_from_slice(&[0u8; 10]);
+    match read_err(&bytes) {
+        DeltaFormatError::CorruptRecord { reason, .. } => {
+            assert!(reason.contains("window"), "{reason}")
+        }
+        e => panic!("{e}"),
+    }
+}
+
+fn reference_case() -> impl Strategy<Value = (Vec<u8>, Vec<u8>, u64)> {
+    // (reference, NEW, offset): sizes from 1 byte to a whole window; the
+    // reference is OLD's bytes (zero-extended), all zeros, or a mix.
+    (1usize..=(1 << 20), 0u8..4, any::<u64>(), 0u64..4).prop_map(|(len, shape, seed, slot)| {
+        let len = if seed % 5 == 0 { len } else { len % 70_000 + 1 };
+        let old = noise(len, seed);
+        let reference = match shape {
+            0 => vec![0; len],
+            1 => {
+                // OLD shorter than NEW: zero past its end.
+                let mut r = old.clone();
+                r[len / 2..].fill(0);
+                r
+            }
+            _ => old,
+        };
+        let mut new = reference.clone();
+        for i in (0..len).step_by(997) {
+            new[i] = new[i].wrapping_add(1 + (seed as u8 % 7));
+        }
+        (reference, new, slot * REFERENCE_WINDOW)
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    #[test]
+    fn reference_records_round_trip(case in reference_case(), level in 1i32..=6) {
+        let (reference, new, offset) = case;
+        let e = Extent { offset, data: ExtentData::Bytes(new.clone()) };
+        let record = RecordEncoder::new(Compression::Zstd(level)).encode(&e, Some(&reference));
+        let h = Header { version: VERSION, ..header(None, None) };
+        let mut writer = DeltaWriter::new(Vec::new(), h).expect("header");
+        writer.write_record(&record).expect("record");
+        let (bytes, _, _) = writer
+            .finish(TrailerInput {
+                old_size: offset + new.len() as u64,
+                new_size: offset + new.len() as u64,
+                old_digest: Some(Digest::of(b"OLD")),
+                new_digest: Digest::NONE,
+                samples: Vec::new(),
+            })
+            .expect("finish");
+        let (_, extents, _) = read_all(&bytes).expect("reads back");
+        prop_assert_eq!(extents.len(), 1);
+        let decoded = match &extents[0].data {
+            ExtentData::Referenced(raw) => raw.decode_against(&reference).expect("decodes"),
+            ExtentData::Bytes(b) => b.clone(),
+            ExtentData::Zeros(_) => unreachable!("data extent"),
+        };
+        prop_assert_eq!(decoded, new);
+        // An all-zero reference never gives a reference record.
+        if reference.iter().all(|&b| b == 0) {
+            prop_assert!(!matches!(extents[0].data, ExtentData::Referenced(_)));
+        }
+    }
+}
+
+#[test]
+fn extents_longer_than_a_window_are_compressed_on_their_own() {
+    for len in [(1 << 20) + 1, 16 << 20] {
+        let old = noise(len, 3);
+        let mut new = old.clone();
+        new[len / 2] ^= 1;
+        let e = Extent {
+            offset: 0,
+            data: ExtentData::Bytes(new),
+        };
+        let record = RecordEncoder::new(Compression::DEFAULT).encode(&e, Some(&old));
+        assert_ne!(record.as_bytes()[0], KIND_ZSTD_REF, "{len}");
+    }
 }

@@ -71,7 +71,11 @@ def make_inputs():
     }
 
 
-# (delta, OLD, NEW, diff options, NEW from a pipe and the delta to a pipe)
+# (delta, OLD, NEW, diff options, NEW from a pipe and the delta to a pipe).
+# Version 1 files were made when version 1 was the default; they are made
+# with `--format diskdelta-v1` now (not shown in their "made_by", which is
+# the command of the time).
+V1_FORMAT = ["--format", "diskdelta-v1"]
 DELTAS = [
     ("tiny-none.delta", "tiny-old.img", "tiny-new.img", ["-b", "512", "--compress", "none"], False),
     ("grown-none.delta", "old.img", "new-grown.img", ["-b", "512", "--compress", "none"], False),
@@ -85,6 +89,13 @@ DELTAS = [
         ["-b", "512", "--compress", "none", "--changed-ranges", os.path.join(HERE, "tiny-ranges.txt")],
         False,
     ),
+]
+# Version 2: records compressed against OLD ("zstd-ref").
+DELTAS_V2 = [
+    # Byte 700 flipped in random data: only OLD makes it compressible.
+    ("v2-grown-zstd.delta", "old.img", "new-grown.img", ["-b", "512"], False),
+    # A zero, a plain zstd (text over random OLD) and a zstd-ref record.
+    ("v2-shrunk-zstd.delta", "old.img", "new-shrunk.img", ["-b", "1K"], False),
 ]
 
 
@@ -117,7 +128,8 @@ def run_diff(exe, name, old, new, options, piped):
 
 # --- An independent parser of the format (docs/formats/delta.md) ---------
 
-KINDS = {1: "raw", 2: "zstd", 3: "zero", 255: "end"}
+KINDS = {1: "raw", 2: "zstd", 3: "zero", 4: "zstd-ref", 255: "end"}
+WINDOW = 1 << 20
 
 
 def describe(delta, old):
@@ -126,7 +138,7 @@ def describe(delta, old):
     assert delta[0:8] == b"DSKDELTA", "magic"
     version, header_len, flags, block_size, reserved = struct.unpack_from("<HHIII", delta, 8)
     old_size, new_size = struct.unpack_from("<QQ", delta, 24)
-    assert version == 1 and header_len == 64, "version/header length"
+    assert version in (1, 2) and header_len == 64, "version/header length"
     assert flags & ~7 == 0, "unknown flags"
     assert block_size >= 512 and block_size & (block_size - 1) == 0, "block size"
     assert reserved == 0 and delta[40:56] == bytes(16), "reserved"
@@ -169,6 +181,8 @@ def describe(delta, old):
         assert kind != 1 or stored == length
         assert kind != 2 or 0 < stored < length
         assert kind != 3 or stored == 0
+        assert kind != 4 or (version == 2 and 0 < stored < length)
+        assert kind != 4 or offset // WINDOW == (offset + length - 1) // WINDOW, "window"
         last_end = offset + length
         entry["payload"] = payload
         records.append(entry)
@@ -201,7 +215,7 @@ def describe(delta, old):
         "samples": samples,
     }
     rebuilt = None
-    if all(r["kind"] != "zstd" for r in records):
+    if all(r["kind"] not in ("zstd", "zstd-ref") for r in records):
         new = bytearray(old[:t_new]) + bytes(max(0, t_new - len(old)))
         for r in records:
             data = r["payload"] if r["kind"] == "raw" else bytes(r["length"])
@@ -243,8 +257,9 @@ def main():
     images = make_inputs()
     for name, data in images.items():
         write(name, data)
-    for name, old, new, options, piped in DELTAS:
-        delta = run_diff(exe, name, old, new, options, piped)
+    made = [(d, V1_FORMAT) for d in DELTAS] + [(d, []) for d in DELTAS_V2]
+    for (name, old, new, options, piped), hidden in made:
+        delta = run_diff(exe, name, old, new, options + hidden, piped)
         desc, rebuilt = describe(delta, images[old])
         shown = [os.path.basename(o) if o.startswith(HERE) else o for o in options]
         desc = {

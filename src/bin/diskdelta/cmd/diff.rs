@@ -56,8 +56,11 @@ pub fn run(args: DiffArgs) -> anyhow::Result<()> {
     let compression = parse_compression(&args.compress)?;
     let format = match args.format.as_str() {
         "diskdelta" => OutputFormat::Native,
+        "diskdelta-v1" => OutputFormat::NativeV1,
         "diff-dd-v2" => OutputFormat::DiffDdV2,
-        other => bail!("unknown output format {other:?} (expected diskdelta or diff-dd-v2)"),
+        other => bail!(
+            "unknown output format {other:?} (expected diskdelta, diskdelta-v1 or diff-dd-v2)"
+        ),
     };
     if args.tracking.any() {
         return run_tracked(args, block_size, compression, format);
@@ -138,7 +141,7 @@ fn run_tracked(
     let [new_path] = args.images.as_slice() else {
         bail!("with change tracking, give only NEW: OLD is not read (--base-sample OLD samples it for apply's base check)");
     };
-    if format != OutputFormat::Native {
+    if !format.is_native() {
         bail!("change-tracked deltas are written in the diskdelta format only");
     }
     let out_path = args.output.clone().unwrap_or_else(|| PathBuf::from("-"));
@@ -191,7 +194,7 @@ fn run_from_snapshot(
     let [new_path] = args.images.as_slice() else {
         bail!("with --from-snapshot, give only NEW: the snapshot is OLD");
     };
-    if format != OutputFormat::Native {
+    if !format.is_native() {
         bail!("deltas from a snapshot are written in the diskdelta format only");
     }
     let spec = args.from_snapshot.clone().unwrap_or_default();
@@ -235,7 +238,7 @@ fn publish(
         .with_context(|| format!("cannot write the delta to {}", out_path.display()))?;
     output.flush()?;
     let delta_bytes = output.position();
-    if matches!(output.kind(), OutputKind::File) && format == OutputFormat::Native {
+    if matches!(output.kind(), OutputKind::File) && format.is_native() {
         // Read the delta back before publishing it: a delta that does not
         // verify must never appear under its final name.
         inspect_stream(out_path, Box::new(output.read_back()?), None, None)
@@ -266,6 +269,7 @@ fn publish(
         &DiffReport {
             format: match format {
                 OutputFormat::Native => "diskdelta",
+                OutputFormat::NativeV1 => "diskdelta-v1",
                 OutputFormat::DiffDdV2 => "diff-dd-v2",
             },
             old_size: summary.old_size,

@@ -24,10 +24,12 @@ pub fn run(args: InfoArgs) -> anyhow::Result<()> {
     );
     println!(
         "checksums:     {}",
-        if info.checksums {
-            "yes (all verified)"
-        } else {
-            "none: this format cannot be verified"
+        match (info.checksums, info.zstd_ref_extents) {
+            (false, _) => "none: this format cannot be verified".to_string(),
+            (true, 0) => "yes (all verified)".to_string(),
+            (true, n) => format!(
+                "yes (all verified but the {n} records compressed against OLD: those are verified when applied)"
+            ),
         }
     );
     if let Some(bs) = info.block_size {
@@ -36,8 +38,8 @@ pub fn run(args: InfoArgs) -> anyhow::Result<()> {
     println!("OLD size:      {}", size(info.old_size));
     println!("NEW size:      {}", size(info.new_size));
     println!(
-        "extents:       {} ({} zstd, {} raw, {} zero)",
-        info.extents, info.zstd_extents, info.raw_extents, info.zero_extents
+        "extents:       {} ({} zstd against OLD, {} zstd, {} raw, {} zero)",
+        info.extents, info.zstd_ref_extents, info.zstd_extents, info.raw_extents, info.zero_extents
     );
     println!("changed:       {}", size(Some(info.changed_bytes)));
     println!("stored:        {}", size(Some(info.stored_bytes)));
