@@ -659,6 +659,7 @@ def _sync_size(size, tools, skipped, repeat, sshd, scratch, logs, pair=None):
             results[t.name] = _summarize(runs[t.name])
     return {
         "size": size,
+        "pair": [os.path.basename(base), os.path.basename(new)],
         "images": common.image_summaries(stamps),
         "reference": reference,
         "other_cores_before": None if busy is None else round(busy, 2),
@@ -759,8 +760,9 @@ def _print_size(s, report):
     size, ref, results = s["size"], s["reference"], s["results"]
     m = report["machine"]
     print()
+    old_name, new_name = s.get("pair", ["base.img", "new.img"])
     print(
-        f"sync new.img onto a copy of base.img through sshd on {HOST}, "
+        f"sync {new_name} onto a copy of {old_name} through sshd on {HOST}, "
         f"{common.human(size)} ({common.size_label(size)})"
     )
     for name, st in s["images"].items():
