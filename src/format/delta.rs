@@ -560,7 +560,9 @@ impl RecordEncoder {
 pub fn within_window(offset: u64, length: u64) -> bool {
     length > 0
         && length <= REFERENCE_WINDOW
-        && offset / REFERENCE_WINDOW == (offset + length - 1) / REFERENCE_WINDOW
+        && offset
+            .checked_add(length - 1)
+            .is_some_and(|last| offset / REFERENCE_WINDOW == last / REFERENCE_WINDOW)
 }
 
 fn compress_with_reference(data: &[u8], reference: &[u8], level: i32) -> Option<Vec<u8>> {

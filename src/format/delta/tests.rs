@@ -1620,6 +1620,15 @@ fn readers_name_the_versions_they_read() {
 }
 
 #[test]
+fn the_window_check_does_not_overflow() {
+    assert!(!within_window(u64::MAX, 2));
+    assert!(within_window(u64::MAX, 1));
+    assert!(!within_window(0, 0));
+    assert!(within_window(REFERENCE_WINDOW, REFERENCE_WINDOW));
+    assert!(!within_window(REFERENCE_WINDOW - 1, 2));
+}
+
+#[test]
 fn a_reference_record_crossing_a_window_is_rejected() {
     let window = REFERENCE_WINDOW;
     let prefix = record_prefix(KIND_ZSTD_REF, 10, window - 512, 1024);
