@@ -534,6 +534,16 @@ fn seekable_delta(delta: Input) -> Result<(PathBuf, File), DeltaError> {
     Ok((path, spool))
 }
 
+/// The delta read again from its start, as the kind found on the first pass.
+fn reopen(
+    path: &Path,
+    file: &mut File,
+    kind: DeltaKind,
+    options: &ApplyOptions,
+) -> Result<DeltaSource, DeltaError> {
+    DeltaSource::open(path, rewind(path, file)?, Some(kind), options.block_size)
+}
+
 fn rewind(path: &Path, file: &mut File) -> Result<DeltaStream, DeltaError> {
     file.seek(SeekFrom::Start(0))
         .map_err(|source| IoError::Op {
@@ -674,12 +684,7 @@ pub fn apply_in_place(
         .unwrap_or_default();
     let recovered = if referenced > 0 {
         let recovered = journal::Recovered::load(&journal, &records_digest);
-        let mut source = DeltaSource::open(
-            &delta_path,
-            rewind(&delta_path, &mut delta_file)?,
-            Some(kind),
-            options.block_size,
-        )?;
+        let mut source = reopen(&delta_path, &mut delta_file, kind, options)?;
         while let Some(e) = source.next_extent()? {
             if let ExtentData::Referenced(raw) = &e.data {
                 decode_in_place(&output, raw, old_size, &recovered)?;
@@ -692,12 +697,7 @@ pub fn apply_in_place(
     let mut batch = journal::Batch::new(journal, records_digest);
 
     // Pass 2: write. Every check has passed.
-    let mut source = DeltaSource::open(
-        &delta_path,
-        rewind(&delta_path, &mut delta_file)?,
-        Some(kind),
-        options.block_size,
-    )?;
+    let mut source = reopen(&delta_path, &mut delta_file, kind, options)?;
     if output.kind() == OutputKind::File {
         output.set_len(new_size)?;
     } else if new_size > old_size {
