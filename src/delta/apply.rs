@@ -781,12 +781,12 @@ fn decode_in_place(
     if raw.holds(&current) {
         return Ok(None);
     }
-    match raw.decode_against(&current) {
-        Ok(bytes) => Ok(Some(bytes)),
-        Err(_) if recovered.bytes_of(raw).is_some() => {
-            Ok(recovered.bytes_of(raw).map(<[u8]>::to_vec))
-        }
-        Err(_) => Err(DeltaError::BaseMismatch {
+    if let Ok(bytes) = raw.decode_against(&current) {
+        return Ok(Some(bytes));
+    }
+    match recovered.bytes_of(raw) {
+        Some(bytes) => Ok(Some(bytes.to_vec())),
+        None => Err(DeltaError::BaseMismatch {
             path: output.path().into(),
             detail: format!(
                 "bytes {}..{} hold neither OLD's bytes for delta record {} nor its result (a damaged record, or another base)",
