@@ -6,16 +6,22 @@
 //! - [`apply`]: stream mode (OLD + delta -> NEW, sequential, pipes allowed)
 //!   and in-place mode (TARGET holding OLD receives only changed extents,
 //!   after every check passed).
+//! - [`chain`]: series of deltas: applied in one pass over the base,
+//!   merged into one delta, described by `info`.
+//! - [`signature`]: block hashes of an image, and deltas made against
+//!   them where the image itself is not.
 //! - [`source`]: reads any supported delta format as one stream of extents.
 //! - [`inspect`]: the `info` command.
 //! - `journal`: the redo journal that lets an in-place apply of records
 //!   compressed against OLD resume after it was cut short.
 
 pub mod apply;
+pub mod chain;
 pub mod create;
 pub mod from_snapshot;
 pub mod inspect;
 mod journal;
+pub mod signature;
 pub mod source;
 pub mod tracked;
 
@@ -28,9 +34,11 @@ use crate::format::diffdd_py::PyDiffDdError;
 use crate::io::IoError;
 
 pub use apply::{apply_in_place, apply_stream, ApplyOptions, ApplySummary, CheckBase};
+pub use chain::{apply_chain_in_place, apply_chain_stream, merge, MergeOptions};
 pub use create::{create_delta, DiffOptions, DiffSummary, OutputFormat};
 pub use from_snapshot::create_delta_from_snapshot;
 pub use inspect::{inspect, inspect_stream, DeltaInfo};
+pub use signature::{create_delta_from_signature, create_signature, SignatureSummary};
 pub use source::{DeltaKind, DeltaSource};
 pub use tracked::create_tracked_delta;
 
@@ -105,6 +113,23 @@ pub enum DeltaError {
     /// The change tracker failed or reported nonsense.
     #[error(transparent)]
     Tracking(#[from] crate::change::tracked::TrackError),
+    /// A series of deltas does not connect, or cannot be merged as asked.
+    #[error("{detail}")]
+    Chain {
+        /// What is wrong, naming the deltas.
+        detail: String,
+    },
+    /// A signature is damaged, truncated or not a signature.
+    #[error(transparent)]
+    Signature(#[from] crate::format::signature::SignatureError),
+    /// The signature's block size is not the one asked for.
+    #[error("the signature has {signature}-byte blocks, not the {asked}-byte blocks asked for (make it with --block-size {asked}, or drop --block-size)")]
+    SignatureBlockSize {
+        /// Block size of the signature.
+        signature: u32,
+        /// Block size asked for.
+        asked: u32,
+    },
     /// A worker thread panicked (a bug).
     #[error("internal error: {0} thread panicked")]
     Panic(&'static str),
@@ -116,6 +141,9 @@ impl DeltaError {
     pub fn is_integrity(&self) -> bool {
         match self {
             DeltaError::Format(e) => !matches!(e, DeltaFormatError::Io { .. }),
+            DeltaError::Signature(e) => {
+                !matches!(e, crate::format::signature::SignatureError::Io { .. })
+            }
             DeltaError::DiffDd(_)
             | DeltaError::PyDiffDd(_)
             | DeltaError::BaseMismatch { .. }

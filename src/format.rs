@@ -13,6 +13,7 @@ pub mod keyfile;
 pub mod pack;
 pub mod pack_index;
 pub mod sealed;
+pub mod signature;
 pub mod snapshot;
 
 /// Bytes of NEW at one position, as carried by a delta record.

@@ -37,8 +37,9 @@ pub mod sync;
 pub mod units;
 
 pub use delta::{
-    apply_in_place, apply_stream, create_delta, inspect, ApplyOptions, ApplySummary, CheckBase,
-    DeltaError, DeltaInfo, DeltaKind, DiffOptions, DiffSummary, OutputFormat,
+    apply_chain_in_place, apply_chain_stream, apply_in_place, apply_stream, create_delta, inspect,
+    merge, ApplyOptions, ApplySummary, CheckBase, DeltaError, DeltaInfo, DeltaKind, DiffOptions,
+    DiffSummary, MergeOptions, OutputFormat,
 };
 pub use digest::{Digest, ImageHasher};
 pub use format::delta::Compression;

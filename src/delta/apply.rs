@@ -96,13 +96,13 @@ fn open_delta(delta: Input, options: &ApplyOptions) -> Result<DeltaSource, Delta
 }
 
 /// Events from the delta reader thread.
-enum DeltaEvent {
+pub(super) enum DeltaEvent {
     Extent(Extent),
     End(Box<DeltaSource>),
     Failed(DeltaError),
 }
 
-fn spawn_delta_reader(mut source: DeltaSource) -> Receiver<DeltaEvent> {
+pub(super) fn spawn_delta_reader(mut source: DeltaSource) -> Receiver<DeltaEvent> {
     let (tx, rx) = bounded(8);
     let spawned = std::thread::Builder::new()
         .name("read delta".into())
@@ -241,13 +241,13 @@ impl ExtentQueue {
     }
 }
 
-struct Written {
-    output: Output,
-    bytes: u64,
-    digest: Digest,
+pub(super) struct Written {
+    pub(super) output: Output,
+    pub(super) bytes: u64,
+    pub(super) digest: Digest,
 }
 
-fn writer_loop(
+pub(super) fn writer_loop(
     mut output: Output,
     chunks: Receiver<Chunk>,
     recycle: Sender<AlignedBuf>,
@@ -423,7 +423,7 @@ pub fn apply_stream(
     })
 }
 
-fn check_sizes(trailer: &Trailer, old_size: u64, base: &Path) -> Result<(), DeltaError> {
+pub(super) fn check_sizes(trailer: &Trailer, old_size: u64, base: &Path) -> Result<(), DeltaError> {
     if trailer.old_size != old_size {
         return Err(DeltaError::BaseMismatch {
             path: base.into(),
@@ -515,7 +515,7 @@ fn produce_new(
 
 /// A delta as a seekable file: the delta itself when it is a regular file,
 /// else a spooled temporary copy.
-fn seekable_delta(delta: Input) -> Result<(PathBuf, File), DeltaError> {
+pub(super) fn seekable_delta(delta: Input) -> Result<(PathBuf, File), DeltaError> {
     let path = delta.path().to_path_buf();
     if delta.kind() == InputKind::File {
         return Ok((path, delta.into_file()));
@@ -544,7 +544,7 @@ fn reopen(
     DeltaSource::open(path, rewind(path, file)?, Some(kind), options.block_size)
 }
 
-fn rewind(path: &Path, file: &mut File) -> Result<DeltaStream, DeltaError> {
+pub(super) fn rewind(path: &Path, file: &mut File) -> Result<DeltaStream, DeltaError> {
     file.seek(SeekFrom::Start(0))
         .map_err(|source| IoError::Op {
             op: "seek",

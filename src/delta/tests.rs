@@ -10,7 +10,7 @@ use crate::format::delta::Compression;
 use crate::io::{Input, InputOptions, Output};
 use crate::units::BlockSize;
 
-fn open(path: &Path) -> Input {
+pub(super) fn open(path: &Path) -> Input {
     Input::open(path, &InputOptions::default()).expect("open input")
 }
 
@@ -33,7 +33,7 @@ fn make_delta(
 
 /// An image of `len` bytes built from regions of zeros, repeated bytes and
 /// pseudo-random bytes, so comparisons see every kind of block.
-fn image(len: usize, seed: u64, regions: &[(u8, usize)]) -> Vec<u8> {
+pub(super) fn image(len: usize, seed: u64, regions: &[(u8, usize)]) -> Vec<u8> {
     let mut out = Vec::with_capacity(len);
     let mut state = seed | 1;
     let mut i = 0;

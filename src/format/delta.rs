@@ -1144,5 +1144,82 @@ impl<R: Read> DeltaReader<R> {
     }
 }
 
+/// Reads a delta's header and its trailer from the end of the file without
+/// reading the records, so a series of deltas can be checked before any is
+/// applied. The end record's checksum and the trailer's header digest are
+/// checked; the records are checked when the delta is read in full.
+///
+/// # Errors
+/// Header errors, [`DeltaFormatError::Truncated`] or
+/// [`DeltaFormatError::CorruptTrailer`] when no valid end record ends the
+/// file, [`DeltaFormatError::Io`].
+pub fn read_ends<R: Read + io::Seek>(input: &mut R) -> Result<(Header, Trailer)> {
+    let io_at = |offset| move |source| DeltaFormatError::Io { offset, source };
+    let len = input.seek(io::SeekFrom::End(0)).map_err(io_at(0))?;
+    input.seek(io::SeekFrom::Start(0)).map_err(io_at(0))?;
+    let mut header_bytes = [0u8; HEADER_LEN];
+    let n = read_full(input, &mut header_bytes).map_err(io_at(0))?;
+    if n >= 8 && header_bytes[0..8] != MAGIC {
+        return Err(DeltaFormatError::NotADelta);
+    }
+    if n < HEADER_LEN {
+        return Err(DeltaFormatError::Truncated {
+            offset: n as u64,
+            context: "header",
+        });
+    }
+    let header = Header::decode(&header_bytes)?;
+    let longest =
+        (RECORD_HEADER_LEN + TRAILER_FIXED_LEN + SAMPLE_LEN * MAX_SAMPLES as usize) as u64;
+    let tail_len = longest.min(len - HEADER_LEN as u64);
+    let tail_start = len - tail_len;
+    input
+        .seek(io::SeekFrom::Start(tail_start))
+        .map_err(io_at(tail_start))?;
+    let mut tail = vec![0u8; tail_len as usize];
+    let n = read_full(input, &mut tail).map_err(io_at(tail_start))?;
+    if n < tail.len() {
+        return Err(DeltaFormatError::Truncated {
+            offset: tail_start + n as u64,
+            context: "trailer",
+        });
+    }
+    let body = (0..=MAX_SAMPLES as usize)
+        .map(|count| TRAILER_FIXED_LEN + SAMPLE_LEN * count)
+        .take_while(|body_len| body_len + RECORD_HEADER_LEN <= tail.len())
+        .find_map(|body_len| {
+            let at = tail.len() - body_len - RECORD_HEADER_LEN;
+            let h = &tail[at..at + RECORD_HEADER_LEN];
+            if h[0] != KIND_END
+                || h[1..4] != [0, 0, 0]
+                || le_u32(h, 4) as usize != body_len
+                || h[8..24].iter().any(|&b| b != 0)
+            {
+                return None;
+            }
+            let mut prefix = [0u8; 24];
+            prefix.copy_from_slice(&h[0..24]);
+            let body = &tail[at + RECORD_HEADER_LEN..];
+            (record_checksum(&prefix, Some(body)) == digest_at(h, 24)).then_some(body)
+        })
+        .ok_or(DeltaFormatError::CorruptTrailer {
+            reason: "no valid end record at the end of the file (truncated or damaged)".into(),
+        })?;
+    let trailer = Trailer::decode(body, header.change_tracked)?;
+    let bad = |reason: &str| DeltaFormatError::CorruptTrailer {
+        reason: reason.into(),
+    };
+    if trailer.header_digest != Digest::of(&header_bytes) {
+        return Err(bad("trailer does not belong to this header"));
+    }
+    if header.old_size.is_some_and(|s| s != trailer.old_size)
+        || header.new_size.is_some_and(|s| s != trailer.new_size)
+    {
+        return Err(bad("sizes contradict the header"));
+    }
+    input.seek(io::SeekFrom::Start(0)).map_err(io_at(0))?;
+    Ok((header, trailer))
+}
+
 #[cfg(test)]
 mod tests;

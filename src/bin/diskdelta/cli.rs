@@ -21,6 +21,11 @@ pub enum Command {
     Apply(ApplyArgs),
     /// Describe a delta file (every record is verified).
     Info(InfoArgs),
+    /// Merge a series of deltas into one delta that makes the same image.
+    Merge(MergeArgs),
+    /// Write block hashes of an image, for `diff --signature` where the
+    /// image itself is not.
+    Signature(SignatureArgs),
     /// Print the image digest of files or devices (as recorded in deltas).
     Hash(HashArgs),
     /// Make DST byte-identical to SRC, moving only differing blocks
@@ -99,9 +104,10 @@ pub struct DiffArgs {
     /// Where to write the delta (default: stdout).
     #[arg(short, long, value_name = "DELTA")]
     pub output: Option<PathBuf>,
-    /// Comparison granularity, a power of two from 512 to 64M.
-    #[arg(short, long, value_name = "SIZE", default_value = "4K")]
-    pub block_size: String,
+    /// Comparison granularity, a power of two from 512 to 64M (default 4K;
+    /// with --signature, the signature's).
+    #[arg(short, long, value_name = "SIZE")]
+    pub block_size: Option<String>,
     /// Payload compression: none, zstd or zstd:LEVEL (1-19).
     #[arg(long, value_name = "METHOD", default_value = "zstd:3")]
     pub compress: String,
@@ -125,6 +131,32 @@ pub struct DiffArgs {
     /// OLD is this repository snapshot (id, prefix or name) instead of an
     /// image: only NEW is given and read.
     #[arg(long, value_name = "SNAPSHOT", conflicts_with_all = ["changed_ranges", "thin_metadata", "lvm", "base_sample"])]
+    pub from_snapshot: Option<String>,
+    /// OLD is described by this signature (`diskdelta signature OLD`; `-`
+    /// for stdin) instead of being read: only NEW is given. The block size
+    /// is the signature's.
+    #[arg(long, value_name = "SIG", conflicts_with_all = ["changed_ranges", "thin_metadata", "lvm", "base_sample", "from_snapshot"])]
+    pub signature: Option<PathBuf>,
+    #[command(flatten)]
+    pub repo: RepoArg,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+#[derive(Debug, Args)]
+pub struct SignatureArgs {
+    /// The image: a file, block device or `-` (stdin).
+    #[arg(required_unless_present = "from_snapshot", value_name = "IMAGE")]
+    pub image: Option<PathBuf>,
+    /// Where to write the signature (default: stdout).
+    #[arg(short, long, value_name = "SIG")]
+    pub output: Option<PathBuf>,
+    /// Block size of the hashes (power of two, 512 to 1M); deltas made
+    /// from the signature use it.
+    #[arg(short, long, value_name = "SIZE", default_value = "4K")]
+    pub block_size: String,
+    /// The image is this repository snapshot (id, prefix or name).
+    #[arg(long, value_name = "SNAPSHOT", conflicts_with = "image")]
     pub from_snapshot: Option<String>,
     #[command(flatten)]
     pub repo: RepoArg,
@@ -165,8 +197,10 @@ impl TrackingArgs {
 
 #[derive(Debug, Args)]
 pub struct ApplyArgs {
-    /// The delta; `-` for stdin.
-    pub delta: PathBuf,
+    /// The delta; `-` for stdin. Several deltas are a series (each made
+    /// from the image the one before makes), applied in one pass.
+    #[arg(required = true, value_name = "DELTA")]
+    pub deltas: Vec<PathBuf>,
     /// Stream mode: the base image OLD; `-` for stdin.
     #[arg(
         long,
@@ -200,14 +234,41 @@ pub struct ApplyArgs {
 
 #[derive(Debug, Args)]
 pub struct InfoArgs {
-    /// The delta; `-` for stdin.
-    pub delta: PathBuf,
+    /// The delta; `-` for stdin. Several deltas are shown as a series:
+    /// whether each follows the one before, and the totals.
+    #[arg(required = true, value_name = "DELTA")]
+    pub deltas: Vec<PathBuf>,
     /// Delta format (default: detect).
     #[arg(long, value_name = "FORMAT")]
     pub format: Option<String>,
     /// Record size of diff-dd-v1 and diff-dd-py.
     #[arg(short, long, value_name = "SIZE")]
     pub block_size: Option<String>,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+#[derive(Debug, Args)]
+pub struct MergeArgs {
+    /// The series, in order; any may be `-` (stdin) or a pipe (spooled
+    /// to a temporary file, as the ends of every delta are read first).
+    #[arg(required = true, num_args = 2.., value_name = "DELTA")]
+    pub deltas: Vec<PathBuf>,
+    /// Where to write the merged delta (default: stdout).
+    #[arg(short, long, value_name = "DELTA")]
+    pub output: Option<PathBuf>,
+    /// The first delta's OLD (a file or block device): every record is
+    /// decoded and the merged records are compressed against it. Needed
+    /// when a delta changes bytes that an earlier delta's record
+    /// compressed against the base covers in part.
+    #[arg(long, value_name = "OLD")]
+    pub base: Option<PathBuf>,
+    /// Payload compression: none, zstd or zstd:LEVEL.
+    #[arg(long, value_name = "METHOD", default_value = "zstd:3")]
+    pub compress: String,
+    /// Compression threads (default: one per core).
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
     #[command(flatten)]
     pub common: Common,
 }

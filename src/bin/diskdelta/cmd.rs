@@ -12,7 +12,9 @@ mod hash;
 mod info;
 mod init;
 mod key;
+mod merge;
 mod restore;
+mod signature;
 mod snapshots;
 mod status;
 mod sync;
@@ -35,6 +37,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Diff(a) => diff::run(a),
         Command::Apply(a) => apply::run(a),
         Command::Info(a) => info::run(a),
+        Command::Merge(a) => merge::run(a),
+        Command::Signature(a) => signature::run(a),
         Command::Hash(a) => hash::run(a),
         Command::Sync(a) => sync::run(a),
         Command::Init(a) => init::run(a),

@@ -7,7 +7,10 @@ use std::time::Instant;
 use anyhow::bail;
 use diskdelta::io::{Input, InputOptions, Output};
 use diskdelta::units::human_bytes;
-use diskdelta::{apply_in_place, apply_stream, ApplyOptions, ApplySummary, CheckBase};
+use diskdelta::{
+    apply_chain_in_place, apply_chain_stream, apply_in_place, apply_stream, ApplyOptions,
+    ApplySummary, CheckBase,
+};
 use serde::Serialize;
 
 use crate::cli::ApplyArgs;
@@ -44,7 +47,20 @@ pub fn run(args: ApplyArgs) -> anyhow::Result<()> {
     let format = super::delta_kind(args.format.as_deref())?;
     let block_size = super::record_size(args.block_size.as_deref())?;
     let started = Instant::now();
-    let delta = Input::open(&args.delta, &InputOptions::default())?;
+    let chain = args.deltas.len() > 1;
+    if chain && format.is_some_and(|f| f != diskdelta::DeltaKind::Native) {
+        bail!(
+            "only diskdelta deltas, which record their images' digests, can be applied as a series"
+        );
+    }
+    if args.deltas.iter().filter(|d| *d == Path::new("-")).count() > 1 {
+        bail!("only one DELTA can be stdin");
+    }
+    let deltas = args
+        .deltas
+        .iter()
+        .map(|d| Input::open(d, &InputOptions::default()))
+        .collect::<Result<Vec<_>, _>>()?;
     let (mode, summary, stdout_busy) = if let Some(target) = &args.in_place {
         let progress = Progress::start("apply", None, args.common.quiet);
         let options = ApplyOptions {
@@ -54,7 +70,11 @@ pub fn run(args: ApplyArgs) -> anyhow::Result<()> {
             verify: args.verify,
             progress: Some(progress.counter()),
         };
-        let summary = apply_in_place(delta, target, &options)?;
+        let summary = if chain {
+            apply_chain_in_place(deltas, target, &options)?
+        } else {
+            apply_in_place(single(deltas)?, target, &options)?
+        };
         ("in-place", summary, false)
     } else {
         let Some(base_path) = &args.base else {
@@ -63,7 +83,7 @@ pub fn run(args: ApplyArgs) -> anyhow::Result<()> {
         if check_base.is_some() {
             bail!("--check-base applies to --in-place; stream mode always checks the whole base against the OLD digest");
         }
-        if args.delta == Path::new("-") && base_path == Path::new("-") {
+        if args.deltas.iter().any(|d| d == Path::new("-")) && base_path == Path::new("-") {
             bail!("DELTA and OLD cannot both be stdin");
         }
         let out_path = args.output.clone().unwrap_or_else(|| PathBuf::from("-"));
@@ -79,11 +99,22 @@ pub fn run(args: ApplyArgs) -> anyhow::Result<()> {
             verify: true,
             progress: Some(progress.counter()),
         };
-        let summary = apply_stream(delta, base, output, &options)?;
+        let summary = if chain {
+            apply_chain_stream(deltas, base, output, &options)?
+        } else {
+            apply_stream(single(deltas)?, base, output, &options)?
+        };
         ("stream", summary, out_path == Path::new("-"))
     };
     let seconds = started.elapsed().as_secs_f64();
     report_summary(&args, mode, &summary, seconds, stdout_busy)
+}
+
+fn single(mut deltas: Vec<Input>) -> anyhow::Result<Input> {
+    match deltas.pop() {
+        Some(d) if deltas.is_empty() => Ok(d),
+        _ => bail!("expected one delta"),
+    }
 }
 
 fn report_summary(

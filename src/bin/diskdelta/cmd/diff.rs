@@ -5,13 +5,15 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use diskdelta::delta::inspect_stream;
-use diskdelta::delta::{create_delta_from_snapshot, create_tracked_delta};
+use diskdelta::delta::{
+    create_delta_from_signature, create_delta_from_snapshot, create_tracked_delta,
+};
 use diskdelta::io::{Input, InputKind, InputOptions, Output, OutputKind};
 use diskdelta::units::human_bytes;
 use diskdelta::{create_delta, BlockSize, Compression, DiffOptions, OutputFormat};
 use serde::Serialize;
 
-use crate::cli::DiffArgs;
+use crate::cli::{Common, DiffArgs};
 use crate::progress::Progress;
 use crate::report;
 
@@ -31,7 +33,7 @@ struct DiffReport {
     change_tracked: bool,
 }
 
-fn parse_compression(text: &str) -> anyhow::Result<Compression> {
+pub(super) fn parse_compression(text: &str) -> anyhow::Result<Compression> {
     match text.split_once(':') {
         None if text == "none" => Ok(Compression::None),
         None if text == "zstd" => Ok(Compression::DEFAULT),
@@ -51,6 +53,8 @@ fn parse_compression(text: &str) -> anyhow::Result<Compression> {
 pub fn run(args: DiffArgs) -> anyhow::Result<()> {
     let block_size: BlockSize = args
         .block_size
+        .as_deref()
+        .unwrap_or("4K")
         .parse()
         .with_context(|| "invalid --block-size")?;
     let compression = parse_compression(&args.compress)?;
@@ -67,6 +71,9 @@ pub fn run(args: DiffArgs) -> anyhow::Result<()> {
     }
     if args.from_snapshot.is_some() {
         return run_from_snapshot(args, compression, format);
+    }
+    if args.signature.is_some() {
+        return run_from_signature(args, compression, format);
     }
     if args.base_sample.is_some() {
         bail!("--base-sample goes with change tracking (--changed-ranges, --thin-metadata, --lvm)");
@@ -109,9 +116,14 @@ pub fn run(args: DiffArgs) -> anyhow::Result<()> {
         progress: Some(progress.counter()),
         ..options
     };
-    publish(&args, &out_path, progress, format, |output| {
-        create_delta(old, new, output, &options)
-    })
+    publish(
+        "diff",
+        &args.common,
+        &out_path,
+        progress,
+        format,
+        |output| create_delta(old, new, output, &options),
+    )
 }
 
 fn diff_options(
@@ -176,9 +188,14 @@ fn run_tracked(
         ..diff_options(&args, block_size, compression, format)
     };
     let runs = std::mem::replace(&mut tracker.runs, Box::new(std::iter::empty()));
-    let result = publish(&args, &out_path, progress, format, |output| {
-        create_tracked_delta(runs, new, base, output, &options)
-    });
+    let result = publish(
+        "diff",
+        &args.common,
+        &out_path,
+        progress,
+        format,
+        |output| create_tracked_delta(runs, new, base, output, &options),
+    );
     // The metadata snapshot (LVM mode) is released only now, after
     // thin_delta's output was read to its end.
     drop(tracker);
@@ -219,13 +236,77 @@ fn run_from_snapshot(
         progress: Some(progress.counter()),
         ..diff_options(&args, BlockSize::DEFAULT, compression, format)
     };
-    publish(&args, &out_path, progress, format, |output| {
-        create_delta_from_snapshot(&snap, new, output, &options)
-    })
+    publish(
+        "diff",
+        &args.common,
+        &out_path,
+        progress,
+        format,
+        |output| create_delta_from_snapshot(&snap, new, output, &options),
+    )
 }
 
-fn publish(
-    args: &DiffArgs,
+/// `diff --signature SIG NEW`: OLD is described by a signature.
+fn run_from_signature(
+    args: DiffArgs,
+    compression: Compression,
+    format: OutputFormat,
+) -> anyhow::Result<()> {
+    let [new_path] = args.images.as_slice() else {
+        bail!("with --signature, give only NEW: the signature describes OLD");
+    };
+    if !format.is_native() {
+        bail!("deltas from a signature are written in the diskdelta format only");
+    }
+    let sig_path = args.signature.clone().unwrap_or_default();
+    if sig_path == Path::new("-") && new_path == Path::new("-") {
+        bail!("the signature and NEW cannot both be stdin");
+    }
+    // The block size is the signature's unless one is asked for explicitly.
+    let asked = match args.block_size.as_deref() {
+        Some(text) => Some(
+            text.parse::<BlockSize>()
+                .with_context(|| "invalid --block-size")?,
+        ),
+        None => None,
+    };
+    let out_path = args.output.clone().unwrap_or_else(|| PathBuf::from("-"));
+    super::check_binary_stdout(&out_path)?;
+    let input_options = InputOptions {
+        direct: args.direct,
+    };
+    let sig = Input::open(&sig_path, &InputOptions::default())?;
+    let new = Input::open(new_path, &input_options)?;
+    for input in [&sig, &new] {
+        if super::same_file(&out_path, input.file()) {
+            bail!(
+                "refusing to overwrite {} with the delta",
+                input.path().display()
+            );
+        }
+    }
+    let progress = Progress::start("diff", new.size(), args.common.quiet);
+    let options = DiffOptions {
+        progress: Some(progress.counter()),
+        ..diff_options(&args, BlockSize::DEFAULT, compression, format)
+    };
+    publish(
+        "diff",
+        &args.common,
+        &out_path,
+        progress,
+        format,
+        |output| {
+            create_delta_from_signature(Box::new(sig.into_file()), new, output, asked, &options)
+        },
+    )
+}
+
+/// Writes a delta made by `make` to `out_path` (a temporary name first for
+/// a file), reads it back to verify it, publishes it and reports.
+pub(super) fn publish(
+    verb: &str,
+    common: &Common,
     out_path: &Path,
     progress: Progress,
     format: OutputFormat,
@@ -248,7 +329,7 @@ fn publish(
     drop(progress);
     let seconds = started.elapsed().as_secs_f64();
     let mut line = format!(
-        "diff: {} extents, {} of {} changed, delta {} ({:.2} s, {})",
+        "{verb}: {} extents, {} of {} changed, delta {} ({:.2} s, {})",
         summary.records,
         human_bytes(summary.changed_bytes),
         human_bytes(summary.new_size),
@@ -263,7 +344,7 @@ fn publish(
         ));
     }
     report::summary(
-        &args.common,
+        common,
         out_path == Path::new("-"),
         &line,
         &DiffReport {
