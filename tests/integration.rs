@@ -25,6 +25,8 @@ mod repo_import;
 mod repo_remote;
 #[path = "integration/s3.rs"]
 mod s3;
+#[path = "integration/series.rs"]
+mod series;
 #[path = "integration/sshd_harness.rs"]
 mod sshd_harness;
 #[path = "integration/sync.rs"]

@@ -40,7 +40,9 @@ pub struct SignatureSummary {
     pub signature_bytes: u64,
 }
 
-/// Writes the signature of `image` to `out`.
+/// Writes the signature of `image` to `out`. `size` is the image's size
+/// when the caller knows it and `image` (a pipe) cannot tell; it goes into
+/// the header and is checked at the end.
 ///
 /// # Errors
 /// I/O errors reading the image; [`DeltaError::Signature`] writing.
@@ -48,11 +50,12 @@ pub fn create_signature<W: Write>(
     image: Input,
     out: W,
     block_size: BlockSize,
+    size: Option<u64>,
     progress: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
 ) -> Result<(W, SignatureSummary), DeltaError> {
     let header = signature::Header {
         block_size: block_size.get(),
-        image_size: image.size(),
+        image_size: image.size().or(size),
     };
     let out = std::io::BufWriter::with_capacity(1 << 20, out);
     let mut writer = SignatureWriter::new(out, header)?;

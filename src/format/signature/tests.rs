@@ -70,7 +70,7 @@ fn the_writer_reproduces_the_golden_signature() {
     let input = crate::io::Input::open(&path, &crate::io::InputOptions::default()).expect("open");
     let block = crate::units::BlockSize::new(512).expect("block size");
     let (bytes, _) =
-        crate::delta::create_signature(input, Vec::new(), block, None).expect("signature");
+        crate::delta::create_signature(input, Vec::new(), block, None, None).expect("signature");
     assert_eq!(bytes, GOLDEN_512);
 }
 

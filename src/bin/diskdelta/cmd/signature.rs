@@ -63,7 +63,7 @@ pub fn run(args: SignatureArgs) -> anyhow::Result<()> {
             let result = std::thread::scope(|scope| {
                 let restorer =
                     scope.spawn(|| restore::restore(&repo, &snap, restore_output, &options));
-                let made = create_signature(image, output, block_size, None);
+                let made = create_signature(image, output, block_size, Some(snap.meta.size), None);
                 let restored = restorer.join();
                 (made, restored)
             });
@@ -87,7 +87,7 @@ pub fn run(args: SignatureArgs) -> anyhow::Result<()> {
                 );
             }
             let progress = Progress::start("signature", image.size(), args.common.quiet);
-            let made = create_signature(image, output, block_size, Some(progress.counter()))
+            let made = create_signature(image, output, block_size, None, Some(progress.counter()))
                 .with_context(|| format!("cannot write the signature to {}", out_path.display()))?;
             drop(progress);
             made
