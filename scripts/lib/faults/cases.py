@@ -135,6 +135,85 @@ def apply_damaged(ctx, scratch, src, flags, checksums, damage, pos, mask, in_pla
     return judge(result, file_is(out, want), out_absent(out), unprotected_ok=not checksums)
 
 
+def series_faults(damage: str):
+    """The second delta of a series damaged: `apply d.native d.next`
+    (stream or in place) must refuse it, or give v2.img."""
+    def make(ctx, rng, n):
+        src = ctx.fx.path("d.next")
+        size = os.path.getsize(src)
+        turn = rng.randrange(2)
+        faults = []
+        for i, pos in enumerate(spread(rng, size, n)):
+            in_place = (i + turn) % 2 == 1
+            mask = rng.randrange(1, 256)
+            faults.append(Fault(
+                f"series-{damage}",
+                f"{damage} of d.next at byte {pos}/{size}" + (" (in place)" if in_place else ""),
+                lambda scratch, pos=pos, mask=mask, in_place=in_place:
+                    apply_series_damaged(ctx, scratch, src, damage, pos, mask, in_place)))
+        return faults
+    return make
+
+
+def apply_series_damaged(ctx, scratch, src, damage, pos, mask, in_place):
+    delta = os.path.join(scratch, "d.next")
+    shutil.copyfile(src, delta)
+    if damage == "flip":
+        flip(delta, pos, mask)
+    else:
+        os.truncate(delta, pos)
+    first = ctx.fx.path("d.native")
+    want = ctx.expected("v2.img")
+    if in_place:
+        target = os.path.join(scratch, "target.img")
+        shutil.copyfile(ctx.fx.path("base.img"), target)
+        result = ctx.tool("apply", first, delta, "--in-place", target, "-q")
+        base = ctx.expected("base.img")
+
+        def untouched():
+            if sha256_file(target) != base:
+                return f"{LOST}:in-place target changed by a refused series"
+            return None
+        return judge(result, file_is(target, want), untouched)
+    out = os.path.join(scratch, "out.img")
+    result = ctx.tool("apply", first, delta, "--base", ctx.fx.path("base.img"), "-o", out, "-q")
+    return judge(result, file_is(out, want), out_absent(out))
+
+
+def signature_faults(damage: str):
+    """A damaged signature of base.img: `diff --signature SIG v1.img` must
+    refuse it, or write a delta that turns base.img into v1.img."""
+    def make(ctx, rng, n):
+        src = ctx.fx.path("base.sig")
+        size = os.path.getsize(src)
+        faults = []
+        for pos in spread(rng, size, n):
+            mask = rng.randrange(1, 256)
+            faults.append(Fault(
+                f"signature-{damage}", f"{damage} of base.sig at byte {pos}/{size}",
+                lambda scratch, pos=pos, mask=mask:
+                    diff_damaged_signature(ctx, scratch, src, damage, pos, mask)))
+        return faults
+    return make
+
+
+def diff_damaged_signature(ctx, scratch, src, damage, pos, mask):
+    sig = os.path.join(scratch, "base.sig")
+    shutil.copyfile(src, sig)
+    if damage == "flip":
+        flip(sig, pos, mask)
+    else:
+        os.truncate(sig, pos)
+    out = os.path.join(scratch, "d.delta")
+    result = ctx.tool("diff", "--signature", sig, ctx.fx.path("v1.img"), "-o", out, "-q")
+
+    def delta_makes_v1():
+        made = os.path.join(scratch, "made.img")
+        applied = ctx.tool("apply", out, "--base", ctx.fx.path("base.img"), "-o", made, "-q")
+        return applied.rc == 0 and sha256_file(made) == ctx.expected("v1.img")
+    return judge(result, delta_makes_v1, out_absent(out))
+
+
 # Repository files -------------------------------------------------------------
 
 REPO_FILES = {
@@ -879,6 +958,10 @@ for _fmt in DELTA_FORMATS:
     _flips, _cuts = _DELTA_COUNTS.get(_fmt, (50, 30 if _fmt in ("native", "v2") else 20))
     KINDS[f"delta-{_fmt}-flip"] = (delta_faults(_fmt, "flip"), _flips)
     KINDS[f"delta-{_fmt}-cut"] = (delta_faults(_fmt, "cut"), _cuts)
+KINDS["series-flip"] = (series_faults("flip"), 20)
+KINDS["series-cut"] = (series_faults("cut"), 10)
+KINDS["signature-flip"] = (signature_faults("flip"), 20)
+KINDS["signature-cut"] = (signature_faults("cut"), 10)
 for _part in REPO_FILES:
     KINDS[f"{_part}-flip"] = (repo_faults(_part, "flip"), 50)
     KINDS[f"{_part}-cut"] = (repo_faults(_part, "cut"), 20)

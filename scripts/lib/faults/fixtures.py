@@ -107,6 +107,12 @@ class Fixtures:
                 self.tool.ok("diff", base, v1, "-o", self.path(name), "-q", *extra)
         if not os.path.exists(self.path("d.ref")):
             self.tool.ok("diff", base, self.path("near.img"), "-o", self.path("d.ref"), "-q")
+        # A series base -> v1 -> v2 (d.native, then d.next), and a
+        # signature of base.img for `diff --signature`.
+        if not os.path.exists(self.path("d.next")):
+            self.tool.ok("diff", v1, self.path("v2.img"), "-o", self.path("d.next"), "-q")
+        if not os.path.exists(self.path("base.sig")):
+            self.tool.ok("signature", base, "-o", self.path("base.sig"), "-q")
         if not os.path.exists(self.path("d.v1")):
             write_diffdd_v1(base, v1, self.path("d.v1"))
         pydiffdd = os.environ.get("DISKDELTA_TEST_PYDIFFDD")
