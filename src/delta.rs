@@ -38,7 +38,9 @@ pub use chain::{apply_chain_in_place, apply_chain_stream, merge, MergeOptions};
 pub use create::{create_delta, DiffOptions, DiffSummary, OutputFormat};
 pub use from_snapshot::create_delta_from_snapshot;
 pub use inspect::{inspect, inspect_stream, DeltaInfo};
-pub use signature::{create_delta_from_signature, create_signature, SignatureSummary};
+pub use signature::{
+    create_delta_from_signature, create_signature, SignatureOptions, SignatureSummary,
+};
 pub use source::{DeltaKind, DeltaSource};
 pub use tracked::create_tracked_delta;
 

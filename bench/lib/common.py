@@ -779,6 +779,8 @@ def standard_images(size, names=("base.img", "new.img")):
       grown.img  new.img plus 64 MiB of new data appended
       step3.img  new.img with another ~1% rewritten, plus 64 MiB appended
       clone.img  base.img with 2% of its 1 MiB chunks rewritten (repo --remote)
+      night1..7.img  a week after base.img: each ~1% of the 4 KiB blocks rewritten
+                 in 64 KiB clusters (diff --series)
 
     Returns (directory, {name: stamp}) for names and what they derive from."""
     directory = image_dir(size)
@@ -798,6 +800,14 @@ def standard_images(size, names=("base.img", "new.img")):
             ["mutate", "--input", "new.img", "--change", "0.01", "--cluster", "64K",
              "--seed", "4", "--grow", "64M"],
         ),
+        **{
+            f"night{n}.img": (
+                "base.img" if n == 1 else f"night{n - 1}.img",
+                ["mutate", "--input", "base.img" if n == 1 else f"night{n - 1}.img",
+                 "--change", "0.01", "--cluster", "64K", "--seed", str(20 + n)],
+            )
+            for n in range(1, 8)
+        },
         "clone.img": (
             "base.img",
             ["mutate", "--input", "base.img", "--change", "0.02", "--cluster", "1M",

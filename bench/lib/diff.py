@@ -159,6 +159,9 @@ def add_arguments(sub):
         "--repeat", type=int, default=1, help="runs per tool and scenario; the fastest counts"
     )
     p.add_argument("--no-build", action="store_true", help="use the binaries as they are")
+    import series
+
+    series.add_series_arguments(p)
     p.set_defaults(func=cmd_diff)
 
     m = sub.add_parser(
@@ -183,6 +186,10 @@ def _prepare(tools, no_build):
 
 
 def cmd_diff(args):
+    if args.series:
+        import series
+
+        return series.cmd_series(args)
     try:
         size = common.parse_size(args.size)
     except ValueError as e:

@@ -40,22 +40,34 @@ pub struct SignatureSummary {
     pub signature_bytes: u64,
 }
 
-/// Writes the signature of `image` to `out`. `size` is the image's size
-/// when the caller knows it and `image` (a pipe) cannot tell; it goes into
-/// the header and is checked at the end.
+/// Validated options of `signature`.
+#[derive(Debug, Clone, Default)]
+pub struct SignatureOptions {
+    /// Block size of the hashes.
+    pub block_size: BlockSize,
+    /// The image's size when the caller knows it and the image (a pipe)
+    /// cannot tell: it goes into the header and is checked at the end.
+    pub image_size: Option<u64>,
+    /// Seed of the block hashes; random when `None` (tests pin it).
+    pub seed: Option<u64>,
+    /// Added to as the image is read.
+    pub progress: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
+}
+
+/// Writes the signature of `image` to `out`.
 ///
 /// # Errors
 /// I/O errors reading the image; [`DeltaError::Signature`] writing.
 pub fn create_signature<W: Write>(
     image: Input,
     out: W,
-    block_size: BlockSize,
-    size: Option<u64>,
-    progress: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
+    options: &SignatureOptions,
 ) -> Result<(W, SignatureSummary), DeltaError> {
+    let block_size = options.block_size;
     let header = signature::Header {
         block_size: block_size.get(),
-        image_size: image.size().or(size),
+        image_size: image.size().or(options.image_size),
+        seed: options.seed.unwrap_or_else(signature::random_seed),
     };
     let out = std::io::BufWriter::with_capacity(1 << 20, out);
     let mut writer = SignatureWriter::new(out, header)?;
@@ -63,12 +75,13 @@ pub fn create_signature<W: Write>(
         image,
         ReaderOptions {
             digest: true,
-            progress,
+            progress: options.progress.clone(),
             ..ReaderOptions::default()
         },
     );
     let block = block_size.as_usize();
-    let zero = block_hash(&vec![0u8; block], block);
+    let zeros = vec![0u8; block];
+    let zero = block_hash(&zeros, block, header.seed);
     let mut sampler = Sampler::new();
     let mut index = 0u64;
     while let Some(chunk) = reader.next_chunk() {
@@ -82,17 +95,20 @@ pub fn create_signature<W: Write>(
         let mut at = 0;
         while at < chunk.len {
             let end = (at + block).min(chunk.len);
-            let (short, full) = if chunk.hole {
-                if end - at == block {
-                    zero
-                } else {
-                    block_hash(&vec![0u8; end - at], block)
-                }
+            let data = if chunk.hole {
+                &zeros[..end - at]
             } else {
-                block_hash(&chunk.data()[at..end], block)
+                &chunk.data()[at..end]
+            };
+            let short = if chunk.hole {
+                zero
+            } else {
+                block_hash(data, block, header.seed)
             };
             if end - at == block {
-                sampler.offer_digest(index, full);
+                // Hashes the block (BLAKE3) only when it is one of the
+                // samples kept so far.
+                sampler.offer(index, data);
             }
             if let Err(e) = writer.push(&short) {
                 reader.abandon();
@@ -192,8 +208,9 @@ pub fn create_delta_from_signature<W: Write + Send>(
         },
     );
     let block = sig_header.block_size as usize;
+    let seed = sig_header.seed;
     write_delta(header, out, options, move |sink| {
-        compare_with_signature(reader, new_reader, block, sink)
+        compare_with_signature(reader, new_reader, block, seed, sink)
     })
 }
 
@@ -201,11 +218,12 @@ fn compare_with_signature<R: Read>(
     mut sig: SignatureReader<R>,
     mut new: ChunkReader,
     block: usize,
+    seed: u64,
     mut sink: ExtentSink,
 ) -> Result<Option<Compared>, DeltaError> {
     let mut builder = ExtentBuilder::default();
     let mut watch = SampleWatch::default();
-    let (zero, _) = block_hash(&vec![0u8; block], block);
+    let zero = block_hash(&vec![0u8; block], block, seed);
     let mut sig_done = false;
     let mut index = 0u64;
     let stopped = loop {
@@ -243,7 +261,7 @@ fn compare_with_signature<R: Read>(
             let unchanged = if zeros {
                 old == zero
             } else {
-                block_hash(&chunk.data()[at..end], block).0 == old
+                block_hash(&chunk.data()[at..end], block, seed) == old
             };
             watch.offer(index, !unchanged);
             let built = if unchanged {

@@ -17,12 +17,14 @@
 //!  16   4  block size (power of two, 512 to 1 MiB)
 //!  20   4  hash length (16)
 //!  24   8  image size (0 unless flag 1)
-//!  32  24  reserved, zero
+//!  32   8  seed of the block hashes (random per signature)
+//!  40  16  reserved, zero
 //!  56   8  first 8 bytes of BLAKE3(header bytes 0..56)
 //!
 //! frame: 4 count (1 to 4096), then count × hash length bytes, one per
-//!        block in order: the first bytes of BLAKE3 of the block, zero-padded
-//!        to the block size (the last block of the image)
+//!        block in order: XXH3-128 of the block with the seed, little-endian,
+//!        the block zero-padded to the block size (the last block of the
+//!        image)
 //! end-frame: 4 count 0
 //!
 //! trailer (120 + 40 × samples bytes)
@@ -116,6 +118,9 @@ pub struct Header {
     pub block_size: u32,
     /// The image's size, when known before it was read.
     pub image_size: Option<u64>,
+    /// Seed of the block hashes: random, so whoever writes NEW cannot
+    /// choose blocks whose hashes collide with OLD's.
+    pub seed: u64,
 }
 
 fn le_u32(b: &[u8], at: usize) -> u32 {
@@ -150,6 +155,7 @@ impl Header {
         b[16..20].copy_from_slice(&self.block_size.to_le_bytes());
         b[20..24].copy_from_slice(&(HASH_LEN as u32).to_le_bytes());
         b[24..32].copy_from_slice(&self.image_size.unwrap_or(0).to_le_bytes());
+        b[32..40].copy_from_slice(&self.seed.to_le_bytes());
         let check = blake3::hash(&b[0..56]);
         b[56..64].copy_from_slice(&check.as_bytes()[0..8]);
         b
@@ -187,7 +193,7 @@ impl Header {
         if le_u32(b, 20) as usize != HASH_LEN {
             return Err(SignatureError::CorruptHeader("unsupported hash length"));
         }
-        if b[32..56].iter().any(|&x| x != 0) {
+        if b[40..56].iter().any(|&x| x != 0) {
             return Err(SignatureError::CorruptHeader("reserved bytes are not zero"));
         }
         let size = le_u64(b, 24);
@@ -197,6 +203,7 @@ impl Header {
         Ok(Header {
             block_size,
             image_size: (flags & FLAG_SIZE != 0).then_some(size),
+            seed: le_u64(b, 32),
         })
     }
 
@@ -206,27 +213,25 @@ impl Header {
     }
 }
 
-/// The hash of one block as the signature stores it: `data` is the block,
-/// shorter than the block size only at the end of the image (it is hashed
-/// zero-padded, as an applier sees it when the image grows).
-pub fn block_hash(data: &[u8], block_size: usize) -> (BlockHash, Digest) {
-    let full = if data.len() == block_size {
-        blake3::hash(data)
+/// The hash of one block as the signature stores it, with the header's
+/// seed: `data` is the block, shorter than the block size only at the end
+/// of the image (it is hashed zero-padded, as an applier sees it when the
+/// image grows).
+pub fn block_hash(data: &[u8], block_size: usize, seed: u64) -> BlockHash {
+    let hash = if data.len() >= block_size {
+        xxhash_rust::xxh3::xxh3_128_with_seed(data, seed)
     } else {
-        let mut h = blake3::Hasher::new();
-        h.update(data);
-        let zeros = [0u8; 4096];
-        let mut left = block_size.saturating_sub(data.len());
-        while left > 0 {
-            let n = left.min(zeros.len());
-            h.update(&zeros[..n]);
-            left -= n;
-        }
-        h.finalize()
+        let mut padded = vec![0u8; block_size];
+        padded[..data.len()].copy_from_slice(data);
+        xxhash_rust::xxh3::xxh3_128_with_seed(&padded, seed)
     };
-    let mut short = [0u8; HASH_LEN];
-    short.copy_from_slice(&full.as_bytes()[..HASH_LEN]);
-    (short, full.into())
+    hash.to_le_bytes()
+}
+
+/// A fresh random seed for a new signature.
+pub fn random_seed() -> u64 {
+    use chacha20poly1305::aead::rand_core::RngCore;
+    chacha20poly1305::aead::OsRng.next_u64()
 }
 
 /// The signature trailer.

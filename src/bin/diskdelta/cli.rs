@@ -158,6 +158,9 @@ pub struct SignatureArgs {
     /// The image is this repository snapshot (id, prefix or name).
     #[arg(long, value_name = "SNAPSHOT", conflicts_with = "image")]
     pub from_snapshot: Option<String>,
+    /// Seed of the block hashes instead of a random one (for golden files).
+    #[arg(long, hide = true)]
+    pub seed: Option<u64>,
     #[command(flatten)]
     pub repo: RepoArg,
     #[command(flatten)]

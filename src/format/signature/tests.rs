@@ -21,15 +21,13 @@ fn read_all(bytes: &[u8]) -> Result<(Header, Vec<BlockHash>, Trailer)> {
 }
 
 /// The slow reference: each block hashed on its own, zero-padded.
-fn reference_hashes(image: &[u8], block: usize) -> Vec<BlockHash> {
+fn reference_hashes(image: &[u8], block: usize, seed: u64) -> Vec<BlockHash> {
     image
         .chunks(block)
         .map(|b| {
             let mut padded = b.to_vec();
             padded.resize(block, 0);
-            let mut h = [0u8; HASH_LEN];
-            h.copy_from_slice(&blake3::hash(&padded).as_bytes()[..HASH_LEN]);
-            h
+            xxhash_rust::xxh3::xxh3_128_with_seed(&padded, seed).to_le_bytes()
         })
         .collect()
 }
@@ -46,12 +44,16 @@ fn write(header: Header, hashes: &[BlockHash], size: u64, samples: Vec<Sample>) 
 
 #[test]
 fn golden_signatures_decode_to_the_images_block_hashes() {
-    for (bytes, block, size_in_header) in [(GOLDEN_512, 512, true), (GOLDEN_PIPE_1K, 1024, false)] {
+    for (bytes, block, size_in_header, seed) in [
+        (GOLDEN_512, 512, true, 1),
+        (GOLDEN_PIPE_1K, 1024, false, u64::MAX - 58),
+    ] {
         let (header, hashes, trailer) = read_all(bytes).expect("golden decodes");
         assert_eq!(header.block_size, block);
+        assert_eq!(header.seed, seed);
         assert_eq!(header.image_size.is_some(), size_in_header);
         assert_eq!(trailer.image_size, OLD.len() as u64);
-        assert_eq!(hashes, reference_hashes(OLD, block as usize));
+        assert_eq!(hashes, reference_hashes(OLD, block as usize, seed));
         assert_eq!(trailer.image_digest, crate::digest::image_digest(OLD));
         // Samples are whole blocks, with their full BLAKE3.
         assert!(!trailer.samples.is_empty());
@@ -68,9 +70,13 @@ fn the_writer_reproduces_the_golden_signature() {
     let path = dir.path().join("old.img");
     std::fs::write(&path, OLD).expect("write");
     let input = crate::io::Input::open(&path, &crate::io::InputOptions::default()).expect("open");
-    let block = crate::units::BlockSize::new(512).expect("block size");
+    let options = crate::delta::SignatureOptions {
+        block_size: crate::units::BlockSize::new(512).expect("block size"),
+        seed: Some(1),
+        ..crate::delta::SignatureOptions::default()
+    };
     let (bytes, _) =
-        crate::delta::create_signature(input, Vec::new(), block, None, None).expect("signature");
+        crate::delta::create_signature(input, Vec::new(), &options).expect("signature");
     assert_eq!(bytes, GOLDEN_512);
 }
 
@@ -109,6 +115,7 @@ fn writer_refuses_counts_that_do_not_fit_the_size() {
     let header = Header {
         block_size: 512,
         image_size: None,
+        seed: 0,
     };
     let mut w = SignatureWriter::new(Vec::new(), header).expect("header");
     w.push(&[1; HASH_LEN]).expect("push");
@@ -124,7 +131,11 @@ proptest! {
         seed in any::<u8>(),
         samples in prop::collection::vec((any::<u64>(), any::<[u8; 32]>()), 0..20),
     ) {
-        let header = Header { block_size: 1 << shift, image_size: size_known.then_some(size) };
+        let header = Header {
+            block_size: 1 << shift,
+            image_size: size_known.then_some(size),
+            seed: u64::from(seed) << 40,
+        };
         let count = header.blocks_of(size) as usize;
         prop_assume!(count <= 20_000);
         let hashes: Vec<BlockHash> = (0..count)

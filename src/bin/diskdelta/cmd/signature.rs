@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use diskdelta::delta::create_signature;
+use diskdelta::delta::{create_signature, SignatureOptions};
 use diskdelta::format::signature::SignatureReader;
 use diskdelta::io::{Input, InputOptions, Output, OutputKind};
 use diskdelta::repo::restore::{self, RestoreOptions};
@@ -56,14 +56,20 @@ pub fn run(args: SignatureArgs) -> anyhow::Result<()> {
             let read_path = PathBuf::from(format!("/proc/self/fd/{}", read_end.as_raw_fd()));
             let image = Input::open(&read_path, &InputOptions::default())?;
             drop(read_end);
-            let options = RestoreOptions {
+            let restore_options = RestoreOptions {
                 threads: 0,
                 progress: Some(progress.counter()),
             };
             let result = std::thread::scope(|scope| {
-                let restorer =
-                    scope.spawn(|| restore::restore(&repo, &snap, restore_output, &options));
-                let made = create_signature(image, output, block_size, Some(snap.meta.size), None);
+                let restorer = scope
+                    .spawn(|| restore::restore(&repo, &snap, restore_output, &restore_options));
+                let options = SignatureOptions {
+                    block_size,
+                    image_size: Some(snap.meta.size),
+                    seed: args.seed,
+                    ..SignatureOptions::default()
+                };
+                let made = create_signature(image, output, &options);
                 let restored = restorer.join();
                 (made, restored)
             });
@@ -87,7 +93,13 @@ pub fn run(args: SignatureArgs) -> anyhow::Result<()> {
                 );
             }
             let progress = Progress::start("signature", image.size(), args.common.quiet);
-            let made = create_signature(image, output, block_size, None, Some(progress.counter()))
+            let options = SignatureOptions {
+                block_size,
+                progress: Some(progress.counter()),
+                seed: args.seed,
+                ..SignatureOptions::default()
+            };
+            let made = create_signature(image, output, &options)
                 .with_context(|| format!("cannot write the signature to {}", out_path.display()))?;
             drop(progress);
             made
