@@ -102,8 +102,9 @@ pub(super) enum DeltaEvent {
     Failed(DeltaError),
 }
 
-pub(super) fn spawn_delta_reader(mut source: DeltaSource) -> Receiver<DeltaEvent> {
-    let (tx, rx) = bounded(8);
+/// Reads `source` on its own thread, at most `depth` extents ahead.
+pub(super) fn spawn_delta_reader(mut source: DeltaSource, depth: usize) -> Receiver<DeltaEvent> {
+    let (tx, rx) = bounded(depth);
     let spawned = std::thread::Builder::new()
         .name("read delta".into())
         .spawn({
@@ -326,7 +327,7 @@ pub fn apply_stream(
     let base_relative = source.base_relative();
     let header_new_size = source.header().and_then(|h| h.new_size);
     let mut queue = ExtentQueue {
-        events: spawn_delta_reader(source),
+        events: spawn_delta_reader(source, 8),
         queue: VecDeque::new(),
         end: None,
         count: 0,

@@ -11,8 +11,9 @@
 //! the first delta's NEW size, then the second delta's extents, and so on.
 //! A reference-compressed record refers to the bytes its own delta's OLD
 //! holds at its range and never crosses a window, so it always finds them
-//! in the window being composed. Memory is a window plus one pending
-//! extent per delta, whatever the images' sizes.
+//! in the window being composed. Memory is a window plus a few extents per
+//! delta (each at most 1 MiB as `diff` writes them), whatever the images'
+//! sizes.
 //!
 //! ```text
 //!  delta reader threads (one per delta) ──(verified extents)──┐
@@ -42,6 +43,9 @@ use crate::io::{ChunkReader, Input, IoError, Output, OutputKind};
 use crate::pipeline::{self, Cancel};
 
 const WINDOW: u64 = REFERENCE_WINDOW;
+/// Extents each delta's reader decodes ahead: memory grows with the number
+/// of deltas in a series, so each gets a short queue.
+const LINK_DEPTH: usize = 2;
 
 /// One delta of a series, with the ends read from its file.
 #[derive(Debug)]
@@ -276,7 +280,7 @@ impl Composer {
             .map(|link| {
                 Ok(LinkReader {
                     name: link.path.clone(),
-                    events: spawn_delta_reader(link.source()?),
+                    events: spawn_delta_reader(link.source()?, LINK_DEPTH),
                     pending: None,
                     end: None,
                     new_size: link.trailer.new_size,
