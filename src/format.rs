@@ -59,6 +59,24 @@ impl Extent {
     }
 }
 
+/// Reads until `buf` is full or the reader is at its end; returns the bytes
+/// read. Short reads (pipes) and `Interrupted` are retried.
+pub(crate) fn read_full<R: std::io::Read + ?Sized>(
+    reader: &mut R,
+    buf: &mut [u8],
+) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
 /// The little-endian `u32` at the start of `b` (callers check lengths).
 pub(crate) fn le32(b: &[u8]) -> u32 {
     let mut a = [0u8; 4];

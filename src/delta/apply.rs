@@ -248,7 +248,7 @@ pub(super) struct Written {
     pub(super) digest: Digest,
 }
 
-pub(super) fn writer_loop(
+fn writer_loop(
     mut output: Output,
     chunks: Receiver<Chunk>,
     recycle: Sender<AlignedBuf>,
@@ -272,6 +272,33 @@ pub(super) fn writer_loop(
         output,
         digest: hasher.finalize(),
     })
+}
+
+/// Runs `produce`, which sends NEW's chunks in order (taking back the
+/// buffers the writer is done with), against a writer thread. Returns what
+/// both gave, and the channel of buffers the writer handed back: they
+/// belong to OLD's reader, which needs them to read OLD's rest.
+pub(super) fn with_writer<T>(
+    cancel: &Cancel,
+    output: Output,
+    progress: Option<Arc<AtomicU64>>,
+    produce: impl FnOnce(Sender<Chunk>, &Receiver<AlignedBuf>) -> Result<T, DeltaError>,
+) -> (Result<(T, Written), DeltaError>, Receiver<AlignedBuf>) {
+    let (chunk_tx, chunk_rx) = bounded::<Chunk>(2);
+    let (recycle_tx, recycle_rx) = bounded::<AlignedBuf>(4);
+    let result = pipeline::scope(cancel, |stages| {
+        let writer = stages.spawn("writer", move || {
+            writer_loop(output, chunk_rx, recycle_tx, progress)
+        });
+        let produced = produce(chunk_tx, &recycle_rx);
+        let written = writer.join().map_err(|_| DeltaError::Panic("writer"))?;
+        // A writer failure (disk full) stops the producer too; report its cause.
+        match (produced, written) {
+            (_, Err(e)) | (Err(e), _) => Err(e),
+            (Ok(made), Ok(written)) => Ok((made, written)),
+        }
+    });
+    (result, recycle_rx)
 }
 
 /// Feeds a chunk of NEW to the digest, reusing the hashes of digest
@@ -335,20 +362,8 @@ pub fn apply_stream(
         base_relative,
         header_new_size,
     };
-    let (chunk_tx, chunk_rx) = bounded::<Chunk>(2);
-    let (recycle_tx, recycle_rx) = bounded::<AlignedBuf>(4);
-    let progress = options.progress.clone();
-    let result = pipeline::scope(&cancel, |stages| {
-        let writer = stages.spawn("writer", move || {
-            writer_loop(output, chunk_rx, recycle_tx, progress)
-        });
-        let produced = produce_new(&mut old, &mut queue, chunk_tx, &recycle_rx);
-        let written = writer.join().map_err(|_| DeltaError::Panic("writer"))?;
-        // A writer failure (disk full) stops the producer too; report its cause.
-        match (produced, written) {
-            (_, Err(e)) | (Err(e), _) => Err(e),
-            (Ok(new_size), Ok(written)) => Ok((new_size, written)),
-        }
+    let (result, recycle_rx) = with_writer(&cancel, output, options.progress.clone(), |tx, rx| {
+        produce_new(&mut old, &mut queue, tx, rx)
     });
     let (new_size, written) = match result {
         Ok(r) => r,

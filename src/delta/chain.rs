@@ -25,10 +25,10 @@ use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use crossbeam_channel::{bounded, Receiver};
+use crossbeam_channel::Receiver;
 
 use super::apply::{
-    self, check_sizes, seekable_delta, spawn_delta_reader, writer_loop, ApplyOptions, ApplySummary,
+    self, check_sizes, seekable_delta, spawn_delta_reader, with_writer, ApplyOptions, ApplySummary,
     CheckBase, DeltaEvent,
 };
 use super::create::{write_delta, Built, Compared, ExtentBuilder, ExtentSink, Reference};
@@ -40,7 +40,7 @@ use crate::format::delta::{self, Header, Sample, Trailer, REFERENCE_WINDOW, VERS
 use crate::format::{Extent, ExtentData};
 use crate::io::reader::{AlignedBuf, Chunk, ReaderOptions, DEFAULT_CHUNK_SIZE};
 use crate::io::{ChunkReader, Input, IoError, Output, OutputKind};
-use crate::pipeline::{self, Cancel};
+use crate::pipeline::Cancel;
 
 const WINDOW: u64 = REFERENCE_WINDOW;
 /// Extents each delta's reader decodes ahead: memory grows with the number
@@ -489,21 +489,10 @@ pub fn apply_chain_stream(
         },
     );
     let mut composer = Composer::start(&mut links)?;
-    let (chunk_tx, chunk_rx) = bounded::<Chunk>(2);
-    let (recycle_tx, recycle_rx) = bounded::<AlignedBuf>(4);
-    let progress = options.progress.clone();
-    let result = pipeline::scope(&cancel, |stages| {
-        let writer = stages.spawn("writer", move || {
-            writer_loop(output, chunk_rx, recycle_tx, progress)
-        });
-        let produced = produce_chain(&mut old, &mut composer, chunk_tx, &recycle_rx);
-        let written = writer.join().map_err(|_| DeltaError::Panic("writer"))?;
-        match (produced, written) {
-            (_, Err(e)) | (Err(e), _) => Err(e),
-            (Ok(()), Ok(written)) => Ok(written),
-        }
+    let (result, recycle_rx) = with_writer(&cancel, output, options.progress.clone(), |tx, rx| {
+        produce_chain(&mut old, &mut composer, tx, rx)
     });
-    let written = match result.and_then(|w| Ok((w, composer.finish()?))) {
+    let written = match result.and_then(|((), w)| Ok((w, composer.finish()?))) {
         Ok(r) => r,
         Err(e) => {
             old.abandon();

@@ -46,7 +46,7 @@
 use std::io::{self, Read, Write};
 
 use crate::digest::Digest;
-use crate::format::{Extent, ExtentData};
+use crate::format::{read_full, Extent, ExtentData};
 
 /// File magic.
 pub const MAGIC: [u8; 8] = *b"DSKDELTA";
@@ -896,17 +896,21 @@ pub struct DeltaReader<R: Read> {
     trailer: Option<Trailer>,
 }
 
-fn read_full<R: Read>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match r.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
+/// Reads and checks the header at the start of `input`.
+fn read_header<R: Read>(input: &mut R) -> Result<(Header, [u8; HEADER_LEN])> {
+    let mut bytes = [0u8; HEADER_LEN];
+    let n = read_full(input, &mut bytes)
+        .map_err(|source| DeltaFormatError::Io { offset: 0, source })?;
+    if n >= 8 && bytes[0..8] != MAGIC {
+        return Err(DeltaFormatError::NotADelta);
     }
-    Ok(filled)
+    if n < HEADER_LEN {
+        return Err(DeltaFormatError::Truncated {
+            offset: n as u64,
+            context: "header",
+        });
+    }
+    Ok((Header::decode(&bytes)?, bytes))
 }
 
 impl<R: Read> DeltaReader<R> {
@@ -915,19 +919,7 @@ impl<R: Read> DeltaReader<R> {
     /// # Errors
     /// Any header error, or [`DeltaFormatError::Truncated`].
     pub fn new(mut input: R) -> Result<Self> {
-        let mut header_bytes = [0u8; HEADER_LEN];
-        let n = read_full(&mut input, &mut header_bytes)
-            .map_err(|source| DeltaFormatError::Io { offset: 0, source })?;
-        if n >= 8 && header_bytes[0..8] != MAGIC {
-            return Err(DeltaFormatError::NotADelta);
-        }
-        if n < HEADER_LEN {
-            return Err(DeltaFormatError::Truncated {
-                offset: n as u64,
-                context: "header",
-            });
-        }
-        let header = Header::decode(&header_bytes)?;
+        let (header, header_bytes) = read_header(&mut input)?;
         Ok(DeltaReader {
             input,
             header,
@@ -1157,18 +1149,7 @@ pub fn read_ends<R: Read + io::Seek>(input: &mut R) -> Result<(Header, Trailer)>
     let io_at = |offset| move |source| DeltaFormatError::Io { offset, source };
     let len = input.seek(io::SeekFrom::End(0)).map_err(io_at(0))?;
     input.seek(io::SeekFrom::Start(0)).map_err(io_at(0))?;
-    let mut header_bytes = [0u8; HEADER_LEN];
-    let n = read_full(input, &mut header_bytes).map_err(io_at(0))?;
-    if n >= 8 && header_bytes[0..8] != MAGIC {
-        return Err(DeltaFormatError::NotADelta);
-    }
-    if n < HEADER_LEN {
-        return Err(DeltaFormatError::Truncated {
-            offset: n as u64,
-            context: "header",
-        });
-    }
-    let header = Header::decode(&header_bytes)?;
+    let (header, header_bytes) = read_header(input)?;
     let longest =
         (RECORD_HEADER_LEN + TRAILER_FIXED_LEN + SAMPLE_LEN * MAX_SAMPLES as usize) as u64;
     let tail_len = longest.min(len - HEADER_LEN as u64);

@@ -49,7 +49,7 @@
 use std::fmt;
 use std::io::{self, Read, Write};
 
-use crate::format::{Extent, ExtentData};
+use crate::format::{read_full, Extent, ExtentData};
 
 /// The ASCII signature at the start of a v2 file (13 bytes, no NUL).
 pub const V2_SIGNATURE: &[u8; 13] = b"diff-dd image";
@@ -201,21 +201,6 @@ pub enum DiffDdError {
 /// start with 32 KiB of NULs and are not detected either.
 pub fn detect_v2(prefix: &[u8]) -> bool {
     prefix.starts_with(V2_MAGIC)
-}
-
-/// Reads until `buf` is full or the reader is at its end; returns the bytes
-/// read. Short reads (pipes) and `Interrupted` are retried.
-pub(crate) fn read_full<R: Read + ?Sized>(reader: &mut R, buf: &mut [u8]) -> io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match reader.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(filled)
 }
 
 /// Format-specific reader state.

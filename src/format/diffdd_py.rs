@@ -32,7 +32,8 @@
 
 use std::io::{self, Read};
 
-use crate::format::diffdd::{read_full, EXTENT_CHUNK_LEN};
+use crate::format::diffdd::EXTENT_CHUNK_LEN;
+use crate::format::read_full;
 use crate::format::{Extent, ExtentData};
 
 /// Length of the header in bytes (`struct.pack('@32768s', ...)`).

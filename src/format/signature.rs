@@ -42,6 +42,7 @@ use std::io::{self, Read, Write};
 
 use crate::digest::Digest;
 use crate::format::delta::Sample;
+use crate::format::read_full;
 
 /// File magic.
 pub const MAGIC: [u8; 8] = *b"DDSIGNAT";
@@ -402,19 +403,6 @@ pub struct SignatureReader<R: Read> {
     count: u64,
     pos: u64,
     trailer: Option<Trailer>,
-}
-
-fn read_full<R: Read>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match r.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(filled)
 }
 
 impl<R: Read> SignatureReader<R> {

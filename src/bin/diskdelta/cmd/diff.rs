@@ -111,19 +111,9 @@ pub fn run(args: DiffArgs) -> anyhow::Result<()> {
         }
     }
     let options = diff_options(&args, block_size, compression, format);
-    let progress = Progress::start("diff", new.size(), args.common.quiet);
-    let options = DiffOptions {
-        progress: Some(progress.counter()),
-        ..options
-    };
-    publish(
-        "diff",
-        &args.common,
-        &out_path,
-        progress,
-        format,
-        |output| create_delta(old, new, output, &options),
-    )
+    publish_diff(&args, &out_path, new.size(), options, |output, options| {
+        create_delta(old, new, output, options)
+    })
 }
 
 fn diff_options(
@@ -182,19 +172,13 @@ fn run_tracked(
     }
     let mut tracker =
         super::tracking::open(&args.tracking, new_path)?.context("no change tracker chosen")?;
-    let progress = Progress::start("diff", new.size(), args.common.quiet);
-    let options = DiffOptions {
-        progress: Some(progress.counter()),
-        ..diff_options(&args, block_size, compression, format)
-    };
     let runs = std::mem::replace(&mut tracker.runs, Box::new(std::iter::empty()));
-    let result = publish(
-        "diff",
-        &args.common,
+    let result = publish_diff(
+        &args,
         &out_path,
-        progress,
-        format,
-        |output| create_tracked_delta(runs, new, base, output, &options),
+        new.size(),
+        diff_options(&args, block_size, compression, format),
+        |output, options| create_tracked_delta(runs, new, base, output, options),
     );
     // The metadata snapshot (LVM mode) is released only now, after
     // thin_delta's output was read to its end.
@@ -231,18 +215,12 @@ fn run_from_snapshot(
             new.path().display()
         );
     }
-    let progress = Progress::start("diff", new.size(), args.common.quiet);
-    let options = DiffOptions {
-        progress: Some(progress.counter()),
-        ..diff_options(&args, BlockSize::DEFAULT, compression, format)
-    };
-    publish(
-        "diff",
-        &args.common,
+    publish_diff(
+        &args,
         &out_path,
-        progress,
-        format,
-        |output| create_delta_from_snapshot(&snap, new, output, &options),
+        new.size(),
+        diff_options(&args, BlockSize::DEFAULT, compression, format),
+        |output, options| create_delta_from_snapshot(&snap, new, output, options),
     )
 }
 
@@ -285,20 +263,40 @@ fn run_from_signature(
             );
         }
     }
-    let progress = Progress::start("diff", new.size(), args.common.quiet);
+    publish_diff(
+        &args,
+        &out_path,
+        new.size(),
+        diff_options(&args, BlockSize::DEFAULT, compression, format),
+        |output, options| {
+            create_delta_from_signature(Box::new(sig.into_file()), new, output, asked, options)
+        },
+    )
+}
+
+/// [`publish`] for `diff`, with a progress bar over NEW's size.
+fn publish_diff(
+    args: &DiffArgs,
+    out_path: &Path,
+    new_size: Option<u64>,
+    options: DiffOptions,
+    make: impl FnOnce(
+        Output,
+        &DiffOptions,
+    ) -> Result<(Output, diskdelta::DiffSummary), diskdelta::delta::DeltaError>,
+) -> anyhow::Result<()> {
+    let progress = Progress::start("diff", new_size, args.common.quiet);
     let options = DiffOptions {
         progress: Some(progress.counter()),
-        ..diff_options(&args, BlockSize::DEFAULT, compression, format)
+        ..options
     };
     publish(
         "diff",
         &args.common,
-        &out_path,
+        out_path,
         progress,
-        format,
-        |output| {
-            create_delta_from_signature(Box::new(sig.into_file()), new, output, asked, &options)
-        },
+        options.format,
+        |output| make(output, &options),
     )
 }
 
