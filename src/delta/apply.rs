@@ -452,6 +452,58 @@ pub(super) fn check_sizes(trailer: &Trailer, old_size: u64, base: &Path) -> Resu
     Ok(())
 }
 
+/// OLD's chunks for an overlay loop, then chunks of zeros past its end.
+/// Buffers the writer is done with go back to OLD's reader while it reads,
+/// and are kept for the zero chunks after.
+pub(super) struct OldChunks<'a> {
+    pub(super) reader: &'a mut ChunkReader,
+    /// OLD has ended (its last chunk was short, or there was none).
+    pub(super) done: bool,
+    spare: Vec<AlignedBuf>,
+}
+
+impl<'a> OldChunks<'a> {
+    pub(super) fn new(reader: &'a mut ChunkReader) -> Self {
+        OldChunks {
+            reader,
+            done: false,
+            spare: Vec::new(),
+        }
+    }
+
+    /// Takes back the buffers the writer returned.
+    pub(super) fn reclaim(&mut self, recycled: &Receiver<AlignedBuf>) {
+        while let Ok(buf) = recycled.try_recv() {
+            if self.done {
+                self.spare.push(buf);
+            } else {
+                self.reader.recycle_buf(buf);
+            }
+        }
+    }
+
+    /// OLD's next chunk; `None` once OLD has ended.
+    pub(super) fn next(&mut self) -> Result<Option<Chunk>, DeltaError> {
+        if self.done {
+            return Ok(None);
+        }
+        let chunk = self.reader.next_chunk().transpose()?;
+        if chunk.as_ref().is_none_or(|c| c.len < DEFAULT_CHUNK_SIZE) {
+            self.done = true;
+        }
+        Ok(chunk)
+    }
+
+    /// A chunk of `len` zeros at `pos` (past OLD's end).
+    pub(super) fn zeros(&mut self, pos: u64, len: usize) -> Chunk {
+        let buf = self
+            .spare
+            .pop()
+            .unwrap_or_else(|| AlignedBuf::new(DEFAULT_CHUNK_SIZE));
+        Chunk::zeros(pos, len, buf)
+    }
+}
+
 /// The overlay loop: OLD chunks (or zeros past OLD's end), cut to NEW's
 /// size, with the extents written over them, sent to the writer in order.
 /// Returns NEW's size.
@@ -463,27 +515,17 @@ fn produce_new(
 ) -> Result<u64, DeltaError> {
     let chunk_size = DEFAULT_CHUNK_SIZE as u64;
     let mut pos = 0u64;
-    let mut old_done = false;
     let mut old_size = 0u64;
-    let mut spare: Vec<AlignedBuf> = Vec::new();
+    let mut source = OldChunks::new(old);
     loop {
-        while let Ok(buf) = recycled.try_recv() {
-            if old_done {
-                spare.push(buf);
-            } else {
-                old.recycle_buf(buf);
-            }
-        }
-        let old_chunk = if old_done {
-            None
-        } else {
-            old.next_chunk().transpose()?
-        };
+        source.reclaim(recycled);
+        let was_done = source.done;
+        let old_chunk = source.next()?;
         let old_len = old_chunk.as_ref().map_or(0, |c| c.len as u64);
-        if !old_done && old_len < chunk_size {
-            old_done = true;
+        if !was_done && source.done {
             old_size = pos + old_len;
         }
+        let old_done = source.done;
         let chunk_end = pos + chunk_size;
         queue.fill_until(chunk_end)?;
         let exact = queue.header_new_size.or_else(|| {
@@ -500,7 +542,7 @@ fn produce_new(
         };
         if len == 0 {
             if let Some(c) = old_chunk {
-                old.recycle(c);
+                source.reader.recycle(c);
             }
             queue.expect_no_more()?;
             return Ok(pos);
@@ -510,12 +552,7 @@ fn produce_new(
                 c.set_len(len as usize);
                 c
             }
-            None => {
-                let buf = spare
-                    .pop()
-                    .unwrap_or_else(|| AlignedBuf::new(DEFAULT_CHUNK_SIZE));
-                Chunk::zeros(pos, len as usize, buf)
-            }
+            None => source.zeros(pos, len as usize),
         };
         queue.overlay(&mut chunk)?;
         pos += len;

@@ -29,7 +29,7 @@ use crossbeam_channel::Receiver;
 
 use super::apply::{
     self, check_sizes, seekable_delta, spawn_delta_reader, with_writer, ApplyOptions, ApplySummary,
-    CheckBase, DeltaEvent,
+    CheckBase, DeltaEvent, OldChunks,
 };
 use super::create::{write_delta, Built, Compared, ExtentBuilder, ExtentSink, Reference};
 use super::source::{DeltaKind, DeltaSource};
@@ -558,38 +558,15 @@ fn produce_chain(
     let chunk_size = DEFAULT_CHUNK_SIZE as u64;
     let final_size = composer.final_size;
     let mut pos = 0u64;
-    let mut old_done = false;
-    let mut spare: Vec<AlignedBuf> = Vec::new();
+    let mut source = OldChunks::new(old);
     let mut window = vec![0u8; WINDOW as usize];
     let mut changes = WindowChanges::default();
     while pos < final_size {
-        while let Ok(buf) = recycled.try_recv() {
-            if old_done {
-                spare.push(buf);
-            } else {
-                old.recycle_buf(buf);
-            }
-        }
-        let old_chunk = if old_done {
-            None
-        } else {
-            old.next_chunk().transpose()?
-        };
-        if old_chunk
-            .as_ref()
-            .is_none_or(|c| (c.len as u64) < chunk_size)
-        {
-            old_done = true;
-        }
+        source.reclaim(recycled);
         let need = (final_size - pos).min(chunk_size) as usize;
-        let mut chunk = match old_chunk {
+        let mut chunk = match source.next()? {
             Some(c) => c,
-            None => {
-                let buf = spare
-                    .pop()
-                    .unwrap_or_else(|| AlignedBuf::new(DEFAULT_CHUNK_SIZE));
-                Chunk::zeros(pos, 0, buf)
-            }
+            None => source.zeros(pos, 0),
         };
         if chunk.len < need {
             chunk.set_len(need);
