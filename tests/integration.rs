@@ -7,6 +7,8 @@ mod common;
 
 #[path = "integration/cli.rs"]
 mod cli;
+#[path = "integration/deploy.rs"]
+mod deploy;
 #[path = "integration/encryption.rs"]
 mod encryption;
 #[path = "integration/errors.rs"]

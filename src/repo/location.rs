@@ -26,6 +26,7 @@ use super::backend::s3::{
 };
 use super::backend::ssh::SshBackend;
 use super::backend::{Backend, BackendError, LocalBackend};
+use crate::remote::deploy::Deployment;
 use crate::remote::ssh::Remote;
 
 /// The schemes a location may start with.
@@ -375,6 +376,19 @@ pub struct OpenedBackend {
 /// # Errors
 /// As [`s3_options_from_env`].
 pub fn open_backend(location: &RepoLocation) -> Result<OpenedBackend, LocationError> {
+    open_backend_with(location, None)
+}
+
+/// [`open_backend`], deploying `deploy` to the host of an `ssh://`
+/// location when it lacks a compatible `diskdelta` (see
+/// [`crate::remote::deploy`]).
+///
+/// # Errors
+/// As [`open_backend`], and failures to deploy.
+pub fn open_backend_with(
+    location: &RepoLocation,
+    deploy: Option<Arc<Deployment>>,
+) -> Result<OpenedBackend, LocationError> {
     match location {
         RepoLocation::Local(path) => Ok(OpenedBackend {
             backend: Arc::new(LocalBackend::new(path)),
@@ -401,6 +415,7 @@ pub fn open_backend(location: &RepoLocation) -> Result<OpenedBackend, LocationEr
                 rsh,
                 remote_path: env("DISKDELTA_REMOTE_PATH").unwrap_or_else(|| "diskdelta".into()),
                 sudo: false,
+                deploy,
             };
             let port = loc.port.map(|p| format!(":{p}")).unwrap_or_default();
             let shown = format!(

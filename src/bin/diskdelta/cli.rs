@@ -7,7 +7,13 @@ use clap::{Args, Parser, Subcommand};
 
 /// Block-level backup of disk images and block devices.
 #[derive(Debug, Parser)]
-#[command(name = "diskdelta", version, about, propagate_version = true)]
+#[command(
+    name = "diskdelta",
+    version,
+    long_version = crate::version::long(),
+    about,
+    propagate_version = true
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -237,6 +243,10 @@ pub struct SyncArgs {
     /// Report what would change; write nothing.
     #[arg(short = 'n', long)]
     pub dry_run: bool,
+    /// When a remote host lacks a compatible diskdelta, copy a static
+    /// binary there over the same ssh connection (see `backup --help`).
+    #[arg(long, env = "DISKDELTA_DEPLOY", value_parser = clap::builder::BoolishValueParser::new())]
+    pub deploy: bool,
     #[command(flatten)]
     pub common: Common,
 }
@@ -283,6 +293,12 @@ pub struct RepoArg {
     /// password.
     #[arg(long, value_name = "CMD", env = "DISKDELTA_PASSWORD_COMMAND")]
     pub password_command: Option<String>,
+    /// When an ssh:// repository's host lacks a compatible diskdelta, copy
+    /// a static binary there (cached in ~/.cache/diskdelta; the binary is
+    /// DISKDELTA_DEPLOY_BINARY, else this one if static, else
+    /// diskdelta-static next to it).
+    #[arg(long, env = "DISKDELTA_DEPLOY", value_parser = clap::builder::BoolishValueParser::new())]
+    pub deploy: bool,
     /// The variable holding the password itself (DISKDELTA_PASSWORD, or
     /// DISKDELTA_FROM_PASSWORD for `copy --from`).
     #[arg(skip)]

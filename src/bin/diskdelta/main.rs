@@ -13,6 +13,7 @@ mod cmd;
 mod password;
 mod progress;
 mod report;
+mod version;
 
 use std::process::ExitCode;
 

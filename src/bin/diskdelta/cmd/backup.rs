@@ -350,6 +350,7 @@ pub fn run(args: BackupArgs) -> anyhow::Result<()> {
                             spec.sudo,
                             &args.remote.rsh,
                             &args.remote.remote_path,
+                            args.repo.deploy,
                             options,
                             args.common.quiet,
                         ),

@@ -40,6 +40,7 @@ fn connect(loc: &Location, args: &SyncArgs, role: &str) -> anyhow::Result<Connec
                 rsh,
                 remote_path: args.remote.remote_path.clone(),
                 sudo: false,
+                deploy: super::deployment(args.deploy)?,
             })?
         }
     })
