@@ -19,13 +19,17 @@ use crate::common::{self, sshd::Sshd};
 /// A `--remote-path` that no remote PATH holds.
 const MISSING: &str = "diskdelta-not-installed-here";
 
-/// The binary under test without its debug sections (`strip`), made
-/// once per run in cargo's per-target temporary directory; the binary
-/// itself where `strip` fails.
+/// `DISKDELTA_TEST_DEPLOY_BINARY` (`scripts/test` sets it to the static
+/// build), else the binary under test without its debug sections
+/// (`strip`), made once per run in cargo's per-target temporary
+/// directory; the binary itself where `strip` fails.
 fn deploy_binary() -> PathBuf {
     static STRIPPED: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     STRIPPED
         .get_or_init(|| {
+            if let Some(p) = std::env::var_os("DISKDELTA_TEST_DEPLOY_BINARY") {
+                return PathBuf::from(p);
+            }
             let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
             let out = dir.join("deploy-diskdelta");
             let tmp = dir.join(format!("deploy-diskdelta.{}", std::process::id()));

@@ -22,43 +22,60 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Write the delta of NEW against OLD (files, block devices, pipes, `-`).
+    #[command(after_help = crate::examples::DIFF)]
     Diff(DiffArgs),
     /// Rebuild NEW from OLD and a delta, or update a target in place.
+    #[command(after_help = crate::examples::APPLY)]
     Apply(ApplyArgs),
     /// Describe a delta file (every record is verified).
+    #[command(after_help = crate::examples::INFO)]
     Info(InfoArgs),
     /// Print the image digest of files or devices (as recorded in deltas).
+    #[command(after_help = crate::examples::HASH)]
     Hash(HashArgs),
     /// Make DST byte-identical to SRC, moving only differing blocks
     /// (each is a local path or [user@]host:path reached over ssh).
+    #[command(after_help = crate::examples::SYNC)]
     Sync(SyncArgs),
     /// Create a repository (backup creates the default one on first use).
+    #[command(after_help = crate::examples::INIT)]
     Init(InitArgs),
     /// Back up images into the repository (local paths, `-`, or
     /// [user@]host:/path read over ssh).
+    #[command(after_help = crate::examples::BACKUP)]
     Backup(BackupArgs),
     /// Back up an existing local image under a name.
+    #[command(after_help = crate::examples::IMPORT)]
     Import(ImportArgs),
     /// Write a snapshot to a file, a block device or stdout.
+    #[command(after_help = crate::examples::RESTORE)]
     Restore(RestoreArgs),
     /// List snapshots.
+    #[command(after_help = crate::examples::SNAPSHOTS)]
     Snapshots(SnapshotsArgs),
     /// Show repository size, chunk and pack counts, dedup ratio.
+    #[command(after_help = crate::examples::STATUS)]
     Status(StatusArgs),
     /// Check the repository's structure, or with --read-data every chunk.
+    #[command(after_help = crate::examples::VERIFY)]
     Verify(VerifyArgs),
     /// Remove data no snapshot refers to.
+    #[command(after_help = crate::examples::GC)]
     Gc(GcArgs),
     /// Remove snapshots, by id or by a keep policy.
+    #[command(after_help = crate::examples::FORGET)]
     Forget(ForgetArgs),
     /// Remove stale locks (or all locks with --all).
+    #[command(after_help = crate::examples::UNLOCK)]
     Unlock(UnlockArgs),
     /// Copy snapshots from another repository, sending only missing chunks.
+    #[command(after_help = crate::examples::COPY)]
     Copy(CopyArgs),
     /// Manage the passwords (key files) of an encrypted repository.
-    #[command(subcommand)]
+    #[command(subcommand, after_help = crate::examples::KEY)]
     Key(KeyCommand),
     /// Turn a diskdump 0.1.5 store into snapshots.
+    #[command(after_help = crate::examples::IMPORT_DISKDUMP)]
     ImportDiskdump(ImportDiskdumpArgs),
     /// Serve a sync end, a backup source or a repository on stdin/stdout
     /// (started over ssh by `sync`, `backup HOST:PATH` and `-r ssh://`).
@@ -66,7 +83,31 @@ pub enum Command {
     /// For a client that may only add backups, put this in its
     /// `authorized_keys` line:
     /// command="diskdelta serve --repo /srv/repo --append-only",restrict ssh-ed25519 AAAA...
+    #[command(after_help = crate::examples::SERVE)]
     Serve(ServeArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    #[command(after_help = crate::examples::COMPLETIONS)]
+    Completions(CompletionsArgs),
+    /// Write the man pages (diskdelta.1 and one per subcommand) into a
+    /// directory.
+    #[command(hide = true, after_help = crate::examples::MAN)]
+    Man(ManArgs),
+}
+
+/// Arguments of `completions`.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+/// Arguments of `man`.
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Where to write the pages (created if missing).
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    pub dir: PathBuf,
 }
 
 /// Arguments of `serve`.
@@ -271,8 +312,9 @@ pub struct RemoteArgs {
 /// Where the repository is.
 #[derive(Debug, Args, Clone)]
 pub struct RepoArg {
-    /// Repository: a directory (default: $XDG_DATA_HOME/diskdelta/repo) or
-    /// s3:http://HOST:PORT/BUCKET/PREFIX, s3:HOST/BUCKET/PREFIX.
+    /// Repository: a directory (default: $XDG_DATA_HOME/diskdelta/repo; ./a:b
+    /// for one with a colon), s3:http://HOST:PORT/BUCKET/PREFIX,
+    /// s3:HOST/BUCKET/PREFIX or ssh://[USER@]HOST[:PORT]/PATH.
     #[arg(
         short = 'r',
         long = "repo",
@@ -519,12 +561,16 @@ pub struct ImportDiskdumpArgs {
 #[derive(Debug, Subcommand)]
 pub enum KeyCommand {
     /// List the key files (one per password).
+    #[command(after_help = crate::examples::KEY_LIST)]
     List(KeyArgs),
     /// Add a password.
+    #[command(after_help = crate::examples::KEY_ADD)]
     Add(KeyNewArgs),
     /// Remove a password (not the one given, not the last one).
+    #[command(after_help = crate::examples::KEY_REMOVE)]
     Remove(KeyRemoveArgs),
     /// Change the password given: add the new one, remove the old one.
+    #[command(after_help = crate::examples::KEY_PASSWD)]
     Passwd(KeyNewArgs),
 }
 

@@ -6,6 +6,7 @@ mod backup;
 mod backup_remote;
 mod copy;
 mod diff;
+mod docs;
 mod forget;
 mod gc;
 mod hash;
@@ -50,6 +51,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Copy(a) => copy::run(a),
         Command::Key(k) => key::run(k),
         Command::ImportDiskdump(a) => backup::import_diskdump(a),
+        Command::Completions(a) => docs::completions(a),
+        Command::Man(a) => docs::man(a),
         Command::Serve(a) => Ok(diskdelta::service::serve_stdio(
             &diskdelta::repo::serve::ServeOptions {
                 repo: a.repo,

@@ -10,6 +10,7 @@
 
 mod cli;
 mod cmd;
+mod examples;
 mod password;
 mod progress;
 mod report;
