@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
+use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender};
 
 use super::deploy::{DeployError, Deployed, Deployment};
 use super::frame::{write_frame, FrameReader};
@@ -145,12 +145,21 @@ impl Connection {
         let mut stdin = stdin;
         let mut stdout = BufReader::with_capacity(1 << 20, stdout);
         if let Some(deployment) = &remote.deploy {
-            match deployment.bootstrap(&remote.host, &mut stdout, &mut stdin) {
-                Ok(Some(deployed)) => report_deployed(&remote.host, deployment, &deployed),
+            let watchdog = Watchdog::start(&conn);
+            let result = deployment.bootstrap(&remote.host, &mut stdout, &mut stdin);
+            let fired = watchdog.stop();
+            match result {
+                Ok(Some(deployed)) if !fired => {
+                    report_deployed(&remote.host, deployment, &deployed)
+                }
+                _ if fired => {
+                    drop(stdin);
+                    return Err(conn.stalled());
+                }
                 // ssh or the remote shell failed before the script spoke,
                 // or the connection broke during the upload: the exit
                 // status and stderr tell why.
-                Ok(None) | Err(DeployError::Upload { .. }) => {
+                Ok(_) | Err(DeployError::Upload { .. }) => {
                     drop(stdin);
                     return Err(conn.failure());
                 }
@@ -397,6 +406,59 @@ impl Drop for Connection {
                 let _ = child.wait();
             }
         }
+    }
+}
+
+/// Bounds the deploy exchange, which runs before the reader and writer
+/// threads (and so before the idle timeout applies): when it takes longer
+/// than the idle timeout, ssh is killed, which ends every blocked read and
+/// write. At the default 300 s that leaves room for a 12 MB upload at
+/// 40 KB/s.
+struct Watchdog {
+    /// `Some(fired)`; `None` once stopped. The kill happens under this lock
+    /// and only while the child is unreaped (it is reaped after `stop`), so
+    /// its pid cannot have been reused.
+    state: Arc<Mutex<Option<bool>>>,
+    stop: Option<Sender<()>>,
+}
+
+impl Watchdog {
+    fn start(conn: &Connection) -> Watchdog {
+        let state = Arc::new(Mutex::new(Some(false)));
+        let (stop_tx, stop_rx) = bounded::<()>(0);
+        if let (Some(limit), Kind::Remote { child, .. }) = (idle_timeout(), &conn.kind) {
+            let pid = child.id() as libc::pid_t;
+            let state = state.clone();
+            let _ = std::thread::Builder::new()
+                .name("deploy watchdog".into())
+                .spawn(move || {
+                    if let Err(RecvTimeoutError::Timeout) = stop_rx.recv_timeout(limit) {
+                        let mut s = state
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner);
+                        if s.is_some() {
+                            // SAFETY: kill(2) with a pid and a signal number
+                            // touches no memory; the pid is our unreaped child.
+                            unsafe { libc::kill(pid, libc::SIGKILL) };
+                            *s = Some(true);
+                        }
+                    }
+                });
+        }
+        Watchdog {
+            state,
+            stop: Some(stop_tx),
+        }
+    }
+
+    /// Stops the watchdog; true when it had fired.
+    fn stop(mut self) -> bool {
+        self.stop = None;
+        let mut s = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        s.take().unwrap_or(false)
     }
 }
 

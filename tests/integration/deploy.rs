@@ -406,3 +406,26 @@ fn without_a_static_binary_deploy_says_what_to_do() {
         "{err}"
     );
 }
+
+#[test]
+fn a_host_that_hangs_during_deploy_is_given_up_after_the_timeout() {
+    let dir = common::tempdir();
+    // An "ssh" that connects and then says nothing.
+    let rsh = common::write_file(dir.path(), "hanging-ssh", b"#!/bin/sh\nexec sleep 60\n");
+    std::fs::set_permissions(&rsh, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let src = common::write_file(dir.path(), "src.img", &[1u8; 4096]);
+    let started = Instant::now();
+    let out = cmd(&dir.path().join("cache"), &deploy_binary())
+        .env("DISKDELTA_TIMEOUT", "1")
+        .args(["sync", "-q", "--deploy", "-e"])
+        .arg(&rsh)
+        .arg(&src)
+        .arg("somehost:/x.img")
+        .output()
+        .expect("sync");
+    assert!(started.elapsed().as_secs() < 20, "{:?}", started.elapsed());
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("no data from somehost for 1 s"), "{err}");
+}
