@@ -15,6 +15,7 @@
 //! 3. else says `upload ARCH` (`uname -m`) and waits for one line from
 //!    this side: `go` when the binary is for that architecture (otherwise
 //!    this side closes the connection and names both architectures); then
+//!    it makes the directory and says `ready` (or `nodir`), and
 //!    it reads exactly the binary's size from stdin into a temporary file
 //!    in `DIR`, checks its SHA-256, renames it to `DIR/diskdelta` (a cached
 //!    file with another hash is never written into: it is replaced as a
@@ -110,6 +111,14 @@ pub enum DeployError {
     Corrupt {
         /// Who.
         host: String,
+    },
+    /// The cache directory cannot be made or written there.
+    #[error("cannot deploy to {host}: cannot create or write {dir}, or it is not the user's own (set DISKDELTA_DEPLOY_DIR to another directory)")]
+    Dir {
+        /// Who.
+        host: String,
+        /// The directory.
+        dir: String,
     },
     /// The remote script said something unexpected.
     #[error("deploy to {host}: unexpected answer {line:?}")]
@@ -309,6 +318,7 @@ impl Deployment {
              say upload \"$a\" \"$r\"; \
              IFS= read -r go && [ \"$go\" = go ] || exit 1; \
              umask 077; mkdir -p \"$d\" && chmod 700 \"$d\" && [ -O \"$d\" ] || {{ say nodir; exit 1; }}; \
+             say ready; \
              t=\"$d/.upload.$$\"; \
              head -c \"$n\" > \"$t\" || {{ rm -f \"$t\"; exit 1; }}; \
              [ \"$(sum \"$t\")\" = \"$h\" ] || {{ rm -f \"$t\"; say corrupt; exit 1; }}; \
@@ -374,16 +384,33 @@ impl Deployment {
             host: host.to_string(),
             source: e,
         };
-        writer.write_all(b"go\n").map_err(upload)?;
-        writer.write_all(&self.bytes).map_err(upload)?;
-        writer.flush().map_err(upload)?;
+        let dir_error = || DeployError::Dir {
+            host: host.to_string(),
+            dir: format!("{}/{}", self.remote_root, self.dir_name()),
+        };
+        writer
+            .write_all(b"go\n")
+            .and_then(|()| writer.flush())
+            .map_err(upload)?;
         match status_line(reader) {
+            Some(w) if w.first().is_some_and(|w| w == "ready") => {}
+            Some(w) if w.first().is_some_and(|w| w == "nodir") => return Err(dir_error()),
+            Some(w) => return Err(unexpected(&w)),
+            None => return Ok(None),
+        }
+        let sent = writer.write_all(&self.bytes).and_then(|()| writer.flush());
+        let status = status_line(reader);
+        if let (Err(e), None) = (sent, &status) {
+            return Err(upload(e));
+        }
+        match status {
             Some(w) if w.first().is_some_and(|w| w == "uploaded") => {
                 Ok(Some(Deployed::Uploaded { replaced }))
             }
             Some(w) if w.first().is_some_and(|w| w == "corrupt") => Err(DeployError::Corrupt {
                 host: host.to_string(),
             }),
+            Some(w) if w.first().is_some_and(|w| w == "nodir") => Err(dir_error()),
             Some(w) => Err(unexpected(&w)),
             None => Ok(None),
         }

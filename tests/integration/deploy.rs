@@ -164,10 +164,26 @@ fn sync_deploys_then_reuses_and_replaces_a_tampered_binary() {
         (before.ino(), before.mtime(), before.mtime_nsec()),
         (after.ino(), after.mtime(), after.mtime_nsec())
     );
+    // For comparison: the same sync with diskdelta installed there.
+    let started = Instant::now();
+    assert_ok(
+        &cmd(&cache, &deploy_binary())
+            .args(["sync", "-q", "-e"])
+            .arg(sshd.ssh_command())
+            .arg("--remote-path")
+            .arg(common::bin())
+            .arg(&src)
+            .arg(format!("{}:{}", sshd.destination(), dst.display()))
+            .output()
+            .expect("sync"),
+    );
+    let installed = started.elapsed();
     eprintln!(
-        "deploy timing: first run (upload) {:.3} s, second run (cached) {:.3} s",
+        "deploy timing ({} bytes): first run (upload) {:.3} s, second run (cached) {:.3} s, installed {:.3} s",
+        std::fs::metadata(deploy_binary()).expect("meta").len(),
         first.as_secs_f64(),
-        second.as_secs_f64()
+        second.as_secs_f64(),
+        installed.as_secs_f64()
     );
 
     // A tampered cached binary is never run: it is replaced.
@@ -428,4 +444,25 @@ fn a_host_that_hangs_during_deploy_is_given_up_after_the_timeout() {
     let err = stderr(&out);
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("no data from somehost for 1 s"), "{err}");
+}
+
+#[test]
+fn an_unusable_cache_directory_is_one_error_line() {
+    let Some(sshd) = Sshd::start("an_unusable_cache_directory_is_one_error_line") else {
+        return;
+    };
+    let dir = common::tempdir();
+    // A file where the cache directory would be.
+    let blocker = common::write_file(dir.path(), "not-a-dir", b"x");
+    let src = common::write_file(dir.path(), "src.img", &[1u8; 4096]);
+    let dst = dir.path().join("dst.img");
+    let out = sync(&sshd, &blocker.join("cache"), &src, &dst, true);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("cannot create or write") && err.contains("DISKDELTA_DEPLOY_DIR"),
+        "{err}"
+    );
+    assert!(!dst.exists());
 }
