@@ -285,7 +285,9 @@ pub struct SyncArgs {
     #[arg(short = 'n', long)]
     pub dry_run: bool,
     /// When a remote host lacks a compatible diskdelta, copy a static
-    /// binary there over the same ssh connection (see `backup --help`).
+    /// binary there over the ssh connection, cached in ~/.cache/diskdelta
+    /// (DISKDELTA_DEPLOY_DIR). The binary is DISKDELTA_DEPLOY_BINARY, else
+    /// this one if static, else diskdelta-static next to it.
     #[arg(long, env = "DISKDELTA_DEPLOY", value_parser = clap::builder::BoolishValueParser::new())]
     pub deploy: bool,
     #[command(flatten)]
@@ -335,10 +337,11 @@ pub struct RepoArg {
     /// password.
     #[arg(long, value_name = "CMD", env = "DISKDELTA_PASSWORD_COMMAND")]
     pub password_command: Option<String>,
-    /// When an ssh:// repository's host lacks a compatible diskdelta, copy
-    /// a static binary there (cached in ~/.cache/diskdelta; the binary is
-    /// DISKDELTA_DEPLOY_BINARY, else this one if static, else
-    /// diskdelta-static next to it).
+    /// When a remote host (of an ssh:// repository or a backup SOURCE)
+    /// lacks a compatible diskdelta, copy a static binary there over the
+    /// ssh connection, cached in ~/.cache/diskdelta (DISKDELTA_DEPLOY_DIR).
+    /// The binary is DISKDELTA_DEPLOY_BINARY, else this one if static, else
+    /// diskdelta-static next to it.
     #[arg(long, env = "DISKDELTA_DEPLOY", value_parser = clap::builder::BoolishValueParser::new())]
     pub deploy: bool,
     /// The variable holding the password itself (DISKDELTA_PASSWORD, or
