@@ -9,6 +9,7 @@
 //! (`crate::service` routes to both).
 
 pub mod connection;
+pub mod deploy;
 pub mod frame;
 pub mod location;
 pub mod message;
@@ -57,7 +58,7 @@ pub enum RemoteError {
     #[error(transparent)]
     Message(#[from] message::MessageError),
     /// Protocol versions differ.
-    #[error("protocol version mismatch: this side speaks {ours}, the peer {theirs}; install the same diskdelta version on both hosts")]
+    #[error("protocol version mismatch: this side speaks {ours}, the peer {theirs}; install the same diskdelta version on both hosts, or pass --deploy to run this one there")]
     Version {
         /// Ours.
         ours: u16,
@@ -105,6 +106,9 @@ pub enum RemoteError {
         /// The source.
         path: PathBuf,
     },
+    /// Copying diskdelta to the remote host failed.
+    #[error(transparent)]
+    Deploy(#[from] deploy::DeployError),
     /// Starting or talking to ssh failed.
     #[error("{0}")]
     Ssh(String),

@@ -7,6 +7,10 @@ mod common;
 
 #[path = "integration/cli.rs"]
 mod cli;
+#[path = "integration/cli_docs.rs"]
+mod cli_docs;
+#[path = "integration/deploy.rs"]
+mod deploy;
 #[path = "integration/encryption.rs"]
 mod encryption;
 #[path = "integration/errors.rs"]
@@ -17,6 +21,8 @@ mod fleet;
 mod inplace;
 #[path = "integration/legacy.rs"]
 mod legacy;
+#[path = "integration/locations.rs"]
+mod locations;
 #[path = "integration/repo.rs"]
 mod repo;
 #[path = "integration/repo_import.rs"]

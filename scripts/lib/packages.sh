@@ -11,6 +11,8 @@ DISKDELTA_PACKAGES=(
   sudo                # backup --sudo runs the remote side under sudo
   thin-provisioning-tools  # thin_delta for --thin-metadata/--lvm; thin_restore in tests
   fuse3 python3-fuse  # the EIO file system of the fault suite (scripts/fault-campaign)
+  musl-tools          # musl-gcc for the static build's C code (scripts/build-static)
+  binutils            # strip, readelf: scripts/build-static, scripts/build-deb
 )
 
 ensure_packages() {

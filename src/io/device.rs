@@ -5,11 +5,12 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 
-// From <linux/fs.h>; stable kernel ABI.
-const BLKSSZGET: libc::c_ulong = 0x1268;
-const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
-const BLKDISCARD: libc::c_ulong = 0x1277;
-const BLKZEROOUT: libc::c_ulong = 0x127f;
+// From <linux/fs.h>; stable kernel ABI. The request's type is the libc's
+// (`unsigned long` in glibc, `int` in musl): the 32-bit codes are cast.
+const BLKSSZGET: libc::Ioctl = 0x1268_u32 as libc::Ioctl;
+const BLKGETSIZE64: libc::Ioctl = 0x8008_1272_u32 as libc::Ioctl;
+const BLKDISCARD: libc::Ioctl = 0x1277_u32 as libc::Ioctl;
+const BLKZEROOUT: libc::Ioctl = 0x127f_u32 as libc::Ioctl;
 
 /// Size in bytes of the block device open as `file` (`BLKGETSIZE64`).
 ///
@@ -41,7 +42,7 @@ pub fn logical_sector_size(file: &File) -> io::Result<u32> {
     u32::try_from(sector).map_err(|_| io::Error::other("negative sector size"))
 }
 
-fn range_ioctl(file: &File, request: libc::c_ulong, offset: u64, len: u64) -> io::Result<()> {
+fn range_ioctl(file: &File, request: libc::Ioctl, offset: u64, len: u64) -> io::Result<()> {
     let range: [u64; 2] = [offset, len];
     // SAFETY: BLKZEROOUT and BLKDISCARD read two u64 (start, length) from the
     // pointer, which points to a live [u64; 2] for the duration of the call.

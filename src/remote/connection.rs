@@ -10,13 +10,14 @@
 //! becomes one clear error line.
 
 use std::io::{BufRead, BufReader, BufWriter, Write};
-use std::process::{Child, ChildStdin, ChildStdout};
+use std::process::{Child, ChildStdin};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
+use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender};
 
+use super::deploy::{DeployError, Deployed, Deployment};
 use super::frame::{write_frame, FrameReader};
 use super::message::Message;
 use super::ssh::Remote;
@@ -126,10 +127,8 @@ impl Connection {
         let wire_out = Arc::new(AtomicU64::new(0));
         let lines = Arc::new(Mutex::new(Vec::new()));
         let live = Arc::new(AtomicBool::new(false));
-        spawn_writer(stdin, req_rx, wire_out.clone());
-        spawn_reader(stdout, rep_tx, wire_in.clone());
         let stderr_closed = spawn_stderr(stderr, remote.host.clone(), lines.clone(), live.clone());
-        Ok(Connection {
+        let mut conn = Connection {
             name: remote.host.clone(),
             requests: Some(req_tx),
             replies: rep_rx,
@@ -140,9 +139,39 @@ impl Connection {
                 live,
                 remote: remote.clone(),
             },
-            wire_in,
-            wire_out,
-        })
+            wire_in: wire_in.clone(),
+            wire_out: wire_out.clone(),
+        };
+        let mut stdin = stdin;
+        let mut stdout = BufReader::with_capacity(1 << 20, stdout);
+        if let Some(deployment) = &remote.deploy {
+            let watchdog = Watchdog::start(&conn);
+            let result = deployment.bootstrap(&remote.host, &mut stdout, &mut stdin);
+            let fired = watchdog.stop();
+            match result {
+                Ok(Some(deployed)) if !fired => {
+                    report_deployed(&remote.host, deployment, &deployed)
+                }
+                _ if fired => {
+                    drop(stdin);
+                    return Err(conn.stalled());
+                }
+                // ssh or the remote shell failed before the script spoke,
+                // or the connection broke during the upload: the exit
+                // status and stderr tell why.
+                Ok(_) | Err(DeployError::Upload { .. }) => {
+                    drop(stdin);
+                    return Err(conn.failure());
+                }
+                Err(e) => {
+                    drop(stdin);
+                    return Err(e.into());
+                }
+            }
+        }
+        spawn_writer(stdin, req_rx, wire_out);
+        spawn_reader(stdout, rep_tx, wire_in);
+        Ok(conn)
     }
 
     /// True for an endpoint reached over ssh.
@@ -322,7 +351,7 @@ impl Connection {
                 let detail = last.map(|l| format!(": {l}")).unwrap_or_default();
                 match status {
                     Some(127) => RemoteError::Ssh(format!(
-                        "diskdelta is not installed on {host} ({} not found): install it there or pass --remote-path PATH{detail}",
+                        "diskdelta is not installed on {host} ({} not found): pass --deploy to copy this one there, install it there, or pass --remote-path PATH{detail}",
                         remote.remote_path
                     )),
                     Some(126) => RemoteError::Ssh(format!(
@@ -380,6 +409,79 @@ impl Drop for Connection {
     }
 }
 
+/// Bounds the deploy exchange, which runs before the reader and writer
+/// threads (and so before the idle timeout applies): when it takes longer
+/// than the idle timeout, ssh is killed, which ends every blocked read and
+/// write. At the default 300 s that leaves room for a 12 MB upload at
+/// 40 KB/s.
+struct Watchdog {
+    /// `Some(fired)`; `None` once stopped. The kill happens under this lock
+    /// and only while the child is unreaped (it is reaped after `stop`), so
+    /// its pid cannot have been reused.
+    state: Arc<Mutex<Option<bool>>>,
+    stop: Option<Sender<()>>,
+}
+
+impl Watchdog {
+    fn start(conn: &Connection) -> Watchdog {
+        let state = Arc::new(Mutex::new(Some(false)));
+        let (stop_tx, stop_rx) = bounded::<()>(0);
+        if let (Some(limit), Kind::Remote { child, .. }) = (idle_timeout(), &conn.kind) {
+            let pid = child.id() as libc::pid_t;
+            let state = state.clone();
+            let _ = std::thread::Builder::new()
+                .name("deploy watchdog".into())
+                .spawn(move || {
+                    if let Err(RecvTimeoutError::Timeout) = stop_rx.recv_timeout(limit) {
+                        let mut s = state
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner);
+                        if s.is_some() {
+                            // SAFETY: kill(2) with a pid and a signal number
+                            // touches no memory; the pid is our unreaped child.
+                            unsafe { libc::kill(pid, libc::SIGKILL) };
+                            *s = Some(true);
+                        }
+                    }
+                });
+        }
+        Watchdog {
+            state,
+            stop: Some(stop_tx),
+        }
+    }
+
+    /// Stops the watchdog; true when it had fired.
+    fn stop(mut self) -> bool {
+        self.stop = None;
+        let mut s = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        s.take().unwrap_or(false)
+    }
+}
+
+/// Says on stderr that a binary was copied to a host (even with `-q`:
+/// a file appeared in someone's home directory).
+fn report_deployed(host: &str, deployment: &Deployment, deployed: &Deployed) {
+    if let Deployed::Uploaded { replaced } = deployed {
+        if *replaced {
+            eprintln!(
+                "diskdelta: warning: {host}: {} had another SHA-256 than {}; replaced it",
+                deployment.remote_file(),
+                deployment.path().display()
+            );
+        }
+        eprintln!(
+            "diskdelta: {host}: deployed {} ({}) as {}",
+            deployment.path().display(),
+            crate::units::human_bytes(deployment.size()),
+            deployment.remote_file()
+        );
+    }
+}
+
 fn spawn_writer(stdin: ChildStdin, requests: Receiver<Message>, counter: Arc<AtomicU64>) {
     let _ = std::thread::Builder::new()
         .name("ssh write".into())
@@ -399,11 +501,15 @@ fn spawn_writer(stdin: ChildStdin, requests: Receiver<Message>, counter: Arc<Ato
         });
 }
 
-fn spawn_reader(stdout: ChildStdout, replies: Sender<Message>, counter: Arc<AtomicU64>) {
+fn spawn_reader(
+    stdout: impl BufRead + Send + 'static,
+    replies: Sender<Message>,
+    counter: Arc<AtomicU64>,
+) {
     let _ = std::thread::Builder::new()
         .name("ssh read".into())
         .spawn(move || {
-            let mut frames = FrameReader::new(BufReader::with_capacity(1 << 20, stdout));
+            let mut frames = FrameReader::new(stdout);
             loop {
                 match frames.read_frame() {
                     Ok(Some(f)) => {

@@ -2,6 +2,9 @@
 
 use std::process::{Child, Command, Stdio};
 
+use std::sync::Arc;
+
+use super::deploy::Deployment;
 use super::RemoteError;
 
 /// How to reach a remote host.
@@ -15,6 +18,9 @@ pub struct Remote {
     pub remote_path: String,
     /// Run the remote side under `sudo -n`.
     pub sudo: bool,
+    /// Copy this binary to the host when it lacks a compatible
+    /// `diskdelta` (see [`super::deploy`]).
+    pub deploy: Option<Arc<Deployment>>,
 }
 
 /// Quotes a word for a POSIX shell: single quotes, with `'` written `'\''`.
@@ -36,10 +42,9 @@ impl Remote {
     /// # Errors
     /// [`RemoteError::Ssh`] when the ssh command cannot be started.
     pub fn spawn_serve(&self, args: &[&str]) -> Result<Child, RemoteError> {
-        let (program, flags) = self
-            .rsh
-            .split_first()
-            .ok_or_else(|| RemoteError::Ssh("empty --rsh command".into()))?;
+        if let Some(deploy) = &self.deploy {
+            return self.spawn(&deploy.script(&self.remote_path, self.sudo, args));
+        }
         let mut command = String::new();
         if self.sudo {
             command.push_str("sudo -n ");
@@ -50,10 +55,19 @@ impl Remote {
             command.push(' ');
             command.push_str(&shell_quote(arg));
         }
+        self.spawn(&command)
+    }
+
+    /// Starts `RSH HOST COMMAND` with piped stdin, stdout and stderr.
+    fn spawn(&self, command: &str) -> Result<Child, RemoteError> {
+        let (program, flags) = self
+            .rsh
+            .split_first()
+            .ok_or_else(|| RemoteError::Ssh("empty --rsh command".into()))?;
         Command::new(program)
             .args(flags)
             .arg(&self.host)
-            .arg(&command)
+            .arg(command)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -26,21 +26,37 @@ use super::backend::s3::{
 };
 use super::backend::ssh::SshBackend;
 use super::backend::{Backend, BackendError, LocalBackend};
+use crate::remote::deploy::Deployment;
 use crate::remote::ssh::Remote;
 
 /// The schemes a location may start with.
 pub const KNOWN_SCHEMES: &str = "local:, s3:, ssh://";
 
+/// Every form a location may take, for messages.
+pub const FORMS: &str = "PATH (./PATH for one with ':'), local:PATH, \
+s3:http[s]://HOST[:PORT]/BUCKET[/PREFIX], s3:HOST/BUCKET[/PREFIX], ssh://[USER@]HOST[:PORT]/PATH";
+
 /// Failures to understand a location or to find its credentials.
 #[derive(Debug, thiserror::Error)]
 pub enum LocationError {
     /// A `scheme:` prefix we do not know.
-    #[error("repository location {text:?}: unknown scheme {scheme:?} (known: {KNOWN_SCHEMES}; write ./{text} for a directory of that name)")]
+    #[error("repository location {text:?}: unknown scheme {scheme:?} (a repository is {FORMS})")]
     UnknownScheme {
         /// The location as given.
         text: String,
         /// Its scheme.
         scheme: String,
+    },
+    /// `[USER@]HOST:PATH`, the form of sync and backup sources, which a
+    /// repository writes as a URL.
+    #[error("repository location {text:?}: a repository on another host is written ssh://{host}/{path} (a repository is {FORMS})")]
+    HostPath {
+        /// The location as given.
+        text: String,
+        /// `USER@HOST`.
+        host: String,
+        /// The path, without a leading `/`.
+        path: String,
     },
     /// An `ssh://` location that does not parse.
     #[error("repository location {text:?}: {reason} (expected ssh://[USER@]HOST[:PORT]/PATH)")]
@@ -160,7 +176,18 @@ pub fn parse(text: &OsStr) -> Result<RepoLocation, LocationError> {
     if let Some(rest) = s.strip_prefix("ssh://") {
         return parse_ssh(s, rest).map(RepoLocation::Ssh);
     }
-    if let Some((scheme, _)) = s.split_once(':') {
+    if let Some((scheme, rest)) = s.split_once(':') {
+        if scheme.contains('@') && !scheme.contains('/') {
+            let path = match rest.strip_prefix('/') {
+                Some(abs) => abs.to_string(),
+                None => format!("./{rest}"),
+            };
+            return Err(LocationError::HostPath {
+                text: s.to_string(),
+                host: scheme.to_string(),
+                path,
+            });
+        }
         let looks_like_scheme = !scheme.is_empty()
             && scheme.starts_with(|c: char| c.is_ascii_alphabetic())
             && scheme
@@ -375,6 +402,19 @@ pub struct OpenedBackend {
 /// # Errors
 /// As [`s3_options_from_env`].
 pub fn open_backend(location: &RepoLocation) -> Result<OpenedBackend, LocationError> {
+    open_backend_with(location, None)
+}
+
+/// [`open_backend`], deploying `deploy` to the host of an `ssh://`
+/// location when it lacks a compatible `diskdelta` (see
+/// [`crate::remote::deploy`]).
+///
+/// # Errors
+/// As [`open_backend`], and failures to deploy.
+pub fn open_backend_with(
+    location: &RepoLocation,
+    deploy: Option<Arc<Deployment>>,
+) -> Result<OpenedBackend, LocationError> {
     match location {
         RepoLocation::Local(path) => Ok(OpenedBackend {
             backend: Arc::new(LocalBackend::new(path)),
@@ -401,6 +441,7 @@ pub fn open_backend(location: &RepoLocation) -> Result<OpenedBackend, LocationEr
                 rsh,
                 remote_path: env("DISKDELTA_REMOTE_PATH").unwrap_or_else(|| "diskdelta".into()),
                 sudo: false,
+                deploy,
             };
             let port = loc.port.map(|p| format!(":{p}")).unwrap_or_default();
             let shown = format!(
@@ -466,10 +507,20 @@ mod tests {
 
     #[test]
     fn unknown_schemes_and_bad_s3_are_refused() {
-        for text in ["sftp:host:/x", "rest:http://h/", "b2:bucket"] {
+        for text in [
+            "sftp:host:/x",
+            "rest:http://h/",
+            "b2:bucket",
+            "file:///srv/repo",
+            "host:/srv/repo",
+        ] {
             let e = parse(OsStr::new(text)).expect_err(text).to_string();
             assert!(e.contains("unknown scheme") && e.contains("s3:"), "{e}");
         }
+        let e = parse(OsStr::new("backup@vault:/srv/repo"))
+            .expect_err("host path")
+            .to_string();
+        assert!(e.contains("ssh://backup@vault/srv/repo"), "{e}");
         for text in [
             "s3:http://127.0.0.1:9000",
             "s3:http://127.0.0.1:9000/",

@@ -434,6 +434,7 @@ mod crafted {
             rsh,
             remote_path: common::bin().display().to_string(),
             sudo: false,
+            deploy: None,
         };
         let path = repo.display().to_string();
         let mut conn = Connection::remote_serve(&remote, &["--repo", &path]).expect("ssh");

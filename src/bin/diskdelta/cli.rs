@@ -7,7 +7,13 @@ use clap::{Args, Parser, Subcommand};
 
 /// Block-level backup of disk images and block devices.
 #[derive(Debug, Parser)]
-#[command(name = "diskdelta", version, about, propagate_version = true)]
+#[command(
+    name = "diskdelta",
+    version,
+    long_version = crate::version::long(),
+    about,
+    propagate_version = true
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -16,10 +22,13 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Write the delta of NEW against OLD (files, block devices, pipes, `-`).
+    #[command(after_help = crate::examples::DIFF)]
     Diff(DiffArgs),
     /// Rebuild NEW from OLD and a delta, or update a target in place.
+    #[command(after_help = crate::examples::APPLY)]
     Apply(ApplyArgs),
     /// Describe a delta file (every record is verified).
+    #[command(after_help = crate::examples::INFO)]
     Info(InfoArgs),
     /// Merge a series of deltas into one delta that makes the same image.
     Merge(MergeArgs),
@@ -27,37 +36,51 @@ pub enum Command {
     /// image itself is not.
     Signature(SignatureArgs),
     /// Print the image digest of files or devices (as recorded in deltas).
+    #[command(after_help = crate::examples::HASH)]
     Hash(HashArgs),
     /// Make DST byte-identical to SRC, moving only differing blocks
     /// (each is a local path or [user@]host:path reached over ssh).
+    #[command(after_help = crate::examples::SYNC)]
     Sync(SyncArgs),
     /// Create a repository (backup creates the default one on first use).
+    #[command(after_help = crate::examples::INIT)]
     Init(InitArgs),
     /// Back up images into the repository (local paths, `-`, or
     /// [user@]host:/path read over ssh).
+    #[command(after_help = crate::examples::BACKUP)]
     Backup(BackupArgs),
     /// Back up an existing local image under a name.
+    #[command(after_help = crate::examples::IMPORT)]
     Import(ImportArgs),
     /// Write a snapshot to a file, a block device or stdout.
+    #[command(after_help = crate::examples::RESTORE)]
     Restore(RestoreArgs),
     /// List snapshots.
+    #[command(after_help = crate::examples::SNAPSHOTS)]
     Snapshots(SnapshotsArgs),
     /// Show repository size, chunk and pack counts, dedup ratio.
+    #[command(after_help = crate::examples::STATUS)]
     Status(StatusArgs),
     /// Check the repository's structure, or with --read-data every chunk.
+    #[command(after_help = crate::examples::VERIFY)]
     Verify(VerifyArgs),
     /// Remove data no snapshot refers to.
+    #[command(after_help = crate::examples::GC)]
     Gc(GcArgs),
     /// Remove snapshots, by id or by a keep policy.
+    #[command(after_help = crate::examples::FORGET)]
     Forget(ForgetArgs),
     /// Remove stale locks (or all locks with --all).
+    #[command(after_help = crate::examples::UNLOCK)]
     Unlock(UnlockArgs),
     /// Copy snapshots from another repository, sending only missing chunks.
+    #[command(after_help = crate::examples::COPY)]
     Copy(CopyArgs),
     /// Manage the passwords (key files) of an encrypted repository.
-    #[command(subcommand)]
+    #[command(subcommand, after_help = crate::examples::KEY)]
     Key(KeyCommand),
     /// Turn a diskdump 0.1.5 store into snapshots.
+    #[command(after_help = crate::examples::IMPORT_DISKDUMP)]
     ImportDiskdump(ImportDiskdumpArgs),
     /// Serve a sync end, a backup source or a repository on stdin/stdout
     /// (started over ssh by `sync`, `backup HOST:PATH` and `-r ssh://`).
@@ -65,7 +88,31 @@ pub enum Command {
     /// For a client that may only add backups, put this in its
     /// `authorized_keys` line:
     /// command="diskdelta serve --repo /srv/repo --append-only",restrict ssh-ed25519 AAAA...
+    #[command(after_help = crate::examples::SERVE)]
     Serve(ServeArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    #[command(after_help = crate::examples::COMPLETIONS)]
+    Completions(CompletionsArgs),
+    /// Write the man pages (diskdelta.1 and one per subcommand) into a
+    /// directory.
+    #[command(hide = true, after_help = crate::examples::MAN)]
+    Man(ManArgs),
+}
+
+/// Arguments of `completions`.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+/// Arguments of `man`.
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Where to write the pages (created if missing).
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    pub dir: PathBuf,
 }
 
 /// Arguments of `serve`.
@@ -301,6 +348,12 @@ pub struct SyncArgs {
     /// Report what would change; write nothing.
     #[arg(short = 'n', long)]
     pub dry_run: bool,
+    /// When a remote host lacks a compatible diskdelta, copy a static
+    /// binary there over the ssh connection, cached in ~/.cache/diskdelta
+    /// (DISKDELTA_DEPLOY_DIR). The binary is DISKDELTA_DEPLOY_BINARY, else
+    /// this one if static, else diskdelta-static next to it.
+    #[arg(long, env = "DISKDELTA_DEPLOY", value_parser = clap::builder::BoolishValueParser::new())]
+    pub deploy: bool,
     #[command(flatten)]
     pub common: Common,
 }
@@ -325,8 +378,9 @@ pub struct RemoteArgs {
 /// Where the repository is.
 #[derive(Debug, Args, Clone)]
 pub struct RepoArg {
-    /// Repository: a directory (default: $XDG_DATA_HOME/diskdelta/repo) or
-    /// s3:http://HOST:PORT/BUCKET/PREFIX, s3:HOST/BUCKET/PREFIX.
+    /// Repository: a directory (default: $XDG_DATA_HOME/diskdelta/repo; ./a:b
+    /// for one with a colon), s3:http://HOST:PORT/BUCKET/PREFIX,
+    /// s3:HOST/BUCKET/PREFIX or ssh://[USER@]HOST[:PORT]/PATH.
     #[arg(
         short = 'r',
         long = "repo",
@@ -347,6 +401,13 @@ pub struct RepoArg {
     /// password.
     #[arg(long, value_name = "CMD", env = "DISKDELTA_PASSWORD_COMMAND")]
     pub password_command: Option<String>,
+    /// When a remote host (of an ssh:// repository or a backup SOURCE)
+    /// lacks a compatible diskdelta, copy a static binary there over the
+    /// ssh connection, cached in ~/.cache/diskdelta (DISKDELTA_DEPLOY_DIR).
+    /// The binary is DISKDELTA_DEPLOY_BINARY, else this one if static, else
+    /// diskdelta-static next to it.
+    #[arg(long, env = "DISKDELTA_DEPLOY", value_parser = clap::builder::BoolishValueParser::new())]
+    pub deploy: bool,
     /// The variable holding the password itself (DISKDELTA_PASSWORD, or
     /// DISKDELTA_FROM_PASSWORD for `copy --from`).
     #[arg(skip)]
@@ -567,12 +628,16 @@ pub struct ImportDiskdumpArgs {
 #[derive(Debug, Subcommand)]
 pub enum KeyCommand {
     /// List the key files (one per password).
+    #[command(after_help = crate::examples::KEY_LIST)]
     List(KeyArgs),
     /// Add a password.
+    #[command(after_help = crate::examples::KEY_ADD)]
     Add(KeyNewArgs),
     /// Remove a password (not the one given, not the last one).
+    #[command(after_help = crate::examples::KEY_REMOVE)]
     Remove(KeyRemoveArgs),
     /// Change the password given: add the new one, remove the old one.
+    #[command(after_help = crate::examples::KEY_PASSWD)]
     Passwd(KeyNewArgs),
 }
 

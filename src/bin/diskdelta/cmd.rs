@@ -6,6 +6,7 @@ mod backup;
 mod backup_remote;
 mod copy;
 mod diff;
+mod docs;
 mod forget;
 mod gc;
 mod hash;
@@ -54,6 +55,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Copy(a) => copy::run(a),
         Command::Key(k) => key::run(k),
         Command::ImportDiskdump(a) => backup::import_diskdump(a),
+        Command::Completions(a) => docs::completions(a),
+        Command::Man(a) => docs::man(a),
         Command::Serve(a) => Ok(diskdelta::service::serve_stdio(
             &diskdelta::repo::serve::ServeOptions {
                 repo: a.repo,
@@ -100,7 +103,7 @@ pub fn open_repo(
             )?)
         }
         loc => {
-            let opened = location::open_backend(&loc)?;
+            let opened = location::open_backend_with(&loc, deployment_for(&loc, arg.deploy)?)?;
             let where_ = opened.backend.location();
             let password = |new: bool| crate::password::repository_password(arg, &where_, new);
             match Repository::open_with(opened.backend.clone(), &password) {
@@ -119,6 +122,35 @@ pub fn open_repo(
                 other => Ok(other?),
             }
         }
+    }
+}
+
+/// The binary `--deploy` copies to remote hosts, loaded (read and hashed)
+/// once per run and only when a remote host needs it.
+pub fn deployment(
+    wanted: bool,
+) -> anyhow::Result<Option<std::sync::Arc<diskdelta::remote::deploy::Deployment>>> {
+    use diskdelta::remote::deploy::Deployment;
+    use std::sync::{Arc, OnceLock};
+    static LOADED: OnceLock<Arc<Deployment>> = OnceLock::new();
+    if !wanted {
+        return Ok(None);
+    }
+    if let Some(d) = LOADED.get() {
+        return Ok(Some(d.clone()));
+    }
+    let d = Arc::new(Deployment::from_env()?);
+    Ok(Some(LOADED.get_or_init(|| d).clone()))
+}
+
+/// [`deployment`] for an `ssh://` repository location, `None` for others.
+pub fn deployment_for(
+    loc: &diskdelta::repo::location::RepoLocation,
+    wanted: bool,
+) -> anyhow::Result<Option<std::sync::Arc<diskdelta::remote::deploy::Deployment>>> {
+    match loc {
+        diskdelta::repo::location::RepoLocation::Ssh(_) => deployment(wanted),
+        _ => Ok(None),
     }
 }
 

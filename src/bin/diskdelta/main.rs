@@ -10,9 +10,11 @@
 
 mod cli;
 mod cmd;
+mod examples;
 mod password;
 mod progress;
 mod report;
+mod version;
 
 use std::process::ExitCode;
 

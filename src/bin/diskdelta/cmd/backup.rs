@@ -277,7 +277,6 @@ pub fn run(args: BackupArgs) -> anyhow::Result<()> {
         .collect();
     let specs = associate(&raw, &args.sources)?;
     let time = parse_time(args.time.as_deref())?;
-    let repo = super::open_repo(&args.repo, true)?;
     let local_host = lock::hostname();
     let mut jobs = Vec::new();
     for spec in &specs {
@@ -287,7 +286,7 @@ pub fn run(args: BackupArgs) -> anyhow::Result<()> {
                 path: "-".into(),
             }
         } else {
-            Location::parse(&spec.text)
+            Location::parse(&spec.text)?
         };
         let host = loc.host.clone().unwrap_or_else(|| local_host.clone());
         let host_only = host.rsplit('@').next().unwrap_or(&host).to_string();
@@ -315,6 +314,9 @@ pub fn run(args: BackupArgs) -> anyhow::Result<()> {
     if names.windows(2).any(|w| w[0] == w[1]) {
         bail!("two SOURCEs would get the same snapshot name; give --name after each");
     }
+    // Opened (the default one created) only once the arguments are known
+    // to be good.
+    let repo = super::open_repo(&args.repo, true)?;
     // Parallel remote sources send a chunk they both hold once.
     let claims = std::sync::Arc::new(diskdelta::repo::claims::Claims::new());
     let results: Vec<anyhow::Result<BackupSummary>> = std::thread::scope(|s| {
@@ -350,6 +352,7 @@ pub fn run(args: BackupArgs) -> anyhow::Result<()> {
                             spec.sudo,
                             &args.remote.rsh,
                             &args.remote.remote_path,
+                            args.repo.deploy,
                             options,
                             args.common.quiet,
                         ),

@@ -17,6 +17,7 @@ pub fn run(
     sudo: bool,
     rsh: &str,
     remote_path: &str,
+    deploy: bool,
     options: BackupOptions,
     quiet: bool,
 ) -> anyhow::Result<BackupSummary> {
@@ -30,6 +31,7 @@ pub fn run(
         rsh: rsh.split_whitespace().map(str::to_string).collect(),
         remote_path: remote_path.to_string(),
         sudo,
+        deploy: super::deployment(deploy)?,
     })?;
     let result = remote::run_remote(&session, &mut conn, &loc.path);
     let (wire_in, wire_out) = conn.wire_bytes();

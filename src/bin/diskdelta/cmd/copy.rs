@@ -41,6 +41,7 @@ pub fn run(args: CopyArgs) -> anyhow::Result<()> {
             password_file: args.from_password_file.clone(),
             password_command: args.from_password_command.clone(),
             password_env: Some("DISKDELTA_FROM_PASSWORD"),
+            deploy: args.repo.deploy,
         },
         false,
     )?;

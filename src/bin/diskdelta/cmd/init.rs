@@ -35,7 +35,10 @@ pub fn run(args: InitArgs) -> anyhow::Result<()> {
         std::fs::create_dir_all(path)
             .with_context(|| format!("cannot create {}", path.display()))?;
     }
-    let opened = location::open_backend(&location)?;
+    let opened = location::open_backend_with(
+        &location,
+        super::deployment_for(&location, args.repo.deploy)?,
+    )?;
     if let Some(s3) = &opened.s3 {
         if !s3.bucket_exists()? {
             s3.create_bucket()?;

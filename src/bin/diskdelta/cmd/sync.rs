@@ -40,6 +40,7 @@ fn connect(loc: &Location, args: &SyncArgs, role: &str) -> anyhow::Result<Connec
                 rsh,
                 remote_path: args.remote.remote_path.clone(),
                 sudo: false,
+                deploy: super::deployment(args.deploy)?,
             })?
         }
     })
@@ -50,8 +51,8 @@ pub fn run(args: SyncArgs) -> anyhow::Result<()> {
     if !block.is_power_of_two() || !(512..=1 << 20).contains(&block) {
         bail!("block size {block} must be a power of two from 512 to 1M");
     }
-    let src = Location::parse(&args.src);
-    let mut dst = Location::parse(&args.dst);
+    let src = Location::parse(&args.src)?;
+    let mut dst = Location::parse(&args.dst)?;
     if dst.host.is_none() && dst.path.is_dir() {
         let name = src
             .path
