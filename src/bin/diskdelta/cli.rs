@@ -31,9 +31,11 @@ pub enum Command {
     #[command(after_help = crate::examples::INFO)]
     Info(InfoArgs),
     /// Merge a series of deltas into one delta that makes the same image.
+    #[command(after_help = crate::examples::MERGE)]
     Merge(MergeArgs),
     /// Write block hashes of an image, for `diff --signature` where the
     /// image itself is not.
+    #[command(after_help = crate::examples::SIGNATURE)]
     Signature(SignatureArgs),
     /// Print the image digest of files or devices (as recorded in deltas).
     #[command(after_help = crate::examples::HASH)]

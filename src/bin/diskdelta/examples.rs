@@ -7,18 +7,32 @@ Examples:
   diskdelta diff base.img changed.img -o changes.ddelta
   zcat base.img.gz | diskdelta diff - /dev/vg0/snap > changes.ddelta
   diskdelta diff --lvm vg0/snap1 /dev/vg0/snap2 -o changes.ddelta
-  diskdelta diff --from-snapshot vm1 /dev/vg0/snap -o changes.ddelta";
+  diskdelta diff --from-snapshot vm1 /dev/vg0/snap -o changes.ddelta
+  ssh host diskdelta signature /backup/base.img | diskdelta diff --signature - /dev/vg0/snap -o tonight.ddelta";
 
 pub const APPLY: &str = "\
 Examples:
   diskdelta apply changes.ddelta --base base.img -o restored.img
   diskdelta apply changes.ddelta --in-place /dev/vg0/disk --verify
+  diskdelta apply mon.ddelta tue.ddelta wed.ddelta --base base.img -o wed.img
   diskdelta apply changes.ddelta --base <(zcat base.img.gz) | ssh host2 dd of=/dev/vg0/disk bs=4M";
 
 pub const INFO: &str = "\
 Examples:
   diskdelta info changes.ddelta
-  diskdelta info --json changes.ddelta";
+  diskdelta info --json changes.ddelta
+  diskdelta info mon.ddelta tue.ddelta wed.ddelta   # does the series connect?";
+
+pub const MERGE: &str = "\
+Examples:
+  diskdelta merge mon.ddelta tue.ddelta wed.ddelta -o week.ddelta
+  diskdelta merge mon.ddelta tue.ddelta wed.ddelta --base base.img -o week.ddelta";
+
+pub const SIGNATURE: &str = "\
+Examples:
+  diskdelta signature /backup/base.img -o base.sig
+  ssh host diskdelta signature /backup/base.img | diskdelta diff --signature - /dev/vg0/snap -o tonight.ddelta
+  diskdelta signature --from-snapshot vm1 -o vm1.sig";
 
 pub const HASH: &str = "\
 Examples:

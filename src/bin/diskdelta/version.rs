@@ -3,7 +3,7 @@
 
 use std::sync::OnceLock;
 
-use diskdelta::format::{delta, pack, snapshot};
+use diskdelta::format::{delta, pack, signature, snapshot};
 use diskdelta::remote::deploy;
 
 /// The text `--version` prints after the name.
@@ -19,6 +19,7 @@ pub fn long() -> &'static str {
             "{version}\n\
              delta files: writes diskdelta v{dw} (v{d1} with --format diskdelta-v1) and diff-dd v2; \
              reads diskdelta {dr}, diff-dd v1 and v2, Python diff-dd 1.0.4\n\
+             signatures: v{sig}\n\
              repository: writes format v{rp} (plain) and v{re} (encrypted); reads v{rp} and v{re} \
              (packs v{pp}/v{ps}, snapshots v{sn})\n\
              {proto}\n\
@@ -27,6 +28,7 @@ pub fn long() -> &'static str {
             dw = delta::VERSION,
             d1 = delta::VERSION_1,
             dr = reads.join(", "),
+            sig = signature::VERSION,
             rp = diskdelta::repo::REPO_VERSION,
             re = diskdelta::repo::ENCRYPTED_REPO_VERSION,
             pp = pack::VERSION,
