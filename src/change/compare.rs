@@ -4,7 +4,7 @@
 //! changed blocks written over it, so a NEW block equals OLD when its bytes
 //! match OLD where OLD has bytes and are zero past OLD's end.
 
-use crate::digest::is_zero;
+use crate::digest::{bytes_equal, is_zero};
 
 /// One NEW block's verdict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,7 +61,7 @@ pub fn compare_blocks(
     let old = old.unwrap_or(View::Zeros(0));
     // Fast path: identical whole chunks (the common case) in one memcmp.
     match (old, new) {
-        (View::Bytes(o), View::Bytes(n)) if o.len() >= n.len() && o[..n.len()] == *n => {
+        (View::Bytes(o), View::Bytes(n)) if o.len() >= n.len() && bytes_equal(&o[..n.len()], n) => {
             visit_all(n.len(), block, BlockChange::Unchanged, &mut visit);
             return;
         }
@@ -79,7 +79,9 @@ pub fn compare_blocks(
         let old_end = old.len().clamp(start, end);
         let same_as_old = old_end == start
             || match (old, new) {
-                (View::Bytes(o), View::Bytes(n)) => o[start..old_end] == n[start..old_end],
+                (View::Bytes(o), View::Bytes(n)) => {
+                    bytes_equal(&o[start..old_end], &n[start..old_end])
+                }
                 (View::Zeros(_), n) => n.is_zero_range(start, old_end),
                 (o, View::Zeros(_)) => o.is_zero_range(start, old_end),
             };

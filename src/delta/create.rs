@@ -21,7 +21,7 @@ use crate::change::compare::{compare_blocks, BlockChange, View};
 use crate::digest::Digest;
 use crate::format::delta::{
     encode_record, Compression, DeltaWriter, EncodedRecord, Header, RecordEncoder, Sample,
-    TrailerInput, REFERENCE_WINDOW, VERSION, VERSION_1, WRITER_RECORD_LEN,
+    TrailerInput, REFERENCE_WINDOW, VERSION, VERSION_1,
 };
 use crate::format::diffdd::DiffDdV2Writer;
 use crate::format::{Extent, ExtentData};
@@ -173,6 +173,9 @@ impl Sampler {
     }
 }
 
+/// Initial capacity of an extent's buffer.
+const EXTENT_START_CAPACITY: usize = 64 << 10;
+
 /// Longest run of unchanged bytes a reference-compressed extent may carry
 /// between two changes: against OLD such a run costs a few bytes, less
 /// than the record header a split would add.
@@ -245,7 +248,10 @@ impl ExtentBuilder {
             }
         }
         let flushed = self.flush();
-        let mut buf = Vec::with_capacity(WRITER_RECORD_LEN.max(bytes.len()));
+        // Most extents are a few blocks: start small (below the C
+        // allocators' mmap thresholds, so a buffer is not mapped and
+        // unmapped for every extent) and let joined extents grow.
+        let mut buf = Vec::with_capacity(EXTENT_START_CAPACITY.max(bytes.len()));
         buf.extend_from_slice(bytes);
         self.committed = buf.len();
         self.reference = with_reference.then(|| {

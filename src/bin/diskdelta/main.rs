@@ -20,6 +20,12 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// Static x86_64 builds (see Cargo.toml): mimalloc instead of musl's
+/// allocator, which maps and unmaps every large buffer.
+#[cfg(all(target_env = "musl", target_arch = "x86_64"))]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Exit code for integrity failures.
 const EXIT_INTEGRITY: u8 = 3;
 
