@@ -1,0 +1,143 @@
+"""diff-dd's API, so scripts port by changing one import:
+
+    from diskdelta.compat import CreateDiff, RestoreDiff
+
+``CreateDiff(iffd, dffd, offd, block_size).start()`` writes the delta of
+``dffd`` (NEW) against ``iffd`` (OLD) to ``offd``; ``RestoreDiff(iffd, dffd,
+offd, block_size).start()`` writes ``iffd`` (the base) with the delta
+``dffd`` applied to ``offd``. ``ResoreDiff`` is diff-dd's spelling. The
+arguments are binary file objects: real files, pipes, ``sys.stdin.buffer``,
+or any object with ``read`` (inputs) or ``write`` (output) only. Deltas are
+diskdelta's checksummed format; the result of ``RestoreDiff`` is verified
+against the digest the delta records.
+
+Objects with a file descriptor that is a regular file or block device are
+read by the library directly, from their start. Everything else passes
+through a named pipe that a thread of this module feeds or drains.
+"""
+
+import os
+import stat
+import tempfile
+import threading
+
+from . import apply as _apply
+from . import diff as _diff
+
+__all__ = ["CreateDiff", "RestoreDiff", "ResoreDiff"]
+
+_CHUNK = 1 << 20
+
+
+class _Pump(threading.Thread):
+    """Copies ``obj`` into the FIFO ``path`` (``into=True``) or the FIFO
+    into ``obj``."""
+
+    def __init__(self, obj, path, into):
+        super().__init__(daemon=True)
+        self.obj, self.path, self.into, self.error = obj, path, into, None
+
+    def run(self):
+        try:
+            if self.into:
+                with open(self.path, "wb", buffering=0) as fifo:
+                    while True:
+                        chunk = self.obj.read(_CHUNK)
+                        if not chunk:
+                            break
+                        fifo.write(chunk)
+            else:
+                with open(self.path, "rb", buffering=0) as fifo:
+                    while True:
+                        chunk = fifo.read(_CHUNK)
+                        if not chunk:
+                            break
+                        view = memoryview(chunk)
+                        while view:
+                            n = self.obj.write(view)
+                            view = view[n if n is not None else len(view):]
+        except BaseException as e:  # re-raised by _run
+            self.error = e
+
+
+def _direct_path(obj):
+    """``/proc/self/fd/N`` for a regular file or block device, else None."""
+    try:
+        fd = obj.fileno()
+        mode = os.fstat(fd).st_mode
+    except (AttributeError, OSError, ValueError):
+        return None
+    if stat.S_ISREG(mode) or stat.S_ISBLK(mode):
+        return f"/proc/self/fd/{fd}"
+    return None
+
+
+def _run(inputs, output, call):
+    with tempfile.TemporaryDirectory(prefix="diskdelta-compat-") as tmp:
+        pumps, paths = [], []
+        for i, obj in enumerate(inputs):
+            path = _direct_path(obj)
+            if path is None:
+                path = os.path.join(tmp, f"in{i}")
+                os.mkfifo(path, 0o600)
+                pumps.append(_Pump(obj, path, into=True))
+            paths.append(path)
+        out_path = os.path.join(tmp, "out")
+        os.mkfifo(out_path, 0o600)
+        pumps.append(_Pump(output, out_path, into=False))
+        for p in pumps:
+            p.start()
+        error = None
+        try:
+            result = call(paths, out_path)
+        except BaseException as e:
+            error = e
+            # Unblock pumps still waiting for the other end of their FIFO.
+            for p in pumps:
+                if p.is_alive():
+                    try:
+                        fd = os.open(p.path, os.O_RDWR | os.O_NONBLOCK)
+                        os.close(fd)
+                    except OSError:
+                        pass
+        for p in pumps:
+            p.join()
+        if error is not None:
+            raise error
+        for p in pumps:
+            if p.error is not None:
+                raise p.error
+    if hasattr(output, "flush"):
+        output.flush()
+    return result
+
+
+class CreateDiff:
+    """diff-dd's ``CreateDiff``: the delta of ``dffd`` against ``iffd``."""
+
+    def __init__(self, iffd, dffd, offd, block_size=4096, compress="zstd:3"):
+        self.iffd, self.dffd, self.offd = iffd, dffd, offd
+        self.block_size, self.compress = block_size, compress
+
+    def start(self):
+        """Runs the diff; returns a ``diskdelta.DiffResult``."""
+        return _run(
+            [self.iffd, self.dffd],
+            self.offd,
+            lambda p, out: _diff(p[0], p[1], out, self.block_size, self.compress),
+        )
+
+
+class RestoreDiff:
+    """diff-dd's ``RestoreDiff``: ``iffd`` with the delta ``dffd`` applied."""
+
+    def __init__(self, iffd, dffd, offd, block_size=4096):
+        self.iffd, self.dffd, self.offd = iffd, dffd, offd
+        self.block_size = block_size
+
+    def start(self):
+        """Runs the restore; returns a ``diskdelta.ApplyResult``."""
+        return _run([self.iffd, self.dffd], self.offd, lambda p, out: _apply(p[1], p[0], out))
+
+
+ResoreDiff = RestoreDiff
