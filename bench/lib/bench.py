@@ -8,12 +8,13 @@ import argparse
 import sys
 
 import diff
+import python_bench
 import repo
 import s3
 import sync
 import thin
 
-SUBCOMMANDS = [diff, sync, repo, s3, thin]
+SUBCOMMANDS = [diff, sync, repo, s3, thin, python_bench]
 
 
 def main(argv):

@@ -9,7 +9,8 @@ offd, block_size).start()`` writes ``iffd`` (the base) with the delta
 arguments are binary file objects: real files, pipes, ``sys.stdin.buffer``,
 or any object with ``read`` (inputs) or ``write`` (output) only. Deltas are
 diskdelta's checksummed format; the result of ``RestoreDiff`` is verified
-against the digest the delta records.
+against the digest the delta records. ``RestoreDiff(..., format="diff-dd-py")``
+reads deltas written by diff-dd 1.0.4 itself.
 
 Objects with a file descriptor that is a regular file or block device are
 read by the library directly, from their start. Everything else passes
@@ -131,13 +132,23 @@ class CreateDiff:
 class RestoreDiff:
     """diff-dd's ``RestoreDiff``: ``iffd`` with the delta ``dffd`` applied."""
 
-    def __init__(self, iffd, dffd, offd, block_size=4096):
+    def __init__(self, iffd, dffd, offd, block_size=4096, format=None):
         self.iffd, self.dffd, self.offd = iffd, dffd, offd
-        self.block_size = block_size
+        self.block_size, self.format = block_size, format
 
     def start(self):
-        """Runs the restore; returns a ``diskdelta.ApplyResult``."""
-        return _run([self.iffd, self.dffd], self.offd, lambda p, out: _apply(p[1], p[0], out))
+        """Runs the restore; returns a ``diskdelta.ApplyResult``. A delta
+        written by diff-dd itself needs ``format="diff-dd-py"`` (its files
+        carry no header to detect), with its ``block_size``."""
+        foreign = self.format not in (None, "diskdelta")
+        return _run(
+            [self.iffd, self.dffd],
+            self.offd,
+            lambda p, out: _apply(
+                p[1], p[0], out, format=self.format,
+                block_size=self.block_size if foreign else None,
+            ),
+        )
 
 
 ResoreDiff = RestoreDiff

@@ -9,10 +9,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use diskdelta::delta::{inspect_stream, DeltaError};
+use diskdelta::repo::backup::{BackupOptions, BackupSession};
+use diskdelta::repo::maintenance::{self, ForgetSelection, KeepPolicy};
+use diskdelta::repo::restore::{self, RestoreOptions};
+use diskdelta::repo::{location, lock, InitOptions, Password, RepoError, Repository};
+use zeroize::Zeroizing;
 use diskdelta::io::{Input, InputOptions, IoError, Output, OutputKind};
 use diskdelta::{
     apply_in_place as lib_apply_in_place, apply_stream, create_delta, ApplyOptions, ApplySummary,
-    BlockSize, CheckBase, Compression, DiffOptions,
+    BlockSize, CheckBase, Compression, DeltaKind, DiffOptions,
 };
 use pyo3::create_exception;
 use pyo3::exceptions::{PyException, PyValueError};
@@ -42,6 +47,18 @@ create_exception!(
     ResultMismatch,
     DeltaCorrupt,
     "The result does not match the NEW digest the delta records."
+);
+create_exception!(
+    _diskdelta,
+    RepositoryError,
+    DiskdeltaError,
+    "The repository cannot be opened, read or changed as asked."
+);
+create_exception!(
+    _diskdelta,
+    RepositoryDamaged,
+    RepositoryError,
+    "Repository data is missing, damaged or was tampered with."
 );
 create_exception!(
     _diskdelta,
@@ -227,19 +244,31 @@ fn apply_json(mode: &str, s: &ApplySummary, seconds: f64) -> String {
 /// Rebuilds NEW from `base` and `delta` into `out` (published only after
 /// its digest matched); returns the `apply --json` fields as JSON.
 #[pyfunction]
-#[pyo3(signature = (delta, base, out, progress=None))]
+#[pyo3(signature = (delta, base, out, progress=None, format=None, block_size=None))]
 fn apply(
     py: Python<'_>,
     delta: PathBuf,
     base: PathBuf,
     out: PathBuf,
     progress: Option<Py<PyAny>>,
+    format: Option<&str>,
+    block_size: Option<u32>,
 ) -> PyResult<String> {
+    let format = match format {
+        None => None,
+        Some(name) => Some(DeltaKind::from_name(name).ok_or_else(|| {
+            PyValueError::new_err(format!(
+                "unknown delta format {name:?} (diskdelta, diff-dd-v1, diff-dd-v2, diff-dd-py)"
+            ))
+        })?),
+    };
     let delta = open(&delta)?;
     let base = open(&base)?;
     let total = base.size();
     let counter = Arc::new(AtomicU64::new(0));
     let options = ApplyOptions {
+        format,
+        block_size,
         verify: true,
         progress: Some(counter.clone()),
         ..ApplyOptions::default()
@@ -308,9 +337,230 @@ fn info(py: Python<'_>, delta: PathBuf) -> PyResult<String> {
     })
 }
 
+fn repo_error(err: RepoError) -> PyErr {
+    let text = one_line(&err);
+    if err.is_integrity() {
+        RepositoryDamaged::new_err(text)
+    } else {
+        RepositoryError::new_err(text)
+    }
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> PyResult<String> {
+    serde_json::to_string(value).map_err(|e| DiskdeltaError::new_err(e.to_string()))
+}
+
+/// A repository: a local directory, `s3:…` or `ssh://…`, as `-r` takes it.
+#[pyclass(name = "Repository", module = "diskdelta._diskdelta", frozen)]
+struct PyRepository {
+    repo: Arc<Repository>,
+    location: String,
+}
+
+#[pymethods]
+impl PyRepository {
+    /// Opens the repository at `location` (with `create`, makes one there).
+    /// The password of an encrypted repository is `password`, else
+    /// `DISKDELTA_PASSWORD`.
+    #[new]
+    #[pyo3(signature = (location, password=None, create=false, encrypt=true, chunk_size=None))]
+    fn new(
+        py: Python<'_>,
+        location: PathBuf,
+        password: Option<String>,
+        create: bool,
+        encrypt: bool,
+        chunk_size: Option<u32>,
+    ) -> PyResult<Self> {
+        let parsed = location::parse(location.as_os_str())
+            .map_err(|e| RepositoryError::new_err(one_line(&e)))?;
+        let shown = location.display().to_string();
+        py.detach(|| {
+            let opened = location::open_backend(&parsed)
+                .map_err(|e| RepositoryError::new_err(one_line(&e)))?;
+            let where_ = shown.clone();
+            let source = move |_new: bool| -> Result<Password, RepoError> {
+                match password.clone().or_else(|| std::env::var("DISKDELTA_PASSWORD").ok()) {
+                    Some(p) => Ok(Zeroizing::new(p)),
+                    None => Err(RepoError::PasswordNeeded(where_.clone())),
+                }
+            };
+            let repo = if create {
+                let mut options = InitOptions {
+                    encrypt,
+                    ..InitOptions::default()
+                };
+                if let Some(c) = chunk_size {
+                    options.chunk_size = c;
+                }
+                Repository::init_with(opened.backend, &options, &source)
+            } else {
+                Repository::open_with(opened.backend, &source)
+            }
+            .map_err(repo_error)?;
+            Ok(PyRepository {
+                repo: Arc::new(repo),
+                location: shown,
+            })
+        })
+    }
+
+    /// Where the repository is.
+    #[getter]
+    fn location(&self) -> String {
+        self.location.clone()
+    }
+
+    /// Backs up `source` (a file or block device) as a new snapshot of
+    /// `name` (default: `HOST-FILE`), incremental against the name's
+    /// latest snapshot; the `backup --json` fields.
+    #[pyo3(signature = (source, name=None, tags=Vec::new(), progress=None))]
+    fn backup(
+        &self,
+        py: Python<'_>,
+        source: PathBuf,
+        name: Option<String>,
+        tags: Vec<String>,
+        progress: Option<Py<PyAny>>,
+    ) -> PyResult<String> {
+        let input = open(&source)?;
+        let total = input.size();
+        let counter = Arc::new(AtomicU64::new(0));
+        let host = lock::hostname();
+        let name = name.unwrap_or_else(|| {
+            let base = source
+                .file_name()
+                .map_or_else(|| "stdin".into(), |n| n.to_string_lossy().into_owned());
+            format!("{host}-{base}")
+        });
+        let options = BackupOptions {
+            name,
+            source: source.display().to_string(),
+            host,
+            tags,
+            progress: Some(counter.clone()),
+            ..BackupOptions::default()
+        };
+        let repo = self.repo.clone();
+        run_detached(py, progress, total, counter, move || {
+            let session = BackupSession::start(&repo, options).map_err(repo_error)?;
+            let summary = session.run_local(input).map_err(repo_error)?;
+            to_json(&summary)
+        })
+    }
+
+    /// The snapshots, oldest first: id, name, time, size, digest, tags...
+    fn snapshots(&self, py: Python<'_>) -> PyResult<String> {
+        let repo = self.repo.clone();
+        py.detach(move || {
+            let snaps = repo.snapshots().map_err(repo_error)?;
+            let list: Vec<serde_json::Value> = snaps
+                .iter()
+                .map(|s| {
+                    json!({
+                        "id": s.id.to_hex(),
+                        "name": s.meta.name,
+                        "time": s.meta.time,
+                        "size": s.meta.size,
+                        "digest": s.meta.digest,
+                        "source": s.meta.source,
+                        "host": s.meta.host,
+                        "parent": s.meta.parent,
+                        "tags": s.meta.tags,
+                        "chunk_size": s.meta.chunk_size,
+                    })
+                })
+                .collect();
+            to_json(&list)
+        })
+    }
+
+    /// Writes `snapshot` (an id, a unique prefix or a name: its latest) to
+    /// `out`, every chunk verified, a file published only after the image
+    /// digest matched; the `restore --json` fields.
+    #[pyo3(signature = (snapshot, out, progress=None))]
+    fn restore(
+        &self,
+        py: Python<'_>,
+        snapshot: String,
+        out: PathBuf,
+        progress: Option<Py<PyAny>>,
+    ) -> PyResult<String> {
+        let repo = self.repo.clone();
+        let snap = py
+            .detach(|| repo.resolve(&snapshot))
+            .map_err(repo_error)?;
+        let total = Some(snap.meta.size);
+        let counter = Arc::new(AtomicU64::new(0));
+        let options = RestoreOptions {
+            threads: 0,
+            progress: Some(counter.clone()),
+        };
+        run_detached(py, progress, total, counter, move || {
+            let output = Output::create(&out).map_err(io_error)?;
+            let summary = restore::restore(&repo, &snap, output, &options).map_err(repo_error)?;
+            to_json(&summary)
+        })
+    }
+
+    /// Checks the repository's structure, with `read_data` every chunk too;
+    /// the `verify --json` report. Problems are in the report, not raised.
+    #[pyo3(signature = (read_data=false))]
+    fn verify(&self, py: Python<'_>, read_data: bool) -> PyResult<String> {
+        let repo = self.repo.clone();
+        py.detach(move || {
+            let report = maintenance::verify(&repo, read_data, None).map_err(repo_error)?;
+            to_json(&report)
+        })
+    }
+
+    /// Removes snapshots: those named in `snapshots`, or those a keep
+    /// policy does not keep (for `name` only, when given); `prune` then
+    /// removes data no snapshot uses. The `forget --json` report.
+    #[pyo3(signature = (snapshots=Vec::new(), keep_last=0, keep_daily=0, keep_weekly=0, keep_monthly=0, name=None, prune=false, dry_run=false))]
+    #[allow(clippy::too_many_arguments)]
+    fn forget(
+        &self,
+        py: Python<'_>,
+        snapshots: Vec<String>,
+        keep_last: usize,
+        keep_daily: usize,
+        keep_weekly: usize,
+        keep_monthly: usize,
+        name: Option<String>,
+        prune: bool,
+        dry_run: bool,
+    ) -> PyResult<String> {
+        let policy = KeepPolicy {
+            last: keep_last,
+            daily: keep_daily,
+            weekly: keep_weekly,
+            monthly: keep_monthly,
+        };
+        let selection = match (snapshots.is_empty(), policy.is_empty()) {
+            (false, true) => ForgetSelection::Snapshots(snapshots),
+            (true, false) => ForgetSelection::Policy { policy, name },
+            _ => {
+                return Err(PyValueError::new_err(
+                    "give either snapshots or a keep policy (keep_last, keep_daily, ...)",
+                ))
+            }
+        };
+        let repo = self.repo.clone();
+        py.detach(move || {
+            let report =
+                maintenance::forget(&repo, &selection, prune, dry_run).map_err(repo_error)?;
+            to_json(&report)
+        })
+    }
+}
+
 #[pymodule]
 fn _diskdelta(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
+    m.add("RepositoryError", py.get_type::<RepositoryError>())?;
+    m.add("RepositoryDamaged", py.get_type::<RepositoryDamaged>())?;
+    m.add_class::<PyRepository>()?;
     m.add("DiskdeltaError", py.get_type::<DiskdeltaError>())?;
     m.add("DeltaCorrupt", py.get_type::<DeltaCorrupt>())?;
     m.add("BaseMismatch", py.get_type::<BaseMismatch>())?;

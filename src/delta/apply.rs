@@ -341,6 +341,15 @@ pub fn apply_stream(
         output.require_capacity(n)?;
     }
     let base_path = base.path().to_path_buf();
+    // A regular file's size is OLD's size: a wrong base is named as such
+    // before any record is decoded against it.
+    if let (Some(expected), InputKind::File, Some(actual)) = (
+        source.header().and_then(|h| h.old_size),
+        base.kind(),
+        base.size(),
+    ) {
+        check_base_size(expected, actual, &base_path)?;
+    }
     let out_path = output.path().to_path_buf();
     let cancel = Cancel::new();
     let mut old = ChunkReader::spawn(
@@ -440,13 +449,15 @@ pub fn apply_stream(
 }
 
 pub(super) fn check_sizes(trailer: &Trailer, old_size: u64, base: &Path) -> Result<(), DeltaError> {
-    if trailer.old_size != old_size {
+    check_base_size(trailer.old_size, old_size, base)
+}
+
+/// The base must be as long as the OLD the delta was made from.
+pub(super) fn check_base_size(expected: u64, actual: u64, base: &Path) -> Result<(), DeltaError> {
+    if expected != actual {
         return Err(DeltaError::BaseMismatch {
             path: base.into(),
-            detail: format!(
-                "delta was made from a {}-byte OLD, base has {} bytes",
-                trailer.old_size, old_size
-            ),
+            detail: format!("delta was made from a {expected}-byte OLD, base has {actual} bytes"),
         });
     }
     Ok(())

@@ -478,6 +478,11 @@ pub fn apply_chain_stream(
         output.require_capacity(final_size)?;
     }
     let base_path = base.path().to_path_buf();
+    if let (crate::io::InputKind::File, Some(actual)) = (base.kind(), base.size()) {
+        if let Some(first) = links.first() {
+            apply::check_base_size(first.trailer.old_size, actual, &base_path)?;
+        }
+    }
     let out_path = output.path().to_path_buf();
     let cancel = Cancel::new();
     let mut old = ChunkReader::spawn(
