@@ -113,15 +113,55 @@ def _run(inputs, output, call):
     return result
 
 
-class CreateDiff:
-    """diff-dd's ``CreateDiff``: the delta of ``dffd`` against ``iffd``."""
+_PY_HEADER = 32768
 
-    def __init__(self, iffd, dffd, offd, block_size=4096, compress="zstd:3"):
+
+def _write_diff_dd_py(new, out, block_size):
+    """diff-dd 1.0.4's own format (docs/formats/diff-dd.md): a 32 KiB
+    header of NULs, then every block of NEW after its number (u64,
+    little-endian as on x86-64 and aarch64), then the block count."""
+    out.write(bytes(_PY_HEADER))
+    index = 0
+    while True:
+        block = new.read(block_size)
+        # File objects may return short reads (pipes): fill the block.
+        while block and len(block) < block_size:
+            more = new.read(block_size - len(block))
+            if not more:
+                break
+            block += more
+        if not block:
+            break
+        out.write(index.to_bytes(8, "little"))
+        out.write(block)
+        index += 1
+        if len(block) < block_size:
+            break
+    out.write(index.to_bytes(8, "little"))
+    if hasattr(out, "flush"):
+        out.flush()
+    return index
+
+
+class CreateDiff:
+    """diff-dd's ``CreateDiff``: the delta of ``dffd`` against ``iffd``.
+
+    ``format="diff-dd-py"`` writes diff-dd 1.0.4's own format for readers
+    that know no other (every block of NEW, no checksums, ``iffd`` unused).
+    """
+
+    def __init__(self, iffd, dffd, offd, block_size=4096, compress="zstd:3",
+                 format="diskdelta"):
+        if format not in ("diskdelta", "diff-dd-py"):
+            raise ValueError(f"unknown format {format!r} (diskdelta or diff-dd-py)")
         self.iffd, self.dffd, self.offd = iffd, dffd, offd
-        self.block_size, self.compress = block_size, compress
+        self.block_size, self.compress, self.format = block_size, compress, format
 
     def start(self):
-        """Runs the diff; returns a ``diskdelta.DiffResult``."""
+        """Runs the diff; returns a ``diskdelta.DiffResult`` (the number of
+        blocks written for ``format="diff-dd-py"``)."""
+        if self.format == "diff-dd-py":
+            return _write_diff_dd_py(self.dffd, self.offd, self.block_size)
         return _run(
             [self.iffd, self.dffd],
             self.offd,

@@ -197,3 +197,20 @@ def test_a_file_of_the_real_diff_dd_reads_through_the_compat_api(pair):
     with open(d / "old.img", "rb") as i, open(d / "real.ddd", "rb") as df, open(d / "out.img", "wb") as o:
         ResoreDiff(iffd=i, dffd=df, offd=o, block_size=8192, format="diff-dd-py").start()
     assert (d / "out.img").read_bytes() == new
+
+
+@pytest.mark.skipif(not os.environ.get("DISKDELTA_TEST_PYDIFFDD"),
+                    reason="DISKDELTA_TEST_PYDIFFDD (the real diff-dd 1.0.4, set by scripts/test) not set")
+def test_the_seed_format_written_for_old_readers(pair):
+    d, old, new = pair
+    with open(d / "old.img", "rb") as i, open(d / "new.img", "rb") as n, open(d / "py.ddd", "wb") as o:
+        CreateDiff(i, n, o, block_size=8192, format="diff-dd-py").start()
+    (d / "target.img").write_bytes(old)
+    subprocess.run([os.environ["DISKDELTA_TEST_PYDIFFDD"], "--mode", "restore", "--if", d / "old.img",
+                    "--df", d / "py.ddd", "--of", d / "target.img", "-b", "8192"],
+                   check=True, capture_output=True)
+    assert (d / "target.img").read_bytes() == new
+    # And diskdelta reads it back.
+    with open(d / "old.img", "rb") as i, open(d / "py.ddd", "rb") as df, open(d / "back.img", "wb") as o:
+        RestoreDiff(i, df, o, block_size=8192, format="diff-dd-py").start()
+    assert (d / "back.img").read_bytes() == new
