@@ -9,12 +9,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use diskdelta::delta::{inspect_stream, DeltaError};
+use diskdelta::io::{Input, InputOptions, IoError, Output, OutputKind};
 use diskdelta::repo::backup::{BackupOptions, BackupSession};
 use diskdelta::repo::maintenance::{self, ForgetSelection, KeepPolicy};
 use diskdelta::repo::restore::{self, RestoreOptions};
 use diskdelta::repo::{location, lock, InitOptions, Password, RepoError, Repository};
-use zeroize::Zeroizing;
-use diskdelta::io::{Input, InputOptions, IoError, Output, OutputKind};
 use diskdelta::{
     apply_in_place as lib_apply_in_place, apply_stream, create_delta, ApplyOptions, ApplySummary,
     BlockSize, CheckBase, Compression, DeltaKind, DiffOptions,
@@ -23,6 +22,7 @@ use pyo3::create_exception;
 use pyo3::exceptions::{PyException, PyValueError};
 use pyo3::prelude::*;
 use serde_json::json;
+use zeroize::Zeroizing;
 
 create_exception!(
     _diskdelta,
@@ -380,7 +380,10 @@ impl PyRepository {
                 .map_err(|e| RepositoryError::new_err(one_line(&e)))?;
             let where_ = shown.clone();
             let source = move |_new: bool| -> Result<Password, RepoError> {
-                match password.clone().or_else(|| std::env::var("DISKDELTA_PASSWORD").ok()) {
+                match password
+                    .clone()
+                    .or_else(|| std::env::var("DISKDELTA_PASSWORD").ok())
+                {
                     Some(p) => Ok(Zeroizing::new(p)),
                     None => Err(RepoError::PasswordNeeded(where_.clone())),
                 }
@@ -487,9 +490,7 @@ impl PyRepository {
         progress: Option<Py<PyAny>>,
     ) -> PyResult<String> {
         let repo = self.repo.clone();
-        let snap = py
-            .detach(|| repo.resolve(&snapshot))
-            .map_err(repo_error)?;
+        let snap = py.detach(|| repo.resolve(&snapshot)).map_err(repo_error)?;
         let total = Some(snap.meta.size);
         let counter = Arc::new(AtomicU64::new(0));
         let options = RestoreOptions {
