@@ -35,7 +35,7 @@ use super::create::{write_delta, Built, Compared, ExtentBuilder, ExtentSink, Ref
 use super::source::{DeltaKind, DeltaSource};
 use super::{DeltaError, DiffOptions, DiffSummary};
 use crate::change::compare::{compare_blocks, BlockChange, View};
-use crate::digest::Digest;
+use crate::digest::{is_zero, Digest};
 use crate::format::delta::{self, Header, Sample, Trailer, REFERENCE_WINDOW, VERSION};
 use crate::format::{Extent, ExtentData};
 use crate::io::reader::{AlignedBuf, Chunk, ReaderOptions, DEFAULT_CHUNK_SIZE};
@@ -583,18 +583,22 @@ fn produce_chain(
             }
             let in_chunk = (start - pos) as usize..chunk.len.min((start - pos + WINDOW) as usize);
             changes.known = RangeSet::default();
-            if in_chunk.len() == WINDOW as usize {
-                composer.compose(start, chunk.range_mut(in_chunk), true, &mut changes)?;
-            } else {
-                // The base ends inside this window: compose a whole window
-                // of base bytes and zeros, keep what the chunk covers.
-                window.fill(0);
-                if !chunk.hole {
-                    window[..in_chunk.len()].copy_from_slice(&chunk.data()[in_chunk.clone()]);
+            // Composed in a scratch window (base bytes, zeros past the
+            // chunk) and copied back only where the series wrote: the
+            // writer then rehashes only those digest segments.
+            window.fill(0);
+            if !chunk.hole {
+                window[..in_chunk.len()].copy_from_slice(&chunk.data()[in_chunk.clone()]);
+            }
+            composer.compose(start, &mut window, true, &mut changes)?;
+            for &(from, to) in &changes.known.0 {
+                let to = to.min(in_chunk.len());
+                if from < to {
+                    let at = in_chunk.start;
+                    chunk
+                        .range_mut(at + from..at + to)
+                        .copy_from_slice(&window[from..to]);
                 }
-                composer.compose(start, &mut window, true, &mut changes)?;
-                let len = in_chunk.len();
-                chunk.range_mut(in_chunk).copy_from_slice(&window[..len]);
             }
             at = start + WINDOW;
         }
@@ -851,7 +855,7 @@ fn compose_merged(
                         let next = (run + block).min(to);
                         let bytes = &window[run..next];
                         let offset = start + run as u64;
-                        let built = if bytes.iter().all(|&b| b == 0) {
+                        let built = if is_zero(bytes) {
                             builder.push_zeros(offset, bytes.len() as u64)
                         } else {
                             builder.push_data(offset, bytes)

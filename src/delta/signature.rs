@@ -16,7 +16,7 @@ use super::create::{
     sample_key, write_delta, Compared, ExtentBuilder, ExtentSink, Sampler, SAMPLE_TARGET,
 };
 use super::{DeltaError, DiffOptions, DiffSummary};
-use crate::digest::Digest;
+use crate::digest::{is_zero, Digest};
 use crate::format::delta::{Header, Sample};
 use crate::format::signature::{
     self, block_hash, BlockHash, SignatureError, SignatureReader, SignatureWriter,
@@ -255,7 +255,7 @@ fn compare_with_signature<R: Read>(
                 }
             };
             let offset = chunk.offset + at as u64;
-            let zeros = chunk.hole || chunk.data()[at..end].iter().all(|&b| b == 0);
+            let zeros = chunk.hole || is_zero(&chunk.data()[at..end]);
             // Past OLD's end the applier holds zeros.
             let old = old.unwrap_or(zero);
             let unchanged = if zeros {
