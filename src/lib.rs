@@ -17,6 +17,7 @@
 //! - [`delta`]: creating, applying and inspecting deltas.
 //! - [`sync`]: keeping a copy up to date over ssh.
 //! - [`repo`]: the deduplicated repository and its backends.
+//! - [`nbd`]: the NBD protocol: export snapshots, read NBD sources.
 //! - [`remote`]: the transport both use (ssh, frames, messages, serve).
 //! - [`service`]: what `diskdelta serve` offers, routed by first request.
 //! - [`units`]: sizes with K/M/G suffixes and the block-size newtype.
@@ -29,6 +30,7 @@ pub mod digest;
 pub mod format;
 pub mod id;
 pub mod io;
+pub mod nbd;
 pub mod pipeline;
 pub mod remote;
 pub mod repo;

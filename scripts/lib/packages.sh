@@ -13,6 +13,11 @@ DISKDELTA_PACKAGES=(
   fuse3 python3-fuse  # the EIO file system of the fault suite (scripts/fault-campaign)
   musl-tools          # musl-gcc for the static build's C code (scripts/build-static)
   binutils            # strip, readelf: scripts/build-static, scripts/build-deb
+  qemu-utils          # qemu-img, qemu-nbd, qemu-io: VM sources, NBD tests
+  libnbd-bin          # nbdinfo, nbdcopy, nbdsh: real NBD clients in tests
+  nbdkit              # a second NBD server for the NBD source tests
+  fio                 # random-read latency of the NBD export (bench/run access)
+  nbd-client          # the kernel NBD client, where the nbd module exists
 )
 
 ensure_packages() {
