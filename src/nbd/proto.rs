@@ -337,7 +337,7 @@ pub fn encode_block_status(context_id: u32, extents: &[BlockStatusExtent]) -> Ve
 
 /// Decodes a block status payload; `None` when its length is not 4 + 8k.
 pub fn decode_block_status(b: &[u8]) -> Option<(u32, Vec<BlockStatusExtent>)> {
-    if b.len() < 4 || (b.len() - 4) % 8 != 0 {
+    if b.len() < 4 || !(b.len() - 4).is_multiple_of(8) {
         return None;
     }
     let id = be_u32(&b[0..4]);
@@ -461,9 +461,9 @@ mod tests {
         #[test]
         fn string32_round_trips(s in "[a-z0-9:/.-]{0,100}", tail in proptest::collection::vec(any::<u8>(), 0..8)) {
             let mut b = Vec::new();
-            write_string32(&mut b, &s).unwrap();
+            write_string32(&mut b, &s).expect("write to a Vec");
             b.extend_from_slice(&tail);
-            let (got, rest) = take_string32(&b).unwrap();
+            let (got, rest) = take_string32(&b).expect("a whole string");
             prop_assert_eq!(got, s);
             prop_assert_eq!(rest, &tail[..]);
         }
