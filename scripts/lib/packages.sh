@@ -15,6 +15,7 @@ DISKDELTA_PACKAGES=(
   binutils            # strip, readelf: scripts/build-static, scripts/build-deb
   qemu-utils          # qemu-img, qemu-nbd, qemu-io: VM sources, NBD tests
   libnbd-bin          # nbdinfo, nbdcopy, nbdsh: real NBD clients in tests
+  python3-libnbd      # libnbd from Python: NBD clients of the export tests
   nbdkit              # a second NBD server for the NBD source tests
   fio                 # random-read latency of the NBD export (bench/run access)
   nbd-client          # the kernel NBD client, where the nbd module exists
