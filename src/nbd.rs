@@ -7,3 +7,4 @@
 //! bitmaps) are built on it.
 
 pub mod proto;
+pub mod server;

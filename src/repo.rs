@@ -84,6 +84,7 @@ pub mod backup;
 pub mod claims;
 pub mod copy;
 pub mod crypto;
+pub mod image;
 pub mod import;
 pub mod index;
 pub mod key;

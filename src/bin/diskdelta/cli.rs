@@ -57,6 +57,10 @@ pub enum Command {
     /// Write a snapshot to a file, a block device or stdout.
     #[command(after_help = crate::examples::RESTORE)]
     Restore(RestoreArgs),
+    /// Serve snapshots as NBD exports (read-only, or writable through a
+    /// copy-on-write overlay) without restoring them.
+    #[command(after_help = crate::examples::NBD)]
+    Nbd(NbdArgs),
     /// List snapshots.
     #[command(after_help = crate::examples::SNAPSHOTS)]
     Snapshots(SnapshotsArgs),
@@ -506,6 +510,43 @@ pub struct RestoreArgs {
     pub threads: Option<usize>,
     #[command(flatten)]
     pub common: Common,
+}
+
+#[derive(Debug, Args)]
+pub struct NbdArgs {
+    /// Snapshots to serve (id, unique id prefix, or name: its latest); each
+    /// is an export named as written here.
+    #[arg(required = true, value_name = "SNAPSHOT")]
+    pub snapshots: Vec<String>,
+    #[command(flatten)]
+    pub repo: RepoArg,
+    /// Listen on TCP ADDR:PORT (e.g. 127.0.0.1:10809) instead of a Unix socket.
+    #[arg(long, value_name = "ADDR:PORT", conflicts_with = "socket")]
+    pub listen: Option<String>,
+    /// The Unix socket to create (default: diskdelta-nbd-PID.sock in
+    /// $XDG_RUNTIME_DIR, /run/diskdelta or the temporary directory).
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Memory for decompressed chunks, shared by the exports.
+    #[arg(long, value_name = "SIZE", default_value = "256M")]
+    pub cache_size: String,
+    /// Clients served at once.
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    pub max_clients: usize,
+    /// Accept writes, into the overlay file given with --overlay (one
+    /// snapshot only); the repository is never written.
+    #[arg(long, requires = "overlay")]
+    pub writable: bool,
+    /// The copy-on-write overlay of --writable: created, or reopened when
+    /// it exists (it must belong to the same snapshot).
+    #[arg(long, value_name = "FILE", requires = "writable")]
+    pub overlay: Option<PathBuf>,
+    /// Print the exports' URIs as one JSON line.
+    #[arg(long)]
+    pub json: bool,
+    /// No log lines about failed requests.
+    #[arg(short, long)]
+    pub quiet: bool,
 }
 
 #[derive(Debug, Args)]

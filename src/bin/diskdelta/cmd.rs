@@ -14,6 +14,7 @@ mod info;
 mod init;
 mod key;
 mod merge;
+mod nbd;
 mod restore;
 mod signature;
 mod snapshots;
@@ -46,6 +47,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Backup(a) => backup::run(a),
         Command::Import(a) => backup::import(a),
         Command::Restore(a) => restore::run(a),
+        Command::Nbd(a) => nbd::run(a),
         Command::Snapshots(a) => snapshots::run(a),
         Command::Status(a) => status::run(a),
         Command::Verify(a) => verify::run(a),

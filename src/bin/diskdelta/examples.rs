@@ -68,6 +68,14 @@ Examples:
   diskdelta restore 3f2a9c --in-place /dev/vg0/disk
   diskdelta restore vm1 | ssh host dd of=/dev/sdb bs=4M";
 
+pub const NBD: &str = "\
+Examples:
+  diskdelta nbd vm1                      # prints nbd+unix:///vm1?socket=...
+  qemu-img convert -f raw 'nbd+unix:///vm1?socket=/run/user/0/diskdelta-nbd-42.sock' -O qcow2 vm1.qcow2
+  diskdelta nbd vm1 3f2a9c --listen 127.0.0.1:10809 --cache-size 1G
+  diskdelta nbd vm1 --writable --overlay vm1.ovl   # writes go to vm1.ovl
+  diskdelta backup --from-overlay vm1.ovl vm1 --name vm1-fixed";
+
 pub const SNAPSHOTS: &str = "\
 Examples:
   diskdelta snapshots

@@ -38,7 +38,8 @@ fn main() -> ExitCode {
     match cmd::run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("diskdelta: error: {err:#}");
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr(), "diskdelta: error: {err:#}");
             let integrity = err.chain().any(|e| {
                 e.downcast_ref::<diskdelta::DeltaError>()
                     .is_some_and(|d| d.is_integrity())
@@ -80,7 +81,10 @@ fn handle_interrupts() {
                 diskdelta::io::cleanup::remove_registered();
                 diskdelta::io::cleanup::run_registered_commands();
                 diskdelta::io::cleanup::run_registered_releases();
-                eprintln!("diskdelta: interrupted");
+                // Not eprintln: it panics when stderr is closed, and this
+                // thread must reach the exit.
+                use std::io::Write;
+                let _ = writeln!(std::io::stderr(), "diskdelta: interrupted");
                 std::process::exit(EXIT_INTERRUPTED);
             }
         });
