@@ -6,4 +6,7 @@
 //! sources: `nbd://` and `nbd+unix://` URIs, qemu-nbd for qcow2, qemu dirty
 //! bitmaps) are built on it.
 
+pub mod client;
 pub mod proto;
+pub mod qemu;
+pub mod source;
