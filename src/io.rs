@@ -18,7 +18,7 @@ pub mod sparse;
 
 use std::path::PathBuf;
 
-pub use input::{Input, InputKind, InputOptions};
+pub use input::{Input, InputKind, InputOptions, SourceFormat};
 pub use output::{Output, OutputKind};
 pub use reader::{Chunk, ChunkReader};
 
@@ -78,6 +78,9 @@ pub enum IoError {
         /// What was being read.
         path: PathBuf,
     },
+    /// An NBD export (or the qemu-nbd serving an image) failed.
+    #[error(transparent)]
+    Nbd(#[from] crate::nbd::source::SourceError),
     /// The target is smaller than what must be written to it.
     #[error("{path} is too small: {size} bytes, needs {needed}")]
     TooSmall {
@@ -98,9 +101,10 @@ impl IoError {
             | IoError::Read { source, .. }
             | IoError::Write { source, .. }
             | IoError::Op { source, .. } => Some(source),
-            IoError::Unsupported { .. } | IoError::TooSmall { .. } | IoError::Stopped { .. } => {
-                None
-            }
+            IoError::Unsupported { .. }
+            | IoError::TooSmall { .. }
+            | IoError::Stopped { .. }
+            | IoError::Nbd(_) => None,
         }
     }
 }

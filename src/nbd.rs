@@ -6,5 +6,8 @@
 //! sources: `nbd://` and `nbd+unix://` URIs, qemu-nbd for qcow2, qemu dirty
 //! bitmaps) are built on it.
 
+pub mod client;
 pub mod proto;
+pub mod qemu;
 pub mod server;
+pub mod source;

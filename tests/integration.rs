@@ -41,3 +41,5 @@ mod sshd_harness;
 mod sync;
 #[path = "integration/thin.rs"]
 mod thin;
+#[path = "integration/vm_sources.rs"]
+mod vm_sources;

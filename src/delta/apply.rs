@@ -91,7 +91,7 @@ pub struct ApplySummary {
 
 fn open_delta(delta: Input, options: &ApplyOptions) -> Result<DeltaSource, DeltaError> {
     let path = delta.path().to_path_buf();
-    let stream: DeltaStream = Box::new(delta.into_file());
+    let stream: DeltaStream = Box::new(delta.into_file()?);
     DeltaSource::open(&path, stream, options.format, options.block_size)
 }
 
@@ -582,14 +582,14 @@ fn produce_new(
 pub(super) fn seekable_delta(delta: Input) -> Result<(PathBuf, File), DeltaError> {
     let path = delta.path().to_path_buf();
     if delta.kind() == InputKind::File {
-        return Ok((path, delta.into_file()));
+        return Ok((path, delta.into_file()?));
     }
     let mut spool = tempfile::tempfile().map_err(|source| IoError::Op {
         op: "create spool file",
         path: std::env::temp_dir(),
         source,
     })?;
-    let mut file = delta.into_file();
+    let mut file = delta.into_file()?;
     std::io::copy(&mut file, &mut spool).map_err(|source| IoError::Read {
         path: path.clone(),
         offset: 0,

@@ -82,7 +82,7 @@ pub fn inspect(
     block_size: Option<u32>,
 ) -> Result<DeltaInfo, DeltaError> {
     let path = delta.path().to_path_buf();
-    inspect_stream(&path, Box::new(delta.into_file()), format, block_size)
+    inspect_stream(&path, Box::new(delta.into_file()?), format, block_size)
 }
 
 /// Reads a whole delta from a stream and describes it.

@@ -11,8 +11,6 @@
 //! digest either (NEW was not read whole); each record still carries its
 //! checksum. Bytes of NEW past OLD's end are always read.
 
-use std::os::unix::fs::FileExt;
-
 use super::create::{
     sample_key, write_delta, Compared, DiffOptions, DiffSummary, ExtentBuilder, ExtentSink,
     SAMPLE_TARGET,
@@ -21,7 +19,7 @@ use super::DeltaError;
 use crate::change::tracked::{TrackedKind, TrackedRun};
 use crate::digest::{is_zero, Digest};
 use crate::format::delta::{Header, Sample, WRITER_RECORD_LEN};
-use crate::io::{Input, InputKind, IoError};
+use crate::io::{Input, InputKind};
 
 pub use crate::change::tracked::RunStream;
 
@@ -199,14 +197,7 @@ impl TrackedReader<'_> {
         while at < end {
             let piece = (end - at).min(self.buf.len() as u64) as usize;
             let data = &mut self.buf[..piece];
-            self.new
-                .file()
-                .read_exact_at(data, at)
-                .map_err(|source| IoError::Read {
-                    path: self.new.path().into(),
-                    offset: at,
-                    source,
-                })?;
+            self.new.read_exact_at(data, at)?;
             self.bytes_read += piece as u64;
             let mut off = 0usize;
             while off < piece {
@@ -267,13 +258,7 @@ impl SampleKeys {
             if offset + block as u64 > old_size {
                 continue;
             }
-            old.file()
-                .read_exact_at(&mut buf, offset)
-                .map_err(|source| IoError::Read {
-                    path: old.path().into(),
-                    offset,
-                    source,
-                })?;
+            old.read_exact_at(&mut buf, offset)?;
             read += block as u64;
             samples.push(Sample {
                 block: b,

@@ -1,12 +1,19 @@
 //! Opening a source: a regular file, a block device, a pipe or FIFO
-//! (including bash process substitution), or `-` for stdin.
+//! (including bash process substitution), `-` for stdin, or an NBD export:
+//! an `nbd://` / `nbd+unix://` URI, or (with [`SourceFormat::Auto`]) an
+//! image file in a format other than raw (qcow2, vmdk, ...), served by a
+//! private `qemu-nbd`.
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsFd;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::{device, sparse, IoError};
+use crate::nbd::client::{uri, NbdUri};
+use crate::nbd::qemu;
+use crate::nbd::source::{NbdSource, NbdSourceOptions, SourceError};
 
 /// What kind of object a source is; decides which reads are possible.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,11 +38,33 @@ impl InputKind {
     }
 }
 
+/// How to read image files.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SourceFormat {
+    /// Every file is read byte for byte.
+    #[default]
+    Raw,
+    /// A file whose header `qemu-img info` names a format other than raw
+    /// (qcow2, vmdk, vhdx, ...) is read through a private `qemu-nbd`.
+    Auto,
+}
+
 /// How to open sources.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct InputOptions {
     /// Bypass the page cache with `O_DIRECT` (files and block devices).
     pub direct: bool,
+    /// How to read image files.
+    pub format: SourceFormat,
+}
+
+/// What an [`Input`] reads from.
+#[derive(Debug)]
+enum Backing {
+    File(File),
+    /// An NBD export: a block device as far as reads go (known size,
+    /// positioned reads).
+    Nbd(Arc<NbdSource>),
 }
 
 /// An open source.
@@ -46,7 +75,7 @@ pub struct Input {
     size: Option<u64>,
     sector_size: u32,
     direct: bool,
-    file: File,
+    backing: Backing,
 }
 
 /// Classifies an open file, returning its kind and size.
@@ -92,6 +121,14 @@ impl Input {
         if path == Path::new("-") {
             return Self::stdin();
         }
+        if let Some(text) = path.to_str().filter(|t| uri::is_nbd_uri(t)) {
+            return Self::nbd_uri(text, &NbdSourceOptions::default());
+        }
+        if options.format == SourceFormat::Auto {
+            if let Some(format) = image_format(path)? {
+                return Self::image(path, &format, &NbdSourceOptions::default());
+            }
+        }
         let mut open = OpenOptions::new();
         open.read(true);
         let file = open.open(path).map_err(|source| IoError::Open {
@@ -122,8 +159,38 @@ impl Input {
             size,
             sector_size,
             direct,
-            file,
+            backing: Backing::File(file),
         })
+    }
+
+    /// Connects to the NBD export `uri`.
+    ///
+    /// # Errors
+    /// [`IoError::Nbd`] for a bad URI or a failed connection.
+    pub fn nbd_uri(uri: &str, options: &NbdSourceOptions) -> Result<Input, IoError> {
+        let parsed = NbdUri::parse(uri).map_err(SourceError::from)?;
+        let source = NbdSource::connect(&parsed, options).map_err(SourceError::from)?;
+        Ok(Self::from_nbd(PathBuf::from(uri), source))
+    }
+
+    /// Reads the image `path` of `format` through a private qemu-nbd.
+    ///
+    /// # Errors
+    /// [`IoError::Nbd`] when qemu-nbd is missing or fails.
+    pub fn image(path: &Path, format: &str, options: &NbdSourceOptions) -> Result<Input, IoError> {
+        let source = NbdSource::serve_image(path, format, options)?;
+        Ok(Self::from_nbd(path.to_path_buf(), source))
+    }
+
+    fn from_nbd(path: PathBuf, source: NbdSource) -> Input {
+        Input {
+            path,
+            kind: InputKind::BlockDevice,
+            size: Some(source.size()),
+            sector_size: 512,
+            direct: false,
+            backing: Backing::Nbd(Arc::new(source)),
+        }
     }
 
     /// Standard input. When it is redirected from a regular file or block
@@ -148,7 +215,7 @@ impl Input {
             size,
             sector_size,
             direct: false,
-            file,
+            backing: Backing::File(file),
         })
     }
 
@@ -182,13 +249,79 @@ impl Input {
         self.direct
     }
 
-    /// The open file.
-    pub fn file(&self) -> &File {
-        &self.file
+    /// The open file; `None` for an NBD export.
+    pub fn file(&self) -> Option<&File> {
+        match &self.backing {
+            Backing::File(f) => Some(f),
+            Backing::Nbd(_) => None,
+        }
+    }
+
+    /// The NBD export behind this input, if it is one.
+    pub fn nbd(&self) -> Option<&Arc<NbdSource>> {
+        match &self.backing {
+            Backing::Nbd(s) => Some(s),
+            Backing::File(_) => None,
+        }
     }
 
     /// Consumes the input, returning the open file.
-    pub fn into_file(self) -> File {
-        self.file
+    ///
+    /// # Errors
+    /// [`IoError::Unsupported`] for an NBD export, which is not a file.
+    pub fn into_file(self) -> Result<File, IoError> {
+        match self.backing {
+            Backing::File(f) => Ok(f),
+            Backing::Nbd(_) => Err(IoError::Unsupported {
+                path: self.path,
+                kind: "NBD export",
+            }),
+        }
     }
+
+    /// Fills `buf` from `offset` (files, block devices and NBD exports).
+    ///
+    /// # Errors
+    /// [`IoError::Read`] (a short read is `UnexpectedEof`), [`IoError::Nbd`].
+    pub fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<(), IoError> {
+        use std::os::unix::fs::FileExt;
+        match &self.backing {
+            Backing::File(f) => f
+                .read_exact_at(buf, offset)
+                .map_err(|source| IoError::Read {
+                    path: self.path.clone(),
+                    offset,
+                    source,
+                }),
+            Backing::Nbd(s) => Ok(s.read_at(buf, offset).map_err(SourceError::from)?),
+        }
+    }
+}
+
+/// The format of an image file when it is not raw: regular files and
+/// block devices whose header qemu would probe as an image format are
+/// asked about with `qemu-img info`.
+///
+/// # Errors
+/// The file cannot be read, or qemu-img is missing or fails on it.
+pub fn image_format(path: &Path) -> Result<Option<String>, IoError> {
+    use std::io::Read;
+    let Ok(meta) = std::fs::metadata(path) else {
+        return Ok(None); // Input::open reports it
+    };
+    if !(meta.is_file() || meta.file_type().is_block_device()) {
+        return Ok(None);
+    }
+    let mut head = Vec::with_capacity(512);
+    File::open(path)
+        .and_then(|f| f.take(512).read_to_end(&mut head))
+        .map_err(|source| IoError::Open {
+            path: path.into(),
+            source,
+        })?;
+    if !qemu::looks_like_image(&head) {
+        return Ok(None);
+    }
+    let info = qemu::image_info(path).map_err(SourceError::from)?;
+    Ok((info.format != "raw").then_some(info.format))
 }

@@ -7,6 +7,8 @@
 //! Holes of sparse regular files (found with `SEEK_DATA`) are never read:
 //! a chunk that lies entirely inside a hole arrives with `hole == true`.
 
+mod nbd;
+
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::FileExt;
@@ -464,8 +466,12 @@ fn read_loop(
     free: Receiver<AlignedBuf>,
     cancel: &Cancel,
 ) -> Result<ReadSummary, IoError> {
-    let kind = input.kind();
     let path = input.path().to_path_buf();
+    if let Some(source) = input.nbd().cloned() {
+        drop(input);
+        return nbd::read_loop(&source, &path, options, chunks, free, cancel);
+    }
+    let kind = input.kind();
     let end = match (input.size(), options.limit) {
         (Some(size), Some(limit)) => Some(size.min(limit)),
         (size, limit) => size.or(limit),
@@ -478,7 +484,7 @@ fn read_loop(
     } else {
         1
     };
-    let mut file = input.into_file();
+    let mut file = input.into_file()?;
     let mut hasher = options.digest.then(ImageHasher::new);
     let mut offset = if kind == InputKind::Stream {
         0

@@ -22,7 +22,6 @@
 //! from its previous id (a tracker that missed a change).
 
 use std::collections::VecDeque;
-use std::os::unix::fs::FileExt;
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 
@@ -300,14 +299,7 @@ fn verify_reused(input: &Input, sampled: &[Sampled]) -> Result<u64, RepoError> {
     let mut buf = vec![0u8; sampled.iter().map(|s| s.len).max().unwrap_or(0)];
     for s in sampled {
         let data = &mut buf[..s.len];
-        input
-            .file()
-            .read_exact_at(data, s.offset)
-            .map_err(|source| IoError::Read {
-                path: input.path().into(),
-                offset: s.offset,
-                source,
-            })?;
+        input.read_exact_at(data, s.offset)?;
         let same = if s.id.is_zero_marker() {
             crate::digest::is_zero(data)
         } else {
@@ -455,13 +447,7 @@ fn worker(
                         let end = (j * chunk_size).min(unit.len);
                         let data = &mut buf[start..end];
                         let offset = unit.offset + start as u64;
-                        input.file().read_exact_at(data, offset).map_err(|source| {
-                            IoError::Read {
-                                path: input.path().into(),
-                                offset,
-                                source,
-                            }
-                        })?;
+                        input.read_exact_at(data, offset)?;
                         bytes_read += data.len() as u64;
                         for piece in data.chunks(chunk_size) {
                             segments.push((crate::digest::hash_segment(piece), piece.len()));

@@ -289,7 +289,7 @@ fn open_source(block: u32, path: &[u8], replies: &Sender<Message>) -> Result<Rol
     } else {
         ObjectKind::File
     };
-    let file = input.into_file();
+    let file = input.into_file()?;
     let id = source_identity(&file, size);
     send(
         replies,

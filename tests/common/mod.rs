@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod loopdev;
+pub mod nbd;
 pub mod s3;
 pub mod sshd;
 pub mod thinpool;

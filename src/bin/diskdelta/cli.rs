@@ -191,6 +191,8 @@ pub struct DiffArgs {
     #[arg(long, value_name = "SIG", conflicts_with_all = ["changed_ranges", "thin_metadata", "lvm", "base_sample", "from_snapshot"])]
     pub signature: Option<PathBuf>,
     #[command(flatten)]
+    pub source_format: SourceFormatArg,
+    #[command(flatten)]
     pub repo: RepoArg,
     #[command(flatten)]
     pub common: Common,
@@ -331,16 +333,19 @@ pub struct MergeArgs {
 
 #[derive(Debug, Args)]
 pub struct HashArgs {
-    /// Files, block devices or `-`.
+    /// Files, block devices, NBD URIs or `-`.
     #[arg(required = true)]
     pub paths: Vec<PathBuf>,
+    #[command(flatten)]
+    pub source_format: SourceFormatArg,
     #[command(flatten)]
     pub common: Common,
 }
 
 #[derive(Debug, Args)]
 pub struct SyncArgs {
-    /// Source: a file or block device, local or [user@]host:path.
+    /// Source: a file or block device, local or [user@]host:path, or an
+    /// NBD URI (nbd://HOST[:PORT]/EXPORT, nbd+unix:///EXPORT?socket=PATH).
     pub src: String,
     /// Target: a file (created if missing) or block device, local or
     /// [user@]host:path; an existing directory gets SRC's file name.
@@ -360,6 +365,8 @@ pub struct SyncArgs {
     /// this one if static, else diskdelta-static next to it.
     #[arg(long, env = "DISKDELTA_DEPLOY", value_parser = clap::builder::BoolishValueParser::new())]
     pub deploy: bool,
+    #[command(flatten)]
+    pub source_format: SourceFormatArg,
     #[command(flatten)]
     pub common: Common,
 }
@@ -436,9 +443,10 @@ pub struct InitArgs {
 
 #[derive(Debug, Args)]
 pub struct BackupArgs {
-    /// Images to back up: local files, block devices, `-`, or
-    /// [user@]host:/path. `--name`, `--parent` and `--sudo` after a SOURCE
-    /// apply to it.
+    /// Images to back up: local files, block devices, `-`,
+    /// [user@]host:/path, or NBD URIs (nbd://HOST[:PORT]/EXPORT,
+    /// nbd+unix:///EXPORT?socket=PATH). `--name`, `--parent` and `--sudo`
+    /// after a SOURCE apply to it.
     #[arg(required = true, value_name = "SOURCE")]
     pub sources: Vec<String>,
     #[command(flatten)]
@@ -470,6 +478,8 @@ pub struct BackupArgs {
     /// one differs from the previous snapshot (a tracker that missed a change).
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub verify_sample: usize,
+    #[command(flatten)]
+    pub source_format: SourceFormatArg,
     #[command(flatten)]
     pub common: Common,
 }
@@ -712,4 +722,25 @@ pub struct KeyRemoveArgs {
     pub repo: RepoArg,
     #[command(flatten)]
     pub common: Common,
+}
+
+/// How image files given as sources are read.
+#[derive(Debug, Args, Default, Clone)]
+pub struct SourceFormatArg {
+    /// How to read image files: `auto` reads a qcow2, vmdk, vhdx... image
+    /// (as `qemu-img info` names it) through a private read-only qemu-nbd,
+    /// `raw` reads every file byte for byte.
+    #[arg(long, value_name = "FORMAT", default_value = "auto", value_parser = ["auto", "raw"])]
+    pub source_format: String,
+}
+
+impl SourceFormatArg {
+    /// The library's choice.
+    pub fn format(&self) -> diskdelta::io::SourceFormat {
+        if self.source_format == "raw" {
+            diskdelta::io::SourceFormat::Raw
+        } else {
+            diskdelta::io::SourceFormat::Auto
+        }
+    }
 }

@@ -200,8 +200,11 @@ pub fn record_size(text: Option<&str>) -> anyhow::Result<Option<u32>> {
 }
 
 /// True when `path` exists and is the same file as the open `file`.
-pub fn same_file(path: &Path, file: &std::fs::File) -> bool {
+pub fn same_file(path: &Path, file: Option<&std::fs::File>) -> bool {
     use std::os::unix::fs::MetadataExt;
+    let Some(file) = file else {
+        return false;
+    };
     match (std::fs::metadata(path), file.metadata()) {
         (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
         _ => false,

@@ -4,7 +4,8 @@ use std::path::Path;
 
 use anyhow::{bail, Context};
 use diskdelta::format::diskdump::DiskdumpStore;
-use diskdelta::io::{Input, InputOptions};
+use diskdelta::io::{Input, InputOptions, SourceFormat};
+use diskdelta::nbd::client::{uri::is_nbd_uri, Endpoint, NbdUri};
 use diskdelta::remote::location::Location;
 use diskdelta::repo::backup::{BackupOptions, BackupSession, BackupSummary};
 use diskdelta::repo::tracked::TrackingReport;
@@ -136,6 +137,17 @@ fn associate(raw: &[String], sources: &[String]) -> anyhow::Result<Vec<SourceSpe
 /// The default snapshot name, as diskdump derives it: `host-file` with the
 /// path's last component (`server01:/dev/sda` -> `server01-sda`).
 fn default_name(host: &str, path: &Path) -> String {
+    if let Some(uri) = path.to_str().and_then(|t| NbdUri::parse(t).ok()) {
+        // `host-export`, or the server's host or socket file name.
+        let base = match (uri.export.rsplit('/').next(), &uri.endpoint) {
+            (Some(e), _) if !e.is_empty() => e.to_string(),
+            (_, Endpoint::Tcp { host, .. }) => host.clone(),
+            (_, Endpoint::Unix { socket }) => socket
+                .file_stem()
+                .map_or_else(|| "nbd".into(), |s| s.to_string_lossy().into_owned()),
+        };
+        return format!("{host}-{base}");
+    }
     let base = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -189,11 +201,18 @@ fn backup_local(
     path: &Path,
     mut options: BackupOptions,
     quiet: bool,
+    format: SourceFormat,
 ) -> anyhow::Result<BackupSummary> {
     let input = if path == Path::new("-") {
         Input::stdin()?
     } else {
-        Input::open(path, &InputOptions::default())?
+        Input::open(
+            path,
+            &InputOptions {
+                format,
+                ..InputOptions::default()
+            },
+        )?
     };
     let progress = Progress::start(&format!("backup {}", path.display()), input.size(), quiet);
     options.progress = Some(progress.counter());
@@ -280,10 +299,10 @@ pub fn run(args: BackupArgs) -> anyhow::Result<()> {
     let local_host = lock::hostname();
     let mut jobs = Vec::new();
     for spec in &specs {
-        let loc = if spec.text == "-" {
+        let loc = if spec.text == "-" || is_nbd_uri(&spec.text) {
             Location {
                 host: None,
-                path: "-".into(),
+                path: spec.text.clone().into(),
             }
         } else {
             Location::parse(&spec.text)?
@@ -344,7 +363,13 @@ pub fn run(args: BackupArgs) -> anyhow::Result<()> {
                         None if args.tracking.any() => {
                             backup_tracked(repo, &loc.path, options, args)
                         }
-                        None => backup_local(repo, &loc.path, options, args.common.quiet),
+                        None => backup_local(
+                            repo,
+                            &loc.path,
+                            options,
+                            args.common.quiet,
+                            args.source_format.format(),
+                        ),
                         Some(_) => super::backup_remote::run(
                             repo,
                             claims,
@@ -411,8 +436,14 @@ pub fn import(args: ImportArgs) -> anyhow::Result<()> {
         time_nanos: 0,
         ..BackupOptions::default()
     };
-    let summary = backup_local(&repo, &args.image, options, args.common.quiet)
-        .with_context(|| format!("import of {} failed", args.image.display()))?;
+    let summary = backup_local(
+        &repo,
+        &args.image,
+        options,
+        args.common.quiet,
+        SourceFormat::Raw,
+    )
+    .with_context(|| format!("import of {} failed", args.image.display()))?;
     report::summary(
         &args.common,
         false,

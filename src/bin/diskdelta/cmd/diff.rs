@@ -90,6 +90,7 @@ pub fn run(args: DiffArgs) -> anyhow::Result<()> {
     super::check_binary_stdout(&out_path)?;
     let input_options = InputOptions {
         direct: args.direct,
+        format: args.source_format.format(),
     };
     let old = Input::open(old_path, &input_options)?;
     let new = Input::open(new_path, &input_options)?;
@@ -150,6 +151,7 @@ fn run_tracked(
     super::check_binary_stdout(&out_path)?;
     let input_options = InputOptions {
         direct: args.direct,
+        format: args.source_format.format(),
     };
     let new = Input::open(new_path, &input_options)?;
     if !matches!(new.kind(), InputKind::File | InputKind::BlockDevice) {
@@ -207,6 +209,7 @@ fn run_from_snapshot(
         new_path,
         &InputOptions {
             direct: args.direct,
+            format: args.source_format.format(),
         },
     )?;
     if super::same_file(&out_path, new.file()) {
@@ -252,6 +255,7 @@ fn run_from_signature(
     super::check_binary_stdout(&out_path)?;
     let input_options = InputOptions {
         direct: args.direct,
+        format: args.source_format.format(),
     };
     let sig = Input::open(&sig_path, &InputOptions::default())?;
     let new = Input::open(new_path, &input_options)?;
@@ -269,7 +273,7 @@ fn run_from_signature(
         new.size(),
         diff_options(&args, BlockSize::DEFAULT, compression, format),
         |output, options| {
-            create_delta_from_signature(Box::new(sig.into_file()), new, output, asked, options)
+            create_delta_from_signature(Box::new(sig.into_file()?), new, output, asked, options)
         },
     )
 }

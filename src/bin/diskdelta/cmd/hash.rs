@@ -16,7 +16,13 @@ struct HashReport {
 pub fn run(args: HashArgs) -> anyhow::Result<()> {
     let mut reports = Vec::new();
     for path in &args.paths {
-        let input = Input::open(path, &InputOptions::default())?;
+        let input = Input::open(
+            path,
+            &InputOptions {
+                format: args.source_format.format(),
+                ..InputOptions::default()
+            },
+        )?;
         let summary = ChunkReader::spawn(input, ReaderOptions::default()).finish()?;
         let report = HashReport {
             path: path.display().to_string(),

@@ -1,0 +1,187 @@
+//! An NBD export as a backup source: the client, what it may tell about
+//! allocation and dirtiness, and the private `qemu-nbd` behind it when the
+//! source is an image file in a format other than raw.
+
+use std::path::Path;
+
+use super::client::{ConnectOptions, Extent, NbdClient, NbdError, NbdUri};
+use super::proto;
+use super::qemu::{QemuError, QemuNbd, QemuNbdOptions};
+
+/// An open NBD source.
+#[derive(Debug)]
+pub struct NbdSource {
+    // Dropped first: the client says goodbye before the server is stopped.
+    client: NbdClient,
+    server: Option<QemuNbd>,
+    display: String,
+    dirty_context: Option<String>,
+}
+
+/// What to ask of an NBD source beyond its bytes.
+#[derive(Debug, Clone, Default)]
+pub struct NbdSourceOptions {
+    /// The qemu dirty bitmap whose `qemu:dirty-bitmap:NAME` context to ask for.
+    pub dirty_bitmap: Option<String>,
+}
+
+/// Errors opening a source (the client's or the private server's).
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error(transparent)]
+    Nbd(#[from] NbdError),
+    #[error(transparent)]
+    Qemu(#[from] QemuError),
+}
+
+fn contexts(options: &NbdSourceOptions) -> (Vec<String>, Option<String>) {
+    let mut contexts = vec![proto::CONTEXT_BASE_ALLOCATION.to_string()];
+    let dirty = options
+        .dirty_bitmap
+        .as_ref()
+        .map(|b| format!("{}{b}", proto::CONTEXT_DIRTY_BITMAP_PREFIX));
+    contexts.extend(dirty.clone());
+    (contexts, dirty)
+}
+
+impl NbdSource {
+    /// Connects to an export given by URI.
+    ///
+    /// # Errors
+    /// Connection and negotiation failures.
+    pub fn connect(uri: &NbdUri, options: &NbdSourceOptions) -> Result<NbdSource, NbdError> {
+        let (contexts, dirty_context) = contexts(options);
+        let client = NbdClient::connect(
+            uri,
+            &ConnectOptions {
+                contexts,
+                ..ConnectOptions::default()
+            },
+        )?;
+        Ok(NbdSource {
+            display: uri.to_string(),
+            client,
+            server: None,
+            dirty_context,
+        })
+    }
+
+    /// Serves the image `path` in `format` with a private, read-only
+    /// `qemu-nbd` and connects to it. The server is stopped when the
+    /// source is dropped.
+    ///
+    /// # Errors
+    /// qemu-nbd missing or failing, connection failures.
+    pub fn serve_image(
+        path: &Path,
+        format: &str,
+        options: &NbdSourceOptions,
+    ) -> Result<NbdSource, SourceError> {
+        let server = QemuNbd::start(&QemuNbdOptions {
+            image: path.to_path_buf(),
+            format: format.to_string(),
+            bitmap: options.dirty_bitmap.clone(),
+        })?;
+        let (contexts, dirty_context) = contexts(options);
+        let client = NbdClient::connect(
+            &server.uri(),
+            &ConnectOptions {
+                contexts,
+                ..ConnectOptions::default()
+            },
+        )?;
+        Ok(NbdSource {
+            display: path.display().to_string(),
+            client,
+            server: Some(server),
+            dirty_context,
+        })
+    }
+
+    /// The size in bytes.
+    pub fn size(&self) -> u64 {
+        self.client.size()
+    }
+
+    /// What this source is, for messages: the URI or the image path.
+    pub fn display(&self) -> &str {
+        &self.display
+    }
+
+    /// The client.
+    pub fn client(&self) -> &NbdClient {
+        &self.client
+    }
+
+    /// True when a private qemu-nbd serves this source.
+    pub fn has_private_server(&self) -> bool {
+        self.server.is_some()
+    }
+
+    /// Reads `buf.len()` bytes at `offset`.
+    ///
+    /// # Errors
+    /// As [`NbdClient::read_at`].
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), NbdError> {
+        self.client.read_at(buf, offset)
+    }
+
+    /// True when the server tells allocation (`base:allocation`).
+    pub fn knows_allocation(&self) -> bool {
+        self.client
+            .context_id(proto::CONTEXT_BASE_ALLOCATION)
+            .is_some()
+    }
+
+    /// Allocation extents over `offset..end`; one data extent when the
+    /// server does not tell.
+    ///
+    /// # Errors
+    /// As [`NbdClient::block_status`].
+    pub fn allocation(&self, offset: u64, end: u64) -> Result<Vec<Extent>, NbdError> {
+        if !self.knows_allocation() {
+            return Ok(vec![Extent {
+                offset,
+                length: end - offset,
+                flags: 0,
+            }]);
+        }
+        let mut out = Vec::new();
+        let mut at = offset;
+        while at < end {
+            let len = (end - at).min(1 << 30) as u32;
+            let got = self
+                .client
+                .block_status(proto::CONTEXT_BASE_ALLOCATION, at, len)?;
+            for e in got {
+                at = e.end();
+                out.push(e);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The dirty extents of the bitmap asked for, merged; `None` when no
+    /// bitmap was asked for.
+    ///
+    /// # Errors
+    /// The server did not grant the bitmap's context, or failed.
+    pub fn dirty_extents(&self) -> Result<Option<Vec<Extent>>, NbdError> {
+        let Some(context) = &self.dirty_context else {
+            return Ok(None);
+        };
+        let all = self.client.extents(context, 0, self.size())?;
+        Ok(Some(
+            all.into_iter()
+                .filter(|e| e.flags & proto::STATE_DIRTY != 0)
+                .collect(),
+        ))
+    }
+
+    /// True when the dirty bitmap's context was granted.
+    pub fn has_dirty_bitmap(&self) -> bool {
+        self.dirty_context
+            .as_ref()
+            .is_some_and(|c| self.client.context_id(c).is_some())
+    }
+}

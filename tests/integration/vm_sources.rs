@@ -1,0 +1,193 @@
+//! VM disks as sources, with the real tools only: exports served by
+//! `qemu-nbd` and `nbdkit`, qcow2 images made by `qemu-img` and written by
+//! `qemu-io`, persistent dirty bitmaps added with `qemu-img bitmap`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+use crate::common;
+use crate::common::nbd::{s, tool, NbdServer};
+
+const MIB: usize = 1 << 20;
+
+fn json(bytes: &[u8]) -> Value {
+    serde_json::from_slice(bytes)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(bytes)))
+}
+
+/// A 24 MiB raw image: random data, a hole, a zero-filled (allocated)
+/// stretch, more data, a tail hole.
+fn raw_image(dir: &Path, name: &str, seed: u64) -> PathBuf {
+    let path = dir.join(name);
+    let mut data = vec![0u8; 24 * MIB];
+    data[..5 * MIB + 4096].copy_from_slice(&common::pseudo_random(5 * MIB + 4096, seed));
+    data[12 * MIB..15 * MIB].copy_from_slice(&common::pseudo_random(3 * MIB, seed + 1));
+    std::fs::write(&path, &data).expect("write image");
+    // Punch the holes back: the file is sparse where the data is zero,
+    // except 9..10 MiB, written as zeros.
+    tool("fallocate", &["--dig-holes", s(&path)]);
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .expect("open");
+    use std::os::unix::fs::FileExt;
+    f.write_all_at(&vec![0u8; MIB], 9 * MIB as u64)
+        .expect("write zeros");
+    path
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let out = common::run_within(cmd, 120);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        common::stderr(&out)
+    );
+    out
+}
+
+fn run_failing(cmd: &mut Command) -> String {
+    let out = common::run_within(cmd, 60);
+    assert!(!out.status.success(), "{cmd:?} succeeded");
+    let err = common::stderr(&out);
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    err
+}
+
+fn hash(path: &str) -> String {
+    let out = run(common::diskdelta().args(["hash", "--json", path]));
+    json(&out.stdout)[0]["digest"]
+        .as_str()
+        .expect("a digest")
+        .to_string()
+}
+
+fn init_repo(dir: &Path) -> PathBuf {
+    let repo = dir.join("repo");
+    run(common::diskdelta().args(["init", "-q", "-r", s(&repo)]));
+    repo
+}
+
+fn backup(repo: &Path, source: &str, name: &str, extra: &[&str]) -> (Value, String) {
+    let out = run(common::diskdelta()
+        .args(["backup", "--json", "-r", s(repo), source, "--name", name])
+        .args(extra));
+    (
+        json(&out.stdout)[0]["summary"].clone(),
+        common::stderr(&out),
+    )
+}
+
+fn restore(repo: &Path, name: &str, out: &Path, extra: &[&str]) -> Value {
+    let o = run(common::diskdelta()
+        .args(["restore", "--json", "-r", s(repo), name, "-o", s(out)])
+        .args(extra));
+    json(&o.stdout)
+}
+
+fn assert_same(a: &Path, b: &Path) {
+    let (x, y) = (
+        std::fs::read(a).expect("read"),
+        std::fs::read(b).expect("read"),
+    );
+    assert_eq!(
+        x.len(),
+        y.len(),
+        "{} and {} differ in size",
+        a.display(),
+        b.display()
+    );
+    assert!(x == y, "{} and {} differ", a.display(), b.display());
+}
+
+#[test]
+fn nbd_exports_hash_like_the_raw_file() {
+    let dir = common::tempdir();
+    let img = raw_image(dir.path(), "a.raw", 1);
+    let want = hash(s(&img));
+    let q = NbdServer::qemu_nbd(&img, "raw", &[]);
+    assert_eq!(hash(q.uri()), want, "qemu-nbd");
+    let k = NbdServer::nbdkit(&["file", s(&img)]);
+    assert_eq!(hash(k.uri()), want, "nbdkit file");
+    // nbdkit memory over TCP: all zeros, as a zero file of the same size.
+    let m = NbdServer::nbdkit_tcp(&["memory", "24M"]);
+    let zeros = dir.path().join("zeros");
+    std::fs::File::create(&zeros)
+        .and_then(|f| f.set_len(24 * MIB as u64))
+        .expect("zero file");
+    assert_eq!(hash(m.uri()), hash(s(&zeros)), "nbdkit memory");
+}
+
+#[test]
+fn backup_of_an_nbd_export_restores_byte_identical() {
+    let dir = common::tempdir();
+    let img = raw_image(dir.path(), "a.raw", 2);
+    let repo = init_repo(dir.path());
+    let k = NbdServer::nbdkit(&["file", s(&img)]);
+    let (summary, _) = backup(&repo, k.uri(), "vm", &[]);
+    assert_eq!(summary["size"].as_u64(), Some(24 * MIB as u64), "{summary}");
+    let out = dir.path().join("restored.raw");
+    restore(&repo, "vm", &out, &[]);
+    assert_same(&out, &img);
+    // The default name comes from the export (here: the socket's name).
+    let q = NbdServer::qemu_nbd(&img, "raw", &[]);
+    let out = run(common::diskdelta().args(["backup", "-q", "--json", "-r", s(&repo), q.uri()]));
+    let name = json(&out.stdout)[0]["summary"]["name"]
+        .as_str()
+        .map(str::to_string);
+    assert!(
+        name.is_some_and(|n| n.ends_with("-exp")),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn diff_reads_old_or_new_over_nbd() {
+    let dir = common::tempdir();
+    let old = raw_image(dir.path(), "old.raw", 3);
+    let new = dir.path().join("new.raw");
+    std::fs::copy(&old, &new).expect("copy");
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&new)
+            .expect("open");
+        f.write_all_at(&common::pseudo_random(200_000, 9), 7 * MIB as u64)
+            .expect("write");
+    }
+    let q_old = NbdServer::qemu_nbd(&old, "raw", &[]);
+    let q_new = NbdServer::nbdkit(&["file", s(&new)]);
+    for (o, n) in [(q_old.uri(), s(&new)), (s(&old), q_new.uri())] {
+        let delta = dir.path().join("d.delta");
+        run(common::diskdelta().args(["diff", o, n, "-o", s(&delta)]));
+        let out = dir.path().join("applied.raw");
+        run(common::diskdelta().args(["apply", s(&delta), "--base", s(&old), "-o", s(&out)]));
+        assert_same(&out, &new);
+        std::fs::remove_file(&out).expect("remove");
+    }
+}
+
+#[test]
+fn bad_nbd_sources_fail_in_one_line() {
+    let dir = common::tempdir();
+    let img = raw_image(dir.path(), "a.raw", 4);
+    let missing = format!("nbd+unix:///x?socket={}", s(&dir.path().join("none.sock")));
+    let err = run_failing(common::diskdelta().args(["hash", &missing]));
+    assert!(err.contains("cannot connect"), "{err}");
+    let err = run_failing(common::diskdelta().args(["hash", "nbds://127.0.0.1/x"]));
+    assert!(err.contains("TLS"), "{err}");
+    let err = run_failing(common::diskdelta().args(["hash", "nbd+unix:///x"]));
+    assert!(err.contains("socket=PATH"), "{err}");
+    let q = NbdServer::qemu_nbd(&img, "raw", &[]);
+    let wrong = q.uri().replace("/exp?", "/nope?");
+    let err = run_failing(common::diskdelta().args(["hash", &wrong]));
+    assert!(err.contains("no export named \"nope\""), "{err}");
+    let repo = init_repo(dir.path());
+    run_failing(common::diskdelta().args(["backup", "-q", "-r", s(&repo), &wrong]));
+    let out = run(common::diskdelta().args(["snapshots", "--json", "-r", s(&repo)]));
+    assert_eq!(json(&out.stdout).as_array().map(Vec::len), Some(0));
+}
