@@ -470,6 +470,11 @@ pub struct BackupArgs {
     /// one differs from the previous snapshot (a tracker that missed a change).
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub verify_sample: usize,
+    /// Store SOURCE, a snapshot (id, prefix or name), with the writes of
+    /// this overlay (made by `nbd --writable`) as a new snapshot: only the
+    /// chunks the writes touch are read, the others keep their ids.
+    #[arg(long, value_name = "FILE")]
+    pub from_overlay: Option<PathBuf>,
     #[command(flatten)]
     pub common: Common,
 }
