@@ -10,6 +10,7 @@ pub mod diffdd;
 pub mod diffdd_py;
 pub mod diskdump;
 pub mod keyfile;
+pub mod overlay;
 pub mod pack;
 pub mod pack_index;
 pub mod sealed;

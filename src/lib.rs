@@ -30,6 +30,7 @@ pub mod digest;
 pub mod format;
 pub mod id;
 pub mod io;
+pub mod mount;
 pub mod nbd;
 pub mod pipeline;
 pub mod remote;

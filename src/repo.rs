@@ -91,6 +91,8 @@ pub mod key;
 pub mod location;
 pub mod lock;
 pub mod maintenance;
+pub mod overlay;
+pub mod overlay_backup;
 pub mod remote;
 pub mod restore;
 pub mod serve;

@@ -23,6 +23,8 @@ mod inplace;
 mod legacy;
 #[path = "integration/locations.rs"]
 mod locations;
+#[path = "integration/mount.rs"]
+mod mount;
 #[path = "integration/nbd_export.rs"]
 mod nbd_export;
 #[path = "integration/repo.rs"]

@@ -10,7 +10,7 @@ DISKDELTA_PACKAGES=(
   openssh-server openssh-client  # a real sshd on 127.0.0.1 for remote tests
   sudo                # backup --sudo runs the remote side under sudo
   thin-provisioning-tools  # thin_delta for --thin-metadata/--lvm; thin_restore in tests
-  fuse3 python3-fuse  # the EIO file system of the fault suite (scripts/fault-campaign)
+  fuse3 python3-fuse  # fusermount3: diskdelta mount; the EIO file system of the fault suite
   musl-tools          # musl-gcc for the static build's C code (scripts/build-static)
   binutils            # strip, readelf: scripts/build-static, scripts/build-deb
   qemu-utils          # qemu-img, qemu-nbd, qemu-io: VM sources, NBD tests
@@ -19,6 +19,7 @@ DISKDELTA_PACKAGES=(
   nbdkit              # a second NBD server for the NBD source tests
   fio                 # random-read latency of the NBD export (bench/run access)
   nbd-client          # the kernel NBD client, where the nbd module exists
+  e2fsprogs           # mkfs.ext4 -d: the ext4 image the mount tests loop-mount
 )
 
 ensure_packages() {

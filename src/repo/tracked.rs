@@ -114,23 +114,39 @@ impl BackupSession {
         runs: RunStream,
         verify_sample: usize,
     ) -> Result<(BackupSummary, TrackedStats), RepoError> {
-        let chunk_size = self.chunk_size();
-        let parent = self
-            .parent()
-            .ok_or(RepoError::Internal("tracked backup without a parent"))?;
         if !matches!(input.kind(), InputKind::File | InputKind::BlockDevice) {
             return Err(RepoError::Invalid(format!(
                 "{}: change tracking needs a file or block device",
                 input.path().display()
             )));
         }
+        let size = input.size().ok_or_else(|| {
+            RepoError::Invalid(format!("{}: size unknown", input.path().display()))
+        })?;
+        self.run_tracked_from(&input, size, runs, verify_sample)
+    }
+
+    /// Backs up `size` bytes of any random-access `source` reading only
+    /// what `runs` report changed since the parent snapshot (the other
+    /// chunks keep the parent's ids unread).
+    ///
+    /// # Errors
+    /// As [`Self::run_tracked`].
+    pub fn run_tracked_from(
+        &self,
+        input: &dyn TrackedSource,
+        size: u64,
+        runs: RunStream,
+        verify_sample: usize,
+    ) -> Result<(BackupSummary, TrackedStats), RepoError> {
+        let chunk_size = self.chunk_size();
+        let parent = self
+            .parent()
+            .ok_or(RepoError::Internal("tracked backup without a parent"))?;
         // Reused ids give the image digest only when chunks are digest
         // segments; otherwise the snapshot records no image digest (every
         // chunk is still verified by its id on restore).
         let digest_known = chunk_size == SEGMENT_SIZE;
-        let size = input.size().ok_or_else(|| {
-            RepoError::Invalid(format!("{}: size unknown", input.path().display()))
-        })?;
         let threads = if self.options().threads == 0 {
             std::thread::available_parallelism().map_or(2, |n| n.get())
         } else {
@@ -143,7 +159,6 @@ impl BackupSession {
         let dedup = Dedup::new(Some(self.index()), self.repo().crypto().map(|c| &**c));
         let failure: std::sync::Mutex<Option<IoError>> = std::sync::Mutex::new(None);
         let failure = &failure;
-        let input = &input;
         let progress = self.options().progress.clone();
         std::thread::scope(|s| {
             for _ in 0..threads {
@@ -295,7 +310,35 @@ impl Sampler {
     }
 }
 
-fn verify_reused(input: &Input, sampled: &[Sampled]) -> Result<u64, RepoError> {
+/// What a change-tracked backup reads: a file, a block device, or a
+/// snapshot with its overlay.
+pub trait TrackedSource: Sync {
+    /// The source, for messages.
+    fn describe(&self) -> String;
+    /// Fills `buf` from `offset`.
+    ///
+    /// # Errors
+    /// [`IoError::Read`].
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<(), IoError>;
+}
+
+impl TrackedSource for Input {
+    fn describe(&self) -> String {
+        self.path().display().to_string()
+    }
+
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<(), IoError> {
+        self.file()
+            .read_exact_at(buf, offset)
+            .map_err(|source| IoError::Read {
+                path: self.path().into(),
+                offset,
+                source,
+            })
+    }
+}
+
+fn verify_reused(input: &dyn TrackedSource, sampled: &[Sampled]) -> Result<u64, RepoError> {
     let mut buf = vec![0u8; sampled.iter().map(|s| s.len).max().unwrap_or(0)];
     for s in sampled {
         let data = &mut buf[..s.len];
@@ -307,7 +350,7 @@ fn verify_reused(input: &Input, sampled: &[Sampled]) -> Result<u64, RepoError> {
         };
         if !same {
             return Err(RepoError::TrackerMissedChange {
-                path: input.path().display().to_string(),
+                path: input.describe(),
                 offset: s.offset,
                 len: s.len as u64,
             });
@@ -400,7 +443,7 @@ impl Planner<'_> {
 }
 
 fn worker(
-    input: &Input,
+    input: &dyn TrackedSource,
     work: Receiver<PlannedUnit>,
     units: Sender<Unit>,
     read: Sender<u64>,

@@ -438,3 +438,185 @@ fn interrupt_stops_the_server_and_removes_its_socket() {
     assert_eq!(status.code(), Some(130));
     assert!(!sock.exists(), "socket left behind");
 }
+
+/// Runs qemu-io commands against `uri` (writable unless `read_only`).
+fn qemu_io(uri: &str, read_only: bool, commands: &[&str]) -> Output {
+    let mut cmd = Command::new("qemu-io");
+    cmd.args(["-f", "raw"]);
+    if read_only {
+        cmd.arg("-r");
+    }
+    for c in commands {
+        cmd.arg("-c").arg(c);
+    }
+    cmd.arg(uri);
+    client(&mut cmd)
+}
+
+fn qemu_io_ok(uri: &str, read_only: bool, commands: &[&str]) {
+    let out = qemu_io(uri, read_only, commands);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        common::stderr(&out)
+    );
+    // qemu-io exits 0 even when a command fails; its messages say so.
+    assert!(
+        out.status.success() && !text.contains("failed") && !text.contains("Pattern verification"),
+        "qemu-io {commands:?}: {text}"
+    );
+}
+
+#[test]
+fn writes_through_an_overlay_become_a_new_snapshot() {
+    let dir = common::tempdir();
+    let repo = init_repo(dir.path());
+    let len = 8 * MIB;
+    let data = image(len, 8, &[6]);
+    let base_id = backup(dir.path(), &repo, "vm1", &data);
+    let overlay = dir.path().join("vm1.ovl");
+    let ovl = overlay.to_str().expect("utf-8");
+    let mut expect = data.clone();
+    {
+        let mut server =
+            NbdServer::start(&repo, dir.path(), &["vm1", "--writable", "--overlay", ovl]);
+        assert_eq!(server.info["writable"], true);
+        let uri = server.uri(0);
+        qemu_io_ok(
+            &uri,
+            false,
+            &[
+                "write -P 0x41 1000 5000",
+                "write -z 2M 1M",
+                "discard 6M 64k",
+                "write -P 0x42 6M 4096",
+                "flush",
+            ],
+        );
+        expect[1000..6000].fill(0x41);
+        expect[2 * MIB..3 * MIB].fill(0);
+        expect[6 * MIB..6 * MIB + 64 * KIB].fill(0);
+        expect[6 * MIB..6 * MIB + 4096].fill(0x42);
+        // Written but not flushed: kept when the server is interrupted.
+        qemu_io_ok(&uri, false, &["write -P 0x43 7M 512"]);
+        expect[7 * MIB..7 * MIB + 512].fill(0x43);
+        let copied = dir.path().join("live.img");
+        client_ok(Command::new("nbdcopy").arg(&uri).arg(&copied));
+        assert!(
+            std::fs::read(&copied).expect("copy") == expect,
+            "live view differs"
+        );
+        common::send_signal(server.pid(), "-INT");
+        server.wait_exit();
+    }
+    // The repository is untouched: the snapshot still restores as it was.
+    let restored = dir.path().join("base.img");
+    common::run_ok(
+        common::diskdelta()
+            .args(["restore", "-q", &base_id, "-r"])
+            .arg(&repo)
+            .arg("-o")
+            .arg(&restored),
+    );
+    assert!(std::fs::read(&restored).expect("base") == data);
+
+    // Reopened on the same snapshot: the writes are there.
+    {
+        let server = NbdServer::start(&repo, dir.path(), &["vm1", "--writable", "--overlay", ovl]);
+        qemu_io_ok(
+            &server.uri(0),
+            true,
+            &[
+                "read -P 0x41 1000 5000",
+                "read -P 0x43 7M 512",
+                "read -P 0 2M 1M",
+            ],
+        );
+    }
+
+    let out = common::run_ok(
+        common::diskdelta()
+            .args([
+                "backup",
+                "--json",
+                "-q",
+                "--from-overlay",
+                ovl,
+                "vm1",
+                "--name",
+                "vm1-fixed",
+                "-r",
+            ])
+            .arg(&repo),
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let s = &v[0]["summary"];
+    // Chunks 0, 2, 6 and 7 were written; the other four keep their ids unread.
+    assert_eq!(s["change_tracking"]["chunks_reused"], 4, "{s}");
+    assert_eq!(s["change_tracking"]["chunks_read"], 4, "{s}");
+    let new = dir.path().join("new.img");
+    common::run_ok(
+        common::diskdelta()
+            .args(["restore", "-q", "vm1-fixed", "-r"])
+            .arg(&repo)
+            .arg("-o")
+            .arg(&new),
+    );
+    assert!(
+        std::fs::read(&new).expect("new") == expect,
+        "new snapshot differs"
+    );
+}
+
+#[test]
+fn an_overlay_is_refused_on_another_snapshot_and_when_damaged() {
+    let dir = common::tempdir();
+    let repo = init_repo(dir.path());
+    backup(dir.path(), &repo, "a", &image(2 * MIB, 9, &[]));
+    backup(dir.path(), &repo, "b", &image(2 * MIB, 10, &[]));
+    let overlay = dir.path().join("a.ovl");
+    let ovl = overlay.to_str().expect("utf-8");
+    {
+        let server = NbdServer::start(&repo, dir.path(), &["a", "--writable", "--overlay", ovl]);
+        qemu_io_ok(&server.uri(0), false, &["write -P 0x11 0 4096", "flush"]);
+    }
+    let before = std::fs::read(&overlay).expect("overlay");
+    let out = client(
+        common::diskdelta()
+            .args(["nbd", "b", "--writable", "--overlay", ovl, "-r"])
+            .arg(&repo),
+    );
+    assert!(!out.status.success());
+    let err = common::stderr(&out);
+    assert!(err.contains("belongs to snapshot"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert!(
+        std::fs::read(&overlay).expect("overlay") == before,
+        "overlay changed"
+    );
+    let out = client(
+        common::diskdelta()
+            .args(["backup", "--from-overlay", ovl, "b", "--name", "x", "-r"])
+            .arg(&repo),
+    );
+    assert!(
+        !out.status.success(),
+        "backup of another snapshot's overlay"
+    );
+    // Both map slots damaged: refused with a clear line.
+    let mut bytes = before.clone();
+    bytes[100] ^= 1;
+    bytes[4096 + 130] ^= 1;
+    std::fs::write(&overlay, &bytes).expect("damage overlay");
+    let out = client(
+        common::diskdelta()
+            .args(["nbd", "a", "--writable", "--overlay", ovl, "-r"])
+            .arg(&repo),
+    );
+    assert!(!out.status.success());
+    assert!(
+        common::stderr(&out).contains("map slot"),
+        "{}",
+        common::stderr(&out)
+    );
+}

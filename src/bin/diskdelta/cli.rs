@@ -61,6 +61,10 @@ pub enum Command {
     /// copy-on-write overlay) without restoring them.
     #[command(after_help = crate::examples::NBD)]
     Nbd(NbdArgs),
+    /// Mount snapshots as a read-only tree of image files (FUSE):
+    /// DIR/<name>/<time>.img, for `mount -o ro,loop` or `losetup -r -P`.
+    #[command(after_help = crate::examples::MOUNT)]
+    Mount(MountArgs),
     /// List snapshots.
     #[command(after_help = crate::examples::SNAPSHOTS)]
     Snapshots(SnapshotsArgs),
@@ -478,6 +482,11 @@ pub struct BackupArgs {
     /// one differs from the previous snapshot (a tracker that missed a change).
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub verify_sample: usize,
+    /// Store SOURCE, a snapshot (id, prefix or name), with the writes of
+    /// this overlay (made by `nbd --writable`) as a new snapshot: only the
+    /// chunks the writes touch are read, the others keep their ids.
+    #[arg(long, value_name = "FILE")]
+    pub from_overlay: Option<PathBuf>,
     #[command(flatten)]
     pub source_format: SourceFormatArg,
     #[command(flatten)]
@@ -555,6 +564,27 @@ pub struct NbdArgs {
     #[arg(long)]
     pub json: bool,
     /// No log lines about failed requests.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct MountArgs {
+    /// The (empty) directory to mount on.
+    pub dir: PathBuf,
+    /// Snapshots to show (id, unique id prefix, or a name: all its
+    /// snapshots); all snapshots when none is given.
+    #[arg(value_name = "SNAPSHOT|NAME")]
+    pub snapshots: Vec<String>,
+    #[command(flatten)]
+    pub repo: RepoArg,
+    /// Memory for decompressed chunks of each image read.
+    #[arg(long, value_name = "SIZE", default_value = "256M")]
+    pub cache_size: String,
+    /// Print the mount as one JSON line once it is ready.
+    #[arg(long)]
+    pub json: bool,
+    /// No log lines about failed reads.
     #[arg(short, long)]
     pub quiet: bool,
 }

@@ -14,6 +14,7 @@ mod info;
 mod init;
 mod key;
 mod merge;
+mod mount;
 mod nbd;
 mod restore;
 mod signature;
@@ -48,6 +49,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Import(a) => backup::import(a),
         Command::Restore(a) => restore::run(a),
         Command::Nbd(a) => nbd::run(a),
+        Command::Mount(a) => mount::run(a),
         Command::Snapshots(a) => snapshots::run(a),
         Command::Status(a) => status::run(a),
         Command::Verify(a) => verify::run(a),

@@ -76,6 +76,13 @@ Examples:
   diskdelta nbd vm1 --writable --overlay vm1.ovl   # writes go to vm1.ovl
   diskdelta backup --from-overlay vm1.ovl vm1 --name vm1-fixed";
 
+pub const MOUNT: &str = "\
+Examples:
+  diskdelta mount /mnt/snapshots            # every snapshot; Ctrl-C unmounts
+  diskdelta mount /mnt/snapshots vm1 3f2a9c
+  mount -o ro,loop /mnt/snapshots/vm1/2026-12-06T02:00:00Z.img /mnt/vm1
+  fusermount3 -u /mnt/snapshots";
+
 pub const SNAPSHOTS: &str = "\
 Examples:
   diskdelta snapshots

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use super::super::proto;
 use crate::repo::image::{Extent, ImageError, Segment, SnapshotImage};
+use crate::repo::overlay::{OverlayError, OverlayImage};
 
 /// A failed request: the protocol's error value and a message for the log
 /// (and for clients that negotiated structured replies).
@@ -263,5 +264,81 @@ impl Export for MemoryExport {
         let r = self.range(offset, len)?;
         self.lock()[r].fill(0);
         Ok(())
+    }
+}
+
+impl From<OverlayError> for ExportError {
+    fn from(e: OverlayError) -> Self {
+        let errno = match &e {
+            OverlayError::PastEnd { .. } => proto::EINVAL,
+            OverlayError::Image(ImageError::PastEnd { .. }) => proto::EINVAL,
+            OverlayError::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC) => {
+                proto::ENOSPC
+            }
+            _ => proto::EIO,
+        };
+        ExportError::new(errno, error_chain(&e))
+    }
+}
+
+/// A snapshot served writable: writes go to its copy-on-write overlay.
+#[derive(Debug)]
+pub struct OverlayExport {
+    name: String,
+    image: Arc<OverlayImage>,
+}
+
+impl OverlayExport {
+    pub fn new(name: impl Into<String>, image: Arc<OverlayImage>) -> Self {
+        OverlayExport {
+            name: name.into(),
+            image,
+        }
+    }
+}
+
+impl Export for OverlayExport {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn description(&self) -> String {
+        format!(
+            "{}, writable through {}",
+            describe(self.image.base()),
+            self.image.path().display()
+        )
+    }
+
+    fn size(&self) -> u64 {
+        self.image.size()
+    }
+
+    fn writable(&self) -> bool {
+        true
+    }
+
+    fn read(&self, offset: u64, len: usize) -> Result<Vec<Segment>, ExportError> {
+        Ok(self.image.read_segments(offset, len)?)
+    }
+
+    fn extents(&self, offset: u64, len: u64) -> Result<Vec<Extent>, ExportError> {
+        Ok(self.image.extents(offset, len)?)
+    }
+
+    fn write(&self, offset: u64, data: &[u8], fua: bool) -> Result<(), ExportError> {
+        Ok(self.image.write(offset, data, fua)?)
+    }
+
+    fn write_zeroes(&self, offset: u64, len: u64, fua: bool) -> Result<(), ExportError> {
+        Ok(self.image.write_zeroes(offset, len, fua)?)
+    }
+
+    fn flush(&self) -> Result<(), ExportError> {
+        Ok(self.image.flush()?)
+    }
+
+    fn cache(&self, offset: u64, len: u64) {
+        self.image.base().prefetch(offset, len);
     }
 }

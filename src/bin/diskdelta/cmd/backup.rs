@@ -290,6 +290,9 @@ fn backup_tracked(
 }
 
 pub fn run(args: BackupArgs) -> anyhow::Result<()> {
+    if let Some(overlay) = &args.from_overlay {
+        return from_overlay(&args, overlay);
+    }
     let raw: Vec<String> = std::env::args()
         .skip_while(|a| a != "backup")
         .skip(1)
@@ -493,6 +496,40 @@ pub fn import_diskdump(args: ImportDiskdumpArgs) -> anyhow::Result<()> {
             "{failed} of {} manifests could not be imported",
             manifests.len()
         );
+    }
+    Ok(())
+}
+
+/// `backup --from-overlay FILE SNAPSHOT --name NAME`
+fn from_overlay(args: &BackupArgs, overlay: &std::path::Path) -> anyhow::Result<()> {
+    let ([snapshot], [name]) = (&args.sources[..], &args.name[..]) else {
+        bail!("--from-overlay takes one SNAPSHOT and one --name");
+    };
+    let repo = super::open_repo(&args.repo, false)?;
+    let options = BackupOptions {
+        name: name.clone(),
+        source: overlay.display().to_string(),
+        host: lock::hostname(),
+        tags: args.tags.clone(),
+        time: parse_time(args.time.as_deref())?,
+        threads: args.threads.unwrap_or(0),
+        ..BackupOptions::default()
+    };
+    let (mut summary, stats) =
+        diskdelta::repo::overlay_backup::backup_from_overlay(&repo, overlay, snapshot, options)
+            .with_context(|| format!("backup of {snapshot} with {} failed", overlay.display()))?;
+    summary.change_tracking = Some(diskdelta::repo::tracked::TrackingReport {
+        tracker: format!("overlay {}", overlay.display()),
+        used: true,
+        fallback_reason: None,
+        stats,
+    });
+    let source = overlay.display().to_string();
+    if args.common.json {
+        let v = serde_json::json!([{ "source": source, "summary": summary }]);
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else if !args.common.quiet {
+        eprintln!("{}", summary_line(&source, &summary));
     }
     Ok(())
 }

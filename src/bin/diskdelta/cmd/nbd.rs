@@ -5,9 +5,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
-use diskdelta::nbd::server::export::{Export, SnapshotExport};
+use diskdelta::nbd::server::export::{Export, OverlayExport, SnapshotExport};
 use diskdelta::nbd::server::{self, Exports, Listen, Server, ServerOptions};
 use diskdelta::repo::image::{ImageOptions, SnapshotImage};
+use diskdelta::repo::overlay::OverlayImage;
 use diskdelta::units::parse_size;
 
 use crate::cli::NbdArgs;
@@ -50,7 +51,21 @@ pub fn run(args: NbdArgs) -> anyhow::Result<()> {
             SnapshotImage::with_index(&repo, snap, index.clone(), &image_options)
                 .with_context(|| format!("cannot serve snapshot {spec}"))?,
         );
-        let export: Arc<dyn Export> = Arc::new(SnapshotExport::new(spec.clone(), image.clone()));
+        let export: Arc<dyn Export> = match &args.overlay {
+            Some(path) if args.writable => {
+                let overlay = Arc::new(
+                    OverlayImage::open(image.clone(), path)
+                        .with_context(|| format!("cannot serve snapshot {spec} writable"))?,
+                );
+                // Writes not yet flushed by a client are kept on Ctrl-C too.
+                let keep = overlay.clone();
+                diskdelta::io::cleanup::register_release(move || {
+                    let _ = keep.flush();
+                });
+                Arc::new(OverlayExport::new(spec.clone(), overlay))
+            }
+            _ => Arc::new(SnapshotExport::new(spec.clone(), image.clone())),
+        };
         described.push((spec.clone(), id, image.size()));
         exports.push(export);
     }
