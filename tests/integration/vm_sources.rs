@@ -191,3 +191,206 @@ fn bad_nbd_sources_fail_in_one_line() {
     let out = run(common::diskdelta().args(["snapshots", "--json", "-r", s(&repo)]));
     assert_eq!(json(&out.stdout).as_array().map(Vec::len), Some(0));
 }
+
+/// A 32 MiB qcow2 written by qemu-io, and its raw conversion.
+fn qcow2_image(dir: &Path, name: &str, writes: &[(u8, &str, &str)]) -> PathBuf {
+    let img = dir.join(name);
+    tool("qemu-img", &["create", "-q", "-f", "qcow2", s(&img), "32M"]);
+    qemu_io(&img, writes);
+    img
+}
+
+fn qemu_io(img: &Path, writes: &[(u8, &str, &str)]) {
+    for (pattern, off, len) in writes {
+        tool(
+            "qemu-io",
+            &[
+                "-f",
+                "qcow2",
+                "-c",
+                &format!("write -P {pattern:#x} {off} {len}"),
+                s(img),
+            ],
+        );
+    }
+}
+
+fn to_raw(img: &Path, raw: &Path) {
+    tool("qemu-img", &["convert", "-O", "raw", s(img), s(raw)]);
+}
+
+#[test]
+fn qcow2_files_are_read_through_a_private_qemu_nbd() {
+    let dir = common::tempdir();
+    let img = qcow2_image(
+        dir.path(),
+        "vm.qcow2",
+        &[(0xab, "0", "1M"), (0x11, "5M", "64k"), (0x22, "31M", "1M")],
+    );
+    let raw = dir.path().join("vm.raw");
+    to_raw(&img, &raw);
+    assert_eq!(hash(s(&img)), hash(s(&raw)));
+    // --source-format raw reads the qcow2 file's own bytes.
+    let out = run(common::diskdelta().args(["hash", "--json", "--source-format", "raw", s(&img)]));
+    assert_eq!(
+        json(&out.stdout)[0]["size"].as_u64(),
+        std::fs::metadata(&img).ok().map(|m| m.len())
+    );
+    let repo = init_repo(dir.path());
+    let (summary, _) = backup(&repo, s(&img), "vm", &[]);
+    assert_eq!(summary["size"].as_u64(), Some(32 * MIB as u64));
+    let out = dir.path().join("restored.raw");
+    restore(&repo, "vm", &out, &[]);
+    assert_same(&out, &raw);
+    // No server or socket directory is left behind.
+    let leftovers: Vec<_> = std::fs::read_dir(std::env::temp_dir())
+        .expect("list tmp")
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("diskdelta-nbd-")
+        })
+        .filter(|e| {
+            // Only ours: another test may be running one right now.
+            std::fs::read_dir(e.path()).map_or(0, |d| d.count()) == 0
+        })
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn qcow2_backing_chains_are_followed() {
+    let dir = common::tempdir();
+    let base = qcow2_image(
+        dir.path(),
+        "base.qcow2",
+        &[(0x5a, "0", "4M"), (0x5b, "20M", "2M")],
+    );
+    let top = dir.path().join("top.qcow2");
+    tool(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            s(&base),
+            "-F",
+            "qcow2",
+            s(&top),
+        ],
+    );
+    qemu_io(&top, &[(0x77, "1M", "512k"), (0x78, "21M", "4k")]);
+    let raw = dir.path().join("top.raw");
+    to_raw(&top, &raw);
+    let repo = init_repo(dir.path());
+    backup(&repo, s(&top), "vm", &[]);
+    let out = dir.path().join("restored.raw");
+    restore(&repo, "vm", &out, &[]);
+    assert_same(&out, &raw);
+    let data = std::fs::read(&out).expect("read");
+    assert_eq!(data[MIB], 0x77);
+    assert_eq!(data[3 * MIB], 0x5a, "the backing file's data shows through");
+}
+
+#[test]
+fn sync_copies_from_an_nbd_source() {
+    let dir = common::tempdir();
+    let img = raw_image(dir.path(), "a.raw", 5);
+    let k = NbdServer::nbdkit(&["file", s(&img)]);
+    let target = dir.path().join("copy.raw");
+    run(common::diskdelta().args(["sync", "-q", k.uri(), s(&target)]));
+    assert_same(&target, &img);
+    let out = run(common::diskdelta().args(["sync", "--json", k.uri(), s(&target)]));
+    let v = json(&out.stdout);
+    assert_eq!(v["changed_bytes"].as_u64(), Some(0), "{v}");
+}
+
+/// The qemu-nbd children of process `pid`.
+fn qemu_nbd_children(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        for c in children
+            .split_whitespace()
+            .filter_map(|c| c.parse::<u32>().ok())
+        {
+            let comm = std::fs::read_to_string(format!("/proc/{c}/comm")).unwrap_or_default();
+            if comm.trim() == "qemu-nbd" {
+                out.push(c);
+            }
+        }
+    }
+    out
+}
+
+fn gone(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_or(true, |s| s.split_whitespace().nth(2) == Some("Z"))
+}
+
+#[test]
+fn interrupting_stops_the_private_qemu_nbd() {
+    let dir = common::tempdir();
+    // The backing file is a FIFO: qemu-nbd blocks opening it, so the
+    // backup is caught waiting for its server.
+    let fifo = dir.path().join("base.raw");
+    tool("mkfifo", &[s(&fifo)]);
+    let top = dir.path().join("top.qcow2");
+    tool(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-u",
+            "-f",
+            "qcow2",
+            "-b",
+            s(&fifo),
+            "-F",
+            "raw",
+            s(&top),
+            "32M",
+        ],
+    );
+    let repo = init_repo(dir.path());
+    let mut child = common::diskdelta()
+        .args(["backup", "-q", "-r", s(&repo), s(&top)])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn backup");
+    let mut servers = Vec::new();
+    common::wait_until("qemu-nbd to start", || {
+        servers = qemu_nbd_children(child.id());
+        !servers.is_empty()
+    });
+    common::send_signal(child.id(), "-INT");
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if started.elapsed().as_secs() > 30 {
+            let _ = child.kill();
+            panic!("backup did not stop on SIGINT");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        use std::io::Read;
+        let _ = e.read_to_string(&mut err);
+    }
+    assert_eq!(status.code(), Some(130), "{err}");
+    common::wait_until("qemu-nbd to be stopped", || {
+        servers.iter().all(|&p| gone(p))
+    });
+}

@@ -362,8 +362,6 @@ pub struct SyncArgs {
     #[arg(long, env = "DISKDELTA_DEPLOY", value_parser = clap::builder::BoolishValueParser::new())]
     pub deploy: bool,
     #[command(flatten)]
-    pub source_format: SourceFormatArg,
-    #[command(flatten)]
     pub common: Common,
 }
 
