@@ -394,3 +394,134 @@ fn interrupting_stops_the_private_qemu_nbd() {
         servers.iter().all(|&p| gone(p))
     });
 }
+
+fn bitmap_backup(repo: &Path, source: &str, bitmap: &str) -> (Value, String) {
+    backup(repo, source, "vm", &["--dirty-bitmap", bitmap])
+}
+
+#[test]
+fn dirty_bitmap_backups_read_only_the_dirty_chunks() {
+    let dir = common::tempdir();
+    let img = qcow2_image(
+        dir.path(),
+        "vm.qcow2",
+        &[(0xab, "0", "8M"), (0x5c, "16M", "4M")],
+    );
+    tool("qemu-img", &["bitmap", "--add", s(&img), "b0"]);
+    let repo = init_repo(dir.path());
+    // The chain starts with a full read, said loudly.
+    let (first, err) = bitmap_backup(&repo, s(&img), "b0");
+    assert!(
+        err.contains("WARNING: change tracking NOT used") && err.contains("no previous snapshot"),
+        "{err}"
+    );
+    assert_eq!(first["change_tracking"]["used"], false);
+    // The guest writes: 4 repository chunks (1 MiB) are touched.
+    qemu_io(
+        &img,
+        &[
+            (0xcd, "2M", "64k"),
+            (0x11, "20484k", "4k"),
+            (0x22, "30M", "1536k"),
+        ],
+    );
+    let (s2, err) = bitmap_backup(&repo, s(&img), "b0");
+    assert!(!err.contains("WARNING"), "{err}");
+    assert_eq!(s2["change_tracking"]["used"], true, "{s2}");
+    assert_eq!(
+        s2["change_tracking"]["chunks_read"].as_u64(),
+        Some(4),
+        "{s2}"
+    );
+    assert_eq!(s2["bytes_read"].as_u64(), Some(4 * MIB as u64), "{s2}");
+    let raw = dir.path().join("vm.raw");
+    to_raw(&img, &raw);
+    let out = dir.path().join("restored.raw");
+    restore(&repo, "vm", &out, &[]);
+    assert_same(&out, &raw);
+    assert_eq!(s2["digest"].as_str(), Some(hash(s(&raw)).as_str()));
+
+    // The same bitmap over an NBD export served by qemu-nbd --bitmap.
+    let q = NbdServer::qemu_nbd(&img, "qcow2", &["--bitmap=b0"]);
+    let (s3, err) = bitmap_backup(&repo, q.uri(), "b0");
+    assert!(!err.contains("WARNING"), "{err}");
+    assert_eq!(s3["change_tracking"]["used"], true, "{s3}");
+    assert_eq!(s3["bytes_read"].as_u64(), Some(4 * MIB as u64), "{s3}");
+    // A bitmap the server does not offer: full read, loudly.
+    let (s4, err) = bitmap_backup(&repo, q.uri(), "other");
+    assert!(
+        err.contains("does not offer the dirty bitmap \"other\""),
+        "{err}"
+    );
+    assert_eq!(s4["change_tracking"]["used"], false);
+    // Every allocated byte is read (holes are not).
+    assert!(s4["bytes_read"].as_u64() >= Some(12 * MIB as u64), "{s4}");
+}
+
+#[test]
+fn unusable_dirty_bitmaps_mean_a_loud_full_read() {
+    let dir = common::tempdir();
+    let img = qcow2_image(dir.path(), "vm.qcow2", &[(0xab, "0", "4M")]);
+    tool("qemu-img", &["bitmap", "--add", s(&img), "b0"]);
+    let repo = init_repo(dir.path());
+    bitmap_backup(&repo, s(&img), "b0");
+    qemu_io(&img, &[(0xcd, "1M", "4k")]);
+
+    // Missing.
+    let (v, err) = bitmap_backup(&repo, s(&img), "nope");
+    assert!(
+        err.contains("has no dirty bitmap \"nope\" (it has: b0)"),
+        "{err}"
+    );
+    assert_eq!(v["change_tracking"]["used"], false);
+
+    // In use: a writer that held the image was killed.
+    {
+        let socket = dir.path().join("rw.sock");
+        let mut writer = Command::new("qemu-nbd")
+            .args(["--format=qcow2", "--socket", s(&socket), s(&img)])
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start qemu-nbd");
+        common::wait_until("qemu-nbd to mark the bitmap in use", || {
+            Command::new("qemu-img")
+                .args(["info", "-U", "--output=json", s(&img)])
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("in-use"))
+        });
+        writer.kill().expect("kill");
+        writer.wait().expect("reap");
+    }
+    let (v, err) = bitmap_backup(&repo, s(&img), "b0");
+    assert!(err.contains("is in-use"), "{err}");
+    assert_eq!(v["change_tracking"]["used"], false);
+    let raw = dir.path().join("vm.raw");
+    to_raw(&img, &raw);
+    let out = dir.path().join("restored.raw");
+    restore(&repo, "vm", &out, &[]);
+    assert_same(&out, &raw);
+
+    // The size changed since the previous snapshot.
+    tool("qemu-img", &["bitmap", "--remove", s(&img), "b0"]);
+    tool("qemu-img", &["bitmap", "--add", s(&img), "b1"]);
+    tool("qemu-img", &["resize", "-q", s(&img), "40M"]);
+    let (v, err) = bitmap_backup(&repo, s(&img), "b1");
+    assert!(
+        err.contains("size changed from 33554432 to 41943040"),
+        "{err}"
+    );
+    assert_eq!(v["change_tracking"]["used"], false);
+
+    // A raw file has no bitmaps: an error, not a fallback.
+    let err = run_failing(common::diskdelta().args([
+        "backup",
+        "-q",
+        "-r",
+        s(&repo),
+        s(&raw),
+        "--dirty-bitmap",
+        "b0",
+    ]));
+    assert!(err.contains("no dirty bitmaps"), "{err}");
+}

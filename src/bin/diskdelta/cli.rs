@@ -472,6 +472,12 @@ pub struct BackupArgs {
     /// one differs from the previous snapshot (a tracker that missed a change).
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub verify_sample: usize,
+    /// Read only what the qemu dirty bitmap NAME marks as written since the
+    /// previous snapshot (SOURCE: a qcow2 image or an NBD export offering
+    /// `qemu:dirty-bitmap:NAME`). A missing or in-use bitmap, a size change
+    /// or no previous snapshot mean a full read, said loudly.
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["changed_ranges", "thin_metadata", "lvm"])]
+    pub dirty_bitmap: Option<String>,
     #[command(flatten)]
     pub source_format: SourceFormatArg,
     #[command(flatten)]
