@@ -525,3 +525,135 @@ fn unusable_dirty_bitmaps_mean_a_loud_full_read() {
     ]));
     assert!(err.contains("no dirty bitmaps"), "{err}");
 }
+
+#[test]
+fn restore_to_qcow2_is_verified_and_atomic() {
+    let dir = common::tempdir();
+    let img = qcow2_image(
+        dir.path(),
+        "vm.qcow2",
+        &[(0xab, "0", "3M"), (0x12, "17M", "100k")],
+    );
+    let raw = dir.path().join("vm.raw");
+    to_raw(&img, &raw);
+    let repo = init_repo(dir.path());
+    backup(&repo, s(&img), "vm", &[]);
+    let outdir = dir.path().join("out");
+    std::fs::create_dir(&outdir).expect("mkdir");
+    let out = outdir.join("restored.qcow2");
+    let v = restore(&repo, "vm", &out, &["--format", "qcow2"]);
+    assert_eq!(v["digest_checked"], true, "{v}");
+    let info = Command::new("qemu-img")
+        .args(["info", "--output=json", s(&out)])
+        .output()
+        .expect("qemu-img info");
+    assert_eq!(json(&info.stdout)["format"], "qcow2");
+    let back = dir.path().join("back.raw");
+    to_raw(&out, &back);
+    assert_same(&back, &raw);
+    assert_eq!(common::entries(&outdir), vec!["restored.qcow2".to_string()]);
+
+    // Without qemu-img: one line, and nothing at (or next to) the output.
+    let bin = tools_without(dir.path(), &["qemu-nbd"]);
+    let out2 = outdir.join("second.qcow2");
+    let err = run_failing(common::diskdelta().env("PATH", &bin).args([
+        "restore",
+        "-q",
+        "-r",
+        s(&repo),
+        "vm",
+        "-o",
+        s(&out2),
+        "--format",
+        "qcow2",
+    ]));
+    assert!(
+        err.contains("qemu-img not found: install qemu-utils"),
+        "{err}"
+    );
+    assert_eq!(common::entries(&outdir), vec!["restored.qcow2".to_string()]);
+}
+
+/// A directory for PATH holding the qemu tools except `missing`.
+fn tools_without(dir: &Path, keep: &[&str]) -> PathBuf {
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).expect("mkdir");
+    for tool in keep {
+        let real = which(tool);
+        let _ = std::os::unix::fs::symlink(real, bin.join(tool));
+    }
+    bin
+}
+
+fn which(tool: &str) -> PathBuf {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|d| d.join(tool))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| panic!("{tool} not installed"))
+}
+
+#[test]
+fn a_missing_qemu_nbd_is_one_clear_line() {
+    let dir = common::tempdir();
+    let img = qcow2_image(dir.path(), "vm.qcow2", &[(0xab, "0", "1M")]);
+    let repo = init_repo(dir.path());
+    let bin = tools_without(dir.path(), &["qemu-img"]);
+    for args in [
+        vec!["hash", s(&img)],
+        vec!["backup", "-q", "-r", s(&repo), s(&img)],
+    ] {
+        let err = run_failing(common::diskdelta().env("PATH", &bin).args(&args));
+        assert!(
+            err.contains("qemu-nbd not found: install qemu-utils"),
+            "{err}"
+        );
+    }
+    let out = run(common::diskdelta().args(["snapshots", "--json", "-r", s(&repo)]));
+    assert_eq!(json(&out.stdout).as_array().map(Vec::len), Some(0));
+}
+
+#[test]
+fn a_dropped_connection_fails_the_backup_and_stores_no_snapshot() {
+    let dir = common::tempdir();
+    let img = raw_image(dir.path(), "a.raw", 6);
+    let repo = init_repo(dir.path());
+    // Every read takes 100 ms: the backup is still reading when the
+    // server goes away.
+    let mut k = NbdServer::nbdkit(&["--filter=delay", "file", s(&img), "rdelay=100ms"]);
+    let mut child = common::diskdelta()
+        .args(["backup", "-q", "-r", s(&repo), k.uri(), "--name", "vm"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn backup");
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    k.kill();
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if started.elapsed().as_secs() > 60 {
+            let _ = child.kill();
+            panic!("backup hung after its server went away");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        use std::io::Read;
+        let _ = e.read_to_string(&mut err);
+    }
+    assert!(!status.success(), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("NBD connection") && err.contains("lost"),
+        "{err}"
+    );
+    let out = run(common::diskdelta().args(["snapshots", "--json", "-r", s(&repo)]));
+    assert_eq!(json(&out.stdout).as_array().map(Vec::len), Some(0));
+    run(common::diskdelta().args(["verify", "-q", "-r", s(&repo)]));
+}

@@ -515,6 +515,11 @@ pub struct RestoreArgs {
     /// Update TARGET (holding an older version) writing only differing chunks.
     #[arg(long, value_name = "TARGET")]
     pub in_place: Option<PathBuf>,
+    /// Write OUT as an image of this format (qcow2, vmdk, vhdx, vdi, qed)
+    /// with qemu-img, verified by reading it back through qemu-nbd.
+    #[arg(long, value_name = "FORMAT", default_value = "raw", requires = "output", conflicts_with = "in_place",
+          value_parser = ["raw", "qcow2", "vmdk", "vhdx", "vdi", "qed"])]
+    pub format: String,
     /// Worker threads (default: one per core).
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
