@@ -7,6 +7,7 @@
 //! bitmaps) are built on it.
 
 pub mod client;
+pub mod convert;
 pub mod proto;
 pub mod qemu;
 pub mod server;

@@ -97,8 +97,18 @@ pub fn unregister_release(id: u64) {
     releases().retain(|(i, _)| *i != id);
 }
 
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// True once the releases of an interruption have begun: a failure the
+/// program sees after that (a child it was waiting for was stopped) is a
+/// consequence of the interruption, not an error of its own.
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst)
+}
+
 /// Makes every registered release once; returns how many there were.
 pub fn run_registered_releases() -> usize {
+    INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
     let list = std::mem::take(&mut *releases());
     for (_, release) in &list {
         release();

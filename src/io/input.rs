@@ -249,6 +249,30 @@ impl Input {
         self.direct
     }
 
+    /// A second handle on the same source (a duplicated descriptor, or
+    /// the same NBD connection).
+    ///
+    /// # Errors
+    /// [`IoError::Op`] when the descriptor cannot be duplicated.
+    pub fn try_clone(&self) -> Result<Input, IoError> {
+        let backing = match &self.backing {
+            Backing::File(f) => Backing::File(f.try_clone().map_err(|source| IoError::Op {
+                op: "dup",
+                path: self.path.clone(),
+                source,
+            })?),
+            Backing::Nbd(s) => Backing::Nbd(s.clone()),
+        };
+        Ok(Input {
+            path: self.path.clone(),
+            kind: self.kind,
+            size: self.size,
+            sector_size: self.sector_size,
+            direct: self.direct,
+            backing,
+        })
+    }
+
     /// The open file; `None` for an NBD export.
     pub fn file(&self) -> Option<&File> {
         match &self.backing {

@@ -251,12 +251,14 @@ impl QemuNbd {
         }
         let child = cmd.spawn().map_err(spawn_error("qemu-nbd"))?;
         let pid = child.id() as libc::pid_t;
+        let private = dir.path().to_path_buf();
         let release = crate::io::cleanup::register_release(move || {
             // SAFETY: kill(2) with a pid we spawned and have not reaped
             // (the release is forgotten before the child is reaped).
             unsafe {
                 libc::kill(pid, libc::SIGKILL);
             }
+            let _ = std::fs::remove_dir_all(&private);
         });
         let mut server = QemuNbd {
             child,

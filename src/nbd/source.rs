@@ -185,3 +185,93 @@ impl NbdSource {
             .is_some_and(|c| self.client.context_id(c).is_some())
     }
 }
+
+/// A source opened for a dirty-bitmap backup, and why its bitmap cannot
+/// be used when it cannot (a full read follows, said loudly).
+#[derive(Debug)]
+pub struct BitmapSource {
+    pub input: crate::io::Input,
+    pub unusable: Option<String>,
+}
+
+/// Opens `source` (an NBD URI, or an image file served by a private
+/// qemu-nbd with `--bitmap NAME`) asking for the dirty bitmap `bitmap`.
+/// A bitmap the image does not have, or one marked `in-use` (the image
+/// was not closed cleanly while it tracked writes, so it may have missed
+/// some), leaves the source open for a full read with the reason set.
+///
+/// # Errors
+/// A raw file or device (they have no bitmaps), qemu tools missing or
+/// failing, connection failures.
+pub fn open_with_dirty_bitmap(
+    source: &Path,
+    bitmap: &str,
+) -> Result<BitmapSource, crate::io::IoError> {
+    use crate::io::{Input, IoError};
+    let with = NbdSourceOptions {
+        dirty_bitmap: Some(bitmap.to_string()),
+    };
+    if let Some(text) = source
+        .to_str()
+        .filter(|t| super::client::uri::is_nbd_uri(t))
+    {
+        let input = Input::nbd_uri(text, &with)?;
+        let granted = input.nbd().is_some_and(|s| s.has_dirty_bitmap());
+        let unusable = (!granted).then(|| {
+            format!(
+                "the NBD server does not offer the dirty bitmap {bitmap:?} (context {}{bitmap})",
+                proto::CONTEXT_DIRTY_BITMAP_PREFIX
+            )
+        });
+        return Ok(BitmapSource { input, unusable });
+    }
+    let info = super::qemu::image_info(source).map_err(SourceError::from)?;
+    if info.format == "raw" {
+        return Err(IoError::Unsupported {
+            path: source.to_path_buf(),
+            kind: "raw image, which has no dirty bitmaps (give a qcow2 image or an NBD export)",
+        });
+    }
+    let unusable = match info.bitmap(bitmap) {
+        None => Some(format!(
+            "{} has no dirty bitmap {bitmap:?} (it has: {})",
+            source.display(),
+            if info.bitmaps.is_empty() {
+                "none".to_string()
+            } else {
+                info.bitmaps
+                    .iter()
+                    .map(|b| b.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        )),
+        Some(b) if b.in_use => Some(format!(
+            "the dirty bitmap {bitmap:?} of {} is in-use (the image was not closed cleanly, so it may have missed writes)",
+            source.display()
+        )),
+        Some(_) => None,
+    };
+    let options = if unusable.is_none() {
+        with
+    } else {
+        NbdSourceOptions::default()
+    };
+    let input = Input::image(source, &info.format, &options)?;
+    Ok(BitmapSource { input, unusable })
+}
+
+/// Dirty extents as the runs of a change tracker.
+pub fn dirty_runs(extents: Vec<Extent>) -> crate::change::tracked::RunStream {
+    use crate::change::tracked::{TrackedKind, TrackedRun};
+    use crate::change::Run;
+    Box::new(extents.into_iter().map(|e| {
+        Ok(TrackedRun {
+            run: Run {
+                offset: e.offset,
+                len: e.length,
+            },
+            kind: TrackedKind::Changed,
+        })
+    }))
+}

@@ -328,13 +328,7 @@ impl TrackedSource for Input {
     }
 
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<(), IoError> {
-        self.file()
-            .read_exact_at(buf, offset)
-            .map_err(|source| IoError::Read {
-                path: self.path().into(),
-                offset,
-                source,
-            })
+        Input::read_exact_at(self, buf, offset)
     }
 }
 

@@ -13,7 +13,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
 
@@ -68,7 +68,7 @@ impl Shared {
 
 enum Role {
     Source {
-        file: File,
+        input: Input,
         path: PathBuf,
         size: u64,
         block: u32,
@@ -261,9 +261,13 @@ fn check_block(block: u32) -> Result<(), SyncError> {
 
 /// Identity of a source for resuming: device, inode, size and mtime of a
 /// file; device number and size of a block device.
-fn source_identity(file: &File, size: u64) -> [u8; 32] {
+fn source_identity(file: Option<&File>, path: &std::path::Path, size: u64) -> [u8; 32] {
     let mut h = blake3::Hasher::new_derive_key("diskdelta sync source identity v1");
-    if let Ok(m) = file.metadata() {
+    if file.is_none() {
+        // An NBD export: its URI.
+        h.update(path.as_os_str().as_encoded_bytes());
+    }
+    if let Some(Ok(m)) = file.map(File::metadata) {
         h.update(&m.dev().to_le_bytes());
         h.update(&m.ino().to_le_bytes());
         h.update(&m.rdev().to_le_bytes());
@@ -289,8 +293,7 @@ fn open_source(block: u32, path: &[u8], replies: &Sender<Message>) -> Result<Rol
     } else {
         ObjectKind::File
     };
-    let file = input.into_file()?;
-    let id = source_identity(&file, size);
+    let id = source_identity(input.file(), &path, size);
     send(
         replies,
         Message::Opened {
@@ -302,7 +305,7 @@ fn open_source(block: u32, path: &[u8], replies: &Sender<Message>) -> Result<Rol
         },
     )?;
     Ok(Role::Source {
-        file,
+        input,
         path,
         size,
         block,
@@ -407,18 +410,21 @@ fn start_scanner(
     shared: Arc<Shared>,
     replies: Sender<Message>,
 ) -> Result<std::thread::JoinHandle<Result<(), SyncError>>, SyncError> {
-    let (path, size, block) = match role {
+    let (path, size, block, source) = match role {
         Role::Source {
-            path, size, block, ..
-        } => (path.clone(), *size, *block),
+            path,
+            size,
+            block,
+            input,
+        } => (path.clone(), *size, *block, Some(input)),
         Role::Target {
             path, size, block, ..
-        } => (path.clone(), *size, *block),
+        } => (path.clone(), *size, *block, None),
     };
-    let input = if size > start {
-        Some(Input::open(&path, &InputOptions::default())?)
-    } else {
-        None
+    let input = match source {
+        _ if size <= start => None,
+        Some(input) => Some(input.try_clone()?),
+        None => Some(Input::open(&path, &InputOptions::default())?),
     };
     std::thread::Builder::new()
         .name("scan".into())
@@ -623,7 +629,7 @@ fn region_of(offset: u64) -> u64 {
 
 fn read_source(role: &Role, shared: &Shared, offset: u64, len: u32) -> Result<Message, SyncError> {
     let Role::Source {
-        file,
+        input,
         path,
         size,
         block,
@@ -642,12 +648,7 @@ fn read_source(role: &Role, shared: &Shared, offset: u64, len: u32) -> Result<Me
         )));
     }
     let mut buf = vec![0u8; len as usize];
-    file.read_exact_at(&mut buf, offset)
-        .map_err(|source| crate::io::IoError::Read {
-            path: path.clone(),
-            offset,
-            source,
-        })?;
+    input.read_exact_at(&mut buf, offset)?;
     // The blocks must still hash as they did when scanned: a source that
     // changes under a sync is reported, never copied half-old, half-new.
     {

@@ -370,8 +370,6 @@ pub struct SyncArgs {
     #[arg(long, env = "DISKDELTA_DEPLOY", value_parser = clap::builder::BoolishValueParser::new())]
     pub deploy: bool,
     #[command(flatten)]
-    pub source_format: SourceFormatArg,
-    #[command(flatten)]
     pub common: Common,
 }
 
@@ -487,6 +485,12 @@ pub struct BackupArgs {
     /// chunks the writes touch are read, the others keep their ids.
     #[arg(long, value_name = "FILE")]
     pub from_overlay: Option<PathBuf>,
+    /// Read only what the qemu dirty bitmap NAME marks as written since the
+    /// previous snapshot (SOURCE: a qcow2 image or an NBD export offering
+    /// `qemu:dirty-bitmap:NAME`). A missing or in-use bitmap, a size change
+    /// or no previous snapshot mean a full read, said loudly.
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["changed_ranges", "thin_metadata", "lvm"])]
+    pub dirty_bitmap: Option<String>,
     #[command(flatten)]
     pub source_format: SourceFormatArg,
     #[command(flatten)]
@@ -524,6 +528,11 @@ pub struct RestoreArgs {
     /// Update TARGET (holding an older version) writing only differing chunks.
     #[arg(long, value_name = "TARGET")]
     pub in_place: Option<PathBuf>,
+    /// Write OUT as an image of this format (qcow2, vmdk, vhdx, vdi, qed)
+    /// with qemu-img, verified by reading it back through qemu-nbd.
+    #[arg(long, value_name = "FORMAT", default_value = "raw", requires = "output", conflicts_with = "in_place",
+          value_parser = ["raw", "qcow2", "vmdk", "vhdx", "vdi", "qed"])]
+    pub format: String,
     /// Worker threads (default: one per core).
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,

@@ -37,6 +37,9 @@ fn main() -> ExitCode {
     handle_interrupts();
     match cmd::run(args) {
         Ok(()) => ExitCode::SUCCESS,
+        // A failure caused by the interruption's releases (a stopped
+        // child): the signal thread is about to report it and exit.
+        Err(_) if diskdelta::io::cleanup::interrupted() => ExitCode::from(EXIT_INTERRUPTED as u8),
         Err(err) => {
             use std::io::Write;
             let _ = writeln!(std::io::stderr(), "diskdelta: error: {err:#}");

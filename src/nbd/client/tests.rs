@@ -93,8 +93,9 @@ fn data(offset: u64, bytes: &[u8]) -> Vec<u8> {
     p
 }
 
-#[test]
-fn a_good_server_is_understood() {
+/// A good session: the handshake, a READ answered in two chunks and
+/// holes, a BLOCK_STATUS. Also the fuzz target's seed.
+fn good_session() -> Vec<u8> {
     let mut b = greeting();
     // READ of 8 KiB at 4096: two 4 KiB requests (cookies 1, 2), answered
     // out of order, the second as data + hole.
@@ -142,7 +143,25 @@ fn a_good_server_is_understood() {
         3,
         &ext,
     );
-    let c = client(b).expect("handshake");
+    b
+}
+
+/// `tests/golden/nbd/session.bin` is [`good_session`]; rewritten when
+/// `DISKDELTA_WRITE_GOLDEN=1`.
+#[test]
+fn the_fuzz_seed_is_current() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/nbd/session.bin");
+    if std::env::var_os("DISKDELTA_WRITE_GOLDEN").is_some() {
+        let dir = std::path::Path::new(path).parent().expect("a directory");
+        std::fs::create_dir_all(dir).expect("mkdir");
+        std::fs::write(path, good_session()).expect("write golden");
+    }
+    assert_eq!(std::fs::read(path).expect("read golden"), good_session());
+}
+
+#[test]
+fn a_good_server_is_understood() {
+    let c = client(good_session()).expect("handshake");
     assert_eq!(c.size(), 1 << 20);
     assert!(c.is_read_only() && c.structured_replies());
     let mut buf = vec![1u8; 8192];

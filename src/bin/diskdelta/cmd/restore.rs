@@ -26,6 +26,18 @@ pub fn run(args: RestoreArgs) -> anyhow::Result<()> {
             target.clone(),
             false,
         ),
+        None if args.format != "raw" => {
+            let out = args.output.clone().unwrap_or_else(|| PathBuf::from("-"));
+            if out == Path::new("-") {
+                anyhow::bail!("--format {} writes a file: give -o OUT", args.format);
+            }
+            (
+                diskdelta::nbd::convert::restore_as(&repo, &snap, &out, &args.format, &options)
+                    .with_context(|| format!("restore to {} failed", out.display()))?,
+                out,
+                false,
+            )
+        }
         None => {
             let out = args.output.clone().unwrap_or_else(|| PathBuf::from("-"));
             super::check_binary_stdout(&out)?;

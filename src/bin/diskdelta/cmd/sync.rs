@@ -51,8 +51,23 @@ pub fn run(args: SyncArgs) -> anyhow::Result<()> {
     if !block.is_power_of_two() || !(512..=1 << 20).contains(&block) {
         bail!("block size {block} must be a power of two from 512 to 1M");
     }
-    let src = Location::parse(&args.src)?;
+    let src_is_nbd = diskdelta::nbd::client::uri::is_nbd_uri(&args.src);
+    let src = if src_is_nbd {
+        // An NBD export, read by the local endpoint.
+        Location {
+            host: None,
+            path: args.src.clone().into(),
+        }
+    } else {
+        Location::parse(&args.src)?
+    };
     let mut dst = Location::parse(&args.dst)?;
+    if src_is_nbd && dst.host.is_none() && dst.path.is_dir() {
+        bail!(
+            "{} is a directory: give the target file's name for an NBD source",
+            dst.path.display()
+        );
+    }
     if dst.host.is_none() && dst.path.is_dir() {
         let name = src
             .path
