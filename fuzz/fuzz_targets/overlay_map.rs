@@ -8,8 +8,11 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok((header, map)) = decode_slot(data) {
+        // A slot may be given shorter than its padding; what is there
+        // must be what encoding gives.
         let again = encode_slot(&header, &map).expect("a decoded slot encodes");
-        assert_eq!(&again[..], &data[..again.len()]);
+        let n = again.len().min(data.len());
+        assert_eq!(&again[..n], &data[..n]);
     }
     let half = data.len() / 2;
     let _ = choose(decode_slot(&data[..half]), decode_slot(&data[half..]));
