@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 
 import common
@@ -106,6 +107,19 @@ class _Server:
         common.remove(self.sock)
 
 
+def _import_nbd():
+    """libnbd's Python module: Debian installs it for the system python3,
+    which may not be the python3 on PATH."""
+    try:
+        import nbd  # noqa: F401
+    except ImportError:
+        sys.path.append("/usr/lib/python3/dist-packages")
+        try:
+            import nbd  # noqa: F401,F811
+        except ImportError:
+            common.die("python3 -m nbd is missing: apt-get install python3-libnbd")
+
+
 def _timed(argv, env=None):
     t = time.monotonic()
     r = subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -120,10 +134,7 @@ def cmd_access(args):
     skipped = common.prepare([_Tool()], args.no_build, ["nbd"], extra=["nbdcopy", "fio"])
     if "diskdelta" in skipped:
         common.die(f"cannot run: {skipped['diskdelta']}")
-    try:
-        import nbd  # noqa: F401
-    except ImportError:
-        common.die("python3 -m nbd is missing: apt-get install python3-libnbd")
+    _import_nbd()
     machine = common.machine_info()
     directory, stamps = common.standard_images(size, names=("base.img",))
     image = os.path.join(directory, "base.img")
