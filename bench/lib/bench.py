@@ -7,6 +7,7 @@ shared helpers (tools, builds, images, timing, tables) are in common.py.
 import argparse
 import sys
 
+import access
 import diff
 import python_bench
 import repo
@@ -14,7 +15,7 @@ import s3
 import sync
 import thin
 
-SUBCOMMANDS = [diff, sync, repo, s3, thin, python_bench]
+SUBCOMMANDS = [diff, sync, repo, s3, thin, python_bench, access]
 
 
 def main(argv):

@@ -161,7 +161,10 @@ impl Cache {
         }
     }
 
-    fn insert(&mut self, id: ChunkId, data: Arc<Vec<u8>>) {
+    /// Inserts a chunk; returns the evicted chunks' buffers that nobody
+    /// else holds (for reuse).
+    fn insert(&mut self, id: ChunkId, data: Arc<Vec<u8>>) -> Vec<Vec<u8>> {
+        let mut freed = Vec::new();
         self.tick += 1;
         self.bytes += data.len() as u64;
         self.order.insert(self.tick, id);
@@ -178,10 +181,17 @@ impl Cache {
             };
             if let Some(Slot::Ready { data, .. }) = self.slots.remove(&old) {
                 self.bytes -= data.len() as u64;
+                if let Ok(buf) = Arc::try_unwrap(data) {
+                    freed.push(buf);
+                }
             }
         }
+        freed
     }
 }
+
+/// Evicted chunk buffers kept for reuse.
+const SPARE_BUFFERS: usize = 8;
 
 /// Recent sequential readers: where each is expected to read next.
 #[derive(Default)]
@@ -200,6 +210,9 @@ struct Inner {
     cache: Mutex<Cache>,
     loaded: Condvar,
     decoders: Mutex<Vec<ChunkDecoder>>,
+    /// Buffers of evicted chunks, reused for the next fetches: no fresh
+    /// memory to fault in and zero per chunk, and a steady heap.
+    spare: Mutex<Vec<Vec<u8>>>,
     streams: Mutex<Streams>,
     read_ahead: usize,
     fetched: AtomicU64,
@@ -284,6 +297,7 @@ impl SnapshotImage {
             }),
             loaded: Condvar::new(),
             decoders: Mutex::new(Vec::new()),
+            spare: Mutex::new(Vec::new()),
             streams: Mutex::new(Streams::default()),
             read_ahead: options.read_ahead,
             fetched: AtomicU64::new(0),
@@ -540,10 +554,11 @@ impl Inner {
         let fetched = self.fetch(c, id);
         let mut cache = lock(&self.cache);
         cache.slots.remove(&id);
+        let mut freed = Vec::new();
         let result = match fetched {
             Ok(data) => {
                 let data = Arc::new(data);
-                cache.insert(id, data.clone());
+                freed = cache.insert(id, data.clone());
                 Ok(Some(data))
             }
             Err(source) => Err(ImageError::Chunk {
@@ -554,12 +569,22 @@ impl Inner {
         };
         drop(cache);
         self.loaded.notify_all();
+        if !freed.is_empty() {
+            let mut spare = lock(&self.spare);
+            for buf in freed {
+                if spare.len() < SPARE_BUFFERS {
+                    spare.push(buf);
+                }
+            }
+        }
         result
     }
 
     fn fetch(&self, c: u64, id: ChunkId) -> Result<Vec<u8>, RepoError> {
         let len = self.chunk_len(c);
-        let mut buf = vec![0u8; len];
+        let mut buf = lock(&self.spare).pop().unwrap_or_default();
+        // Every byte is overwritten by the decoder; only growth is zeroed.
+        buf.resize(len, 0);
         let mut decoder = match lock(&self.decoders).pop() {
             Some(d) => d,
             None => ChunkDecoder::new()?,
@@ -595,16 +620,28 @@ mod tests {
             bytes: 0,
             capacity: 30,
         };
-        c.insert(id(1), Arc::new(vec![1; 10]));
+        assert!(c.insert(id(1), Arc::new(vec![1; 10])).is_empty());
         c.insert(id(2), Arc::new(vec![2; 10]));
         c.insert(id(3), Arc::new(vec![3; 10]));
         assert!(c.touch(&id(1)).is_some());
-        c.insert(id(4), Arc::new(vec![4; 10]));
+        let held = match c.slots.get(&id(2)) {
+            Some(Slot::Ready { data, .. }) => data.clone(),
+            _ => panic!("chunk 2 is cached"),
+        };
+        let freed = c.insert(id(4), Arc::new(vec![4; 10]));
+        assert!(freed.is_empty(), "a chunk still held is not reused");
+        drop(held);
         assert!(c.touch(&id(2)).is_none(), "the oldest is evicted");
         assert!(c.touch(&id(1)).is_some(), "a touched one stays");
         assert!(c.touch(&id(3)).is_some());
         assert!(c.touch(&id(4)).is_some());
         assert_eq!(c.bytes, 30);
+        let freed = c.insert(id(5), Arc::new(vec![5; 10]));
+        assert_eq!(
+            freed,
+            vec![vec![1u8; 10]],
+            "an unheld evicted buffer comes back"
+        );
     }
 
     #[test]

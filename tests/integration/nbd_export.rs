@@ -620,3 +620,46 @@ fn an_overlay_is_refused_on_another_snapshot_and_when_damaged() {
         common::stderr(&out)
     );
 }
+
+#[test]
+fn the_kernel_nbd_client_reads_the_snapshot_where_it_exists() {
+    if !Path::new("/sys/module/nbd").exists() || !Path::new("/dev/nbd0").exists() {
+        eprintln!("skipped: the kernel nbd module is not loaded (no /sys/module/nbd or /dev/nbd0; modprobe is absent here)");
+        return;
+    }
+    if Command::new("nbd-client").arg("--help").output().is_err() {
+        eprintln!("skipped: nbd-client is not installed");
+        return;
+    }
+    let dir = common::tempdir();
+    let repo = init_repo(dir.path());
+    let data = image(4 * MIB, 14, &[2]);
+    backup(dir.path(), &repo, "vm1", &data);
+    let sock = dir.path().join("k.sock");
+    let _server = NbdServer::start(
+        &repo,
+        dir.path(),
+        &["vm1", "--socket", sock.to_str().expect("utf-8")],
+    );
+    struct Disconnect;
+    impl Drop for Disconnect {
+        fn drop(&mut self) {
+            let _ = Command::new("nbd-client")
+                .args(["-d", "/dev/nbd0"])
+                .status();
+        }
+    }
+    client_ok(Command::new("nbd-client").args(["-unix"]).arg(&sock).args([
+        "/dev/nbd0",
+        "-N",
+        "vm1",
+        "-readonly",
+    ]));
+    let _d = Disconnect;
+    let out = client_ok(
+        Command::new("dd")
+            .args(["if=/dev/nbd0", "bs=1M", "iflag=direct", "status=none"])
+            .arg(format!("count={}", 4)),
+    );
+    assert!(out.stdout == data, "the kernel client read other bytes");
+}

@@ -130,3 +130,34 @@ fn garbage_ends_the_connection() {
     assert!(serve_bytes(&input, &mut out, &exports(false)).is_err());
     assert!(serve_bytes(&[0, 0, 0, 0], &mut Vec::new(), &exports(false)).is_err());
 }
+
+/// The fuzz seeds in tests/golden/nbd/ are sessions the server completes.
+#[test]
+fn golden_sessions_are_served() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/nbd/");
+    let read = std::fs::read(format!("{dir}session-read.bin")).expect("seed");
+    let big = Arc::new(MemoryExport::new("disk", vec![3u8; 65536], false));
+    let mut out = Vec::new();
+    serve_bytes(&read, &mut out, &Exports::new(vec![big]).expect("export")).expect("served");
+    assert_eq!(
+        reply_of(&out, 1).expect("read").0,
+        proto::REPLY_TYPE_OFFSET_DATA
+    );
+    assert_eq!(
+        reply_of(&out, 2).expect("status").0,
+        proto::REPLY_TYPE_BLOCK_STATUS
+    );
+    let (t, p) = reply_of(&out, 5).expect("past the end");
+    assert_eq!(
+        (t, proto::be_u32(&p)),
+        (proto::REPLY_TYPE_ERROR, proto::EINVAL)
+    );
+    let write = std::fs::read(format!("{dir}session-write.bin")).expect("seed");
+    let export = Arc::new(MemoryExport::new("disk", vec![0u8; 16384], true));
+    let exports = Exports::new(vec![export.clone()]).expect("export");
+    let mut out = Vec::new();
+    serve_bytes(&write, &mut out, &exports).expect("served");
+    assert_eq!(&export.contents()[100..116], &[0x41; 16]);
+    let name = std::fs::read(format!("{dir}session-export-name.bin")).expect("seed");
+    serve_bytes(&name, &mut Vec::new(), &exports).expect("served");
+}

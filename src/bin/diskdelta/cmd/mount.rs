@@ -15,6 +15,7 @@ fn log_line(line: &str) {
 }
 
 pub fn run(args: MountArgs) -> anyhow::Result<()> {
+    super::nbd::limit_malloc_arenas();
     let cache_size = parse_size(&args.cache_size).context("--cache-size")?;
     let repo = super::open_repo(&args.repo, false)?;
     let all = repo.snapshots()?;
