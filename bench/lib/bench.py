@@ -13,8 +13,9 @@ import repo
 import s3
 import sync
 import thin
+import vm
 
-SUBCOMMANDS = [diff, sync, repo, s3, thin, python_bench]
+SUBCOMMANDS = [diff, sync, repo, s3, thin, python_bench, vm]
 
 
 def main(argv):
