@@ -249,17 +249,28 @@ impl QemuNbd {
                 Ok(())
             });
         }
-        let child = cmd.spawn().map_err(spawn_error("qemu-nbd"))?;
-        let pid = child.id() as libc::pid_t;
         let private = dir.path().to_path_buf();
-        let release = crate::io::cleanup::register_release(move || {
-            // SAFETY: kill(2) with a pid we spawned and have not reaped
-            // (the release is forgotten before the child is reaped).
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-            }
-            let _ = std::fs::remove_dir_all(&private);
-        });
+        // Spawned and registered for interruption in one step.
+        let (child, release) = crate::io::cleanup::start_with_release(
+            || {
+                let child = cmd.spawn().map_err(spawn_error("qemu-nbd"))?;
+                let pid = child.id() as libc::pid_t;
+                let release = move || {
+                    // SAFETY: kill(2) with a pid we spawned and have not
+                    // reaped (the release is forgotten before the child is
+                    // reaped).
+                    unsafe {
+                        libc::kill(pid, libc::SIGKILL);
+                    }
+                    let _ = std::fs::remove_dir_all(&private);
+                };
+                Ok((child, release))
+            },
+            || QemuError::Spawn {
+                tool: "qemu-nbd",
+                source: std::io::Error::new(std::io::ErrorKind::Interrupted, "interrupted"),
+            },
+        )?;
         let mut server = QemuNbd {
             child,
             socket,
@@ -318,9 +329,11 @@ impl QemuNbd {
 
 impl Drop for QemuNbd {
     fn drop(&mut self) {
+        // Killed, forgotten by the interruption handling, then reaped: a
+        // release never signals a pid that may have been reused.
         let _ = self.child.kill();
-        let _ = self.child.wait();
         crate::io::cleanup::unregister_release(self.release);
+        let _ = self.child.wait();
     }
 }
 
