@@ -35,7 +35,10 @@ pub fn unregister(path: &Path) {
 }
 
 /// Removes every registered temporary file; returns how many were removed.
+/// The first step of handling an interruption: from here on
+/// [`interrupted`] is true.
 pub fn remove_registered() -> usize {
+    INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
     let paths = std::mem::take(&mut *registry());
     paths
         .iter()

@@ -122,6 +122,22 @@ impl ImageInfo {
     }
 }
 
+/// Lets the child receive SIGINT, SIGTERM and SIGHUP: the CLI blocks them
+/// in all its threads and a child inherits the mask, so without this a
+/// qemu tool could not be stopped (nor stop with the terminal's Ctrl-C).
+pub fn unblock_signals(cmd: &mut Command) {
+    // SAFETY: between fork and exec only async-signal-safe calls are made:
+    // sigemptyset and pthread_sigmask on a local set.
+    unsafe {
+        cmd.pre_exec(|| {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+            Ok(())
+        });
+    }
+}
+
 fn spawn_error(tool: &'static str) -> impl Fn(std::io::Error) -> QemuError {
     move |source| {
         if source.kind() == std::io::ErrorKind::NotFound {
@@ -237,18 +253,7 @@ impl QemuNbd {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        // SAFETY: between fork and exec only async-signal-safe calls are
-        // made: sigemptyset and pthread_sigmask on a local set. The CLI
-        // blocks SIGINT/SIGTERM/SIGHUP in all its threads and a child
-        // inherits the mask; unblocked, qemu-nbd can be stopped.
-        unsafe {
-            cmd.pre_exec(|| {
-                let mut set: libc::sigset_t = std::mem::zeroed();
-                libc::sigemptyset(&mut set);
-                libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
-                Ok(())
-            });
-        }
+        unblock_signals(&mut cmd);
         let private = dir.path().to_path_buf();
         // Spawned and registered for interruption in one step.
         let (child, release) = crate::io::cleanup::start_with_release(
