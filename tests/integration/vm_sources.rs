@@ -461,10 +461,21 @@ fn dirty_bitmap_backups_read_only_the_dirty_chunks() {
 
     // The same bitmap over an NBD export served by qemu-nbd --bitmap.
     let q = NbdServer::qemu_nbd(&img, "qcow2", &["--bitmap=b0"]);
-    let (s3, err) = bitmap_backup(&repo, q.uri(), "b0");
+    // With --verify-sample: 2 reused chunks re-read and checked.
+    let (s3, err) = backup(
+        &repo,
+        q.uri(),
+        "vm",
+        &["--dirty-bitmap", "b0", "--verify-sample", "2"],
+    );
     assert!(!err.contains("WARNING"), "{err}");
     assert_eq!(s3["change_tracking"]["used"], true, "{s3}");
-    assert_eq!(s3["bytes_read"].as_u64(), Some(4 * MIB as u64), "{s3}");
+    assert_eq!(
+        s3["change_tracking"]["chunks_verified"].as_u64(),
+        Some(2),
+        "{s3}"
+    );
+    assert_eq!(s3["bytes_read"].as_u64(), Some(6 * MIB as u64), "{s3}");
     // A bitmap the server does not offer: full read, loudly.
     let (s4, err) = bitmap_backup(&repo, q.uri(), "other");
     assert!(
