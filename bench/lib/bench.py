@@ -14,8 +14,9 @@ import repo
 import s3
 import sync
 import thin
+import vm
 
-SUBCOMMANDS = [diff, sync, repo, s3, thin, python_bench, access]
+SUBCOMMANDS = [diff, sync, repo, s3, thin, python_bench, access, vm]
 
 
 def main(argv):

@@ -35,7 +35,10 @@ pub fn unregister(path: &Path) {
 }
 
 /// Removes every registered temporary file; returns how many were removed.
+/// The first step of handling an interruption: from here on
+/// [`interrupted`] is true.
 pub fn remove_registered() -> usize {
+    INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
     let paths = std::mem::take(&mut *registry());
     paths
         .iter()
@@ -106,10 +109,36 @@ pub fn interrupted() -> bool {
     INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst)
 }
 
+/// Starts something (a child process) and registers its release in one
+/// step, with the registry locked: an interruption cannot fall between the
+/// two, and nothing is started once an interruption's releases have run
+/// (then `interrupted` gives the error).
+///
+/// # Errors
+/// What `start` returns, or `interrupted()`.
+pub fn start_with_release<T, E, R: Fn() + Send + 'static>(
+    start: impl FnOnce() -> Result<(T, R), E>,
+    interrupted: impl FnOnce() -> E,
+) -> Result<(T, u64), E> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(1 << 32);
+    let mut list = releases();
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        return Err(interrupted());
+    }
+    let (value, release) = start()?;
+    let id = NEXT.fetch_add(1, Ordering::Relaxed);
+    list.push((id, Box::new(release)));
+    Ok((value, id))
+}
+
 /// Makes every registered release once; returns how many there were.
 pub fn run_registered_releases() -> usize {
-    INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
-    let list = std::mem::take(&mut *releases());
+    let list = {
+        let mut list = releases();
+        INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
+        std::mem::take(&mut *list)
+    };
     for (_, release) in &list {
         release();
     }

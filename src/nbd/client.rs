@@ -168,7 +168,23 @@ impl NbdClient {
         };
         let stream: Box<dyn Transport> = match &uri.endpoint {
             Endpoint::Tcp { host, port } => {
-                let s = TcpStream::connect((host.as_str(), *port)).map_err(connect_err)?;
+                use std::net::ToSocketAddrs;
+                // Each address in turn, none waiting longer than the timeout.
+                let mut last = io::Error::new(io::ErrorKind::NotFound, "no address for the host");
+                let mut found = None;
+                for addr in (host.as_str(), *port)
+                    .to_socket_addrs()
+                    .map_err(connect_err)?
+                {
+                    match TcpStream::connect_timeout(&addr, options.timeout) {
+                        Ok(s) => {
+                            found = Some(s);
+                            break;
+                        }
+                        Err(e) => last = e,
+                    }
+                }
+                let s = found.ok_or(last).map_err(connect_err)?;
                 s.set_nodelay(true).map_err(connect_err)?;
                 s.set_read_timeout(Some(options.timeout))
                     .map_err(connect_err)?;

@@ -93,22 +93,22 @@ pub fn restore_as(
     let converted = temp(&format!(".{format}"))?;
     let result = (|| {
         let mut summary = restore(repo, snap, Output::create(&raw)?, options)?;
-        let tool = std::process::Command::new("qemu-img")
-            .args(["convert", "-q", "-f", "raw", "-O", format, "--"])
+        let mut cmd = std::process::Command::new("qemu-img");
+        cmd.args(["convert", "-q", "-f", "raw", "-O", format, "--"])
             .arg(&*raw)
             .arg(&*converted)
-            .stdin(std::process::Stdio::null())
-            .output()
-            .map_err(|source| {
-                if source.kind() == std::io::ErrorKind::NotFound {
-                    QemuError::Missing { tool: "qemu-img" }
-                } else {
-                    QemuError::Spawn {
-                        tool: "qemu-img",
-                        source,
-                    }
+            .stdin(std::process::Stdio::null());
+        super::qemu::unblock_signals(&mut cmd);
+        let tool = cmd.output().map_err(|source| {
+            if source.kind() == std::io::ErrorKind::NotFound {
+                QemuError::Missing { tool: "qemu-img" }
+            } else {
+                QemuError::Spawn {
+                    tool: "qemu-img",
+                    source,
                 }
-            })?;
+            }
+        })?;
         if !tool.status.success() {
             return Err(QemuError::Failed {
                 tool: "qemu-img",

@@ -122,6 +122,22 @@ impl ImageInfo {
     }
 }
 
+/// Lets the child receive SIGINT, SIGTERM and SIGHUP: the CLI blocks them
+/// in all its threads and a child inherits the mask, so without this a
+/// qemu tool could not be stopped (nor stop with the terminal's Ctrl-C).
+pub fn unblock_signals(cmd: &mut Command) {
+    // SAFETY: between fork and exec only async-signal-safe calls are made:
+    // sigemptyset and pthread_sigmask on a local set.
+    unsafe {
+        cmd.pre_exec(|| {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+            Ok(())
+        });
+    }
+}
+
 fn spawn_error(tool: &'static str) -> impl Fn(std::io::Error) -> QemuError {
     move |source| {
         if source.kind() == std::io::ErrorKind::NotFound {
@@ -237,29 +253,29 @@ impl QemuNbd {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        // SAFETY: between fork and exec only async-signal-safe calls are
-        // made: sigemptyset and pthread_sigmask on a local set. The CLI
-        // blocks SIGINT/SIGTERM/SIGHUP in all its threads and a child
-        // inherits the mask; unblocked, qemu-nbd can be stopped.
-        unsafe {
-            cmd.pre_exec(|| {
-                let mut set: libc::sigset_t = std::mem::zeroed();
-                libc::sigemptyset(&mut set);
-                libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
-                Ok(())
-            });
-        }
-        let child = cmd.spawn().map_err(spawn_error("qemu-nbd"))?;
-        let pid = child.id() as libc::pid_t;
+        unblock_signals(&mut cmd);
         let private = dir.path().to_path_buf();
-        let release = crate::io::cleanup::register_release(move || {
-            // SAFETY: kill(2) with a pid we spawned and have not reaped
-            // (the release is forgotten before the child is reaped).
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-            }
-            let _ = std::fs::remove_dir_all(&private);
-        });
+        // Spawned and registered for interruption in one step.
+        let (child, release) = crate::io::cleanup::start_with_release(
+            || {
+                let child = cmd.spawn().map_err(spawn_error("qemu-nbd"))?;
+                let pid = child.id() as libc::pid_t;
+                let release = move || {
+                    // SAFETY: kill(2) with a pid we spawned and have not
+                    // reaped (the release is forgotten before the child is
+                    // reaped).
+                    unsafe {
+                        libc::kill(pid, libc::SIGKILL);
+                    }
+                    let _ = std::fs::remove_dir_all(&private);
+                };
+                Ok((child, release))
+            },
+            || QemuError::Spawn {
+                tool: "qemu-nbd",
+                source: std::io::Error::new(std::io::ErrorKind::Interrupted, "interrupted"),
+            },
+        )?;
         let mut server = QemuNbd {
             child,
             socket,
@@ -318,9 +334,11 @@ impl QemuNbd {
 
 impl Drop for QemuNbd {
     fn drop(&mut self) {
+        // Killed, forgotten by the interruption handling, then reaped: a
+        // release never signals a pid that may have been reused.
         let _ = self.child.kill();
-        let _ = self.child.wait();
         crate::io::cleanup::unregister_release(self.release);
+        let _ = self.child.wait();
     }
 }
 

@@ -230,6 +230,24 @@ fn qcow2_files_are_read_through_a_private_qemu_nbd() {
     let raw = dir.path().join("vm.raw");
     to_raw(&img, &raw);
     assert_eq!(hash(s(&img)), hash(s(&raw)));
+    // Any format qemu-img names: a vmdk of the same disk.
+    let vmdk = dir.path().join("vm.vmdk");
+    tool("qemu-img", &["convert", "-O", "vmdk", s(&img), s(&vmdk)]);
+    assert_eq!(hash(s(&vmdk)), hash(s(&raw)));
+    // diff reads a qcow2 NEW as its disk: the delta applies to the raw OLD.
+    let old = raw_image(dir.path(), "old.raw", 7);
+    let old = {
+        let o = dir.path().join("old32.raw");
+        let mut bytes = std::fs::read(&old).expect("read");
+        bytes.resize(32 * MIB, 0);
+        std::fs::write(&o, &bytes).expect("write");
+        o
+    };
+    let delta = dir.path().join("d.delta");
+    run(common::diskdelta().args(["diff", s(&old), s(&img), "-o", s(&delta)]));
+    let applied = dir.path().join("applied.raw");
+    run(common::diskdelta().args(["apply", s(&delta), "--base", s(&old), "-o", s(&applied)]));
+    assert_same(&applied, &raw);
     // --source-format raw reads the qcow2 file's own bytes.
     let out = run(common::diskdelta().args(["hash", "--json", "--source-format", "raw", s(&img)]));
     assert_eq!(
@@ -443,10 +461,21 @@ fn dirty_bitmap_backups_read_only_the_dirty_chunks() {
 
     // The same bitmap over an NBD export served by qemu-nbd --bitmap.
     let q = NbdServer::qemu_nbd(&img, "qcow2", &["--bitmap=b0"]);
-    let (s3, err) = bitmap_backup(&repo, q.uri(), "b0");
+    // With --verify-sample: 2 reused chunks re-read and checked.
+    let (s3, err) = backup(
+        &repo,
+        q.uri(),
+        "vm",
+        &["--dirty-bitmap", "b0", "--verify-sample", "2"],
+    );
     assert!(!err.contains("WARNING"), "{err}");
     assert_eq!(s3["change_tracking"]["used"], true, "{s3}");
-    assert_eq!(s3["bytes_read"].as_u64(), Some(4 * MIB as u64), "{s3}");
+    assert_eq!(
+        s3["change_tracking"]["chunks_verified"].as_u64(),
+        Some(2),
+        "{s3}"
+    );
+    assert_eq!(s3["bytes_read"].as_u64(), Some(6 * MIB as u64), "{s3}");
     // A bitmap the server does not offer: full read, loudly.
     let (s4, err) = bitmap_backup(&repo, q.uri(), "other");
     assert!(

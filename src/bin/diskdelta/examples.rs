@@ -56,7 +56,9 @@ Examples:
   diskdelta backup /dev/vg0/snap --name vm1
   diskdelta backup root@host1:/dev/sda --sudo root@host2:/dev/sda --name host2.sda
   diskdelta backup --deploy root@newhost:/dev/sda   # copies diskdelta there if missing
-  diskdelta backup -r ssh://backup@vault/srv/repo /dev/vg0/root-snap --name host01-root";
+  diskdelta backup -r ssh://backup@vault/srv/repo /dev/vg0/root-snap --name host01-root
+  diskdelta backup vm1.qcow2 --name vm1 --dirty-bitmap nightly   # reads only what the guest wrote
+  diskdelta backup 'nbd+unix:///drive0?socket=/run/vm1.nbd' --name vm1";
 
 pub const IMPORT: &str = "\
 Examples:
@@ -66,7 +68,8 @@ pub const RESTORE: &str = "\
 Examples:
   diskdelta restore vm1 -o vm1.img
   diskdelta restore 3f2a9c --in-place /dev/vg0/disk
-  diskdelta restore vm1 | ssh host dd of=/dev/sdb bs=4M";
+  diskdelta restore vm1 | ssh host dd of=/dev/sdb bs=4M
+  diskdelta restore vm1 -o vm1.qcow2 --format qcow2";
 
 pub const NBD: &str = "\
 Examples:

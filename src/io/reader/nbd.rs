@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{bounded, Receiver, Sender};
 
 use super::{digest_segments, stopped, AlignedBuf, Chunk, ReadSummary, ReaderOptions};
 use crate::digest::ImageHasher;
@@ -15,7 +15,7 @@ use crate::io::IoError;
 use crate::nbd::client::Extent;
 use crate::nbd::proto::STATE_ZERO;
 use crate::nbd::source::{NbdSource, SourceError};
-use crate::pipeline::Cancel;
+use crate::pipeline::{Cancel, Stopped};
 
 /// Allocation is asked for this much ahead at a time.
 const STATUS_WINDOW: u64 = 1 << 30;
@@ -56,20 +56,81 @@ pub(super) fn read_loop(
 ) -> Result<ReadSummary, IoError> {
     let size = source.size();
     let end = options.limit.map_or(size, |l| l.min(size));
+    let start = options.start.min(end);
     let mut hasher = options.digest.then(ImageHasher::new);
-    let mut offset = options.start.min(end);
+    // Fetching runs ahead on a thread of its own, so the next chunk's
+    // requests are in flight while this one is hashed and handed on.
+    let fetch_cancel = cancel.child();
+    let (tx, rx) = bounded::<Result<Chunk, IoError>>(1);
+    std::thread::scope(|s| {
+        // The fetcher owns the sender: its end closes the channel.
+        let fetcher = s.spawn({
+            let cancel = fetch_cancel.clone();
+            move || fetch(source, start, end, &tx, &free, &cancel)
+        });
+        let mut offset = start;
+        let result = loop {
+            let mut chunk = match cancel.recv(&rx) {
+                Ok(Ok(chunk)) => chunk,
+                Ok(Err(e)) => {
+                    let _ = cancel.send(&chunks, Err(e));
+                    break Ok(());
+                }
+                // The fetcher finished (or stopped, having said why).
+                Err(Stopped::Closed) => break Ok(()),
+                Err(Stopped::Cancelled) => break Err(stopped(path)),
+            };
+            if let Some(h) = hasher.as_mut() {
+                let data = (!chunk.hole).then(|| &chunk.buf.as_slice()[..chunk.len]);
+                let mut segments = Vec::new();
+                digest_segments(h, data, chunk.len, chunk.offset, &mut segments);
+                chunk.segments = segments;
+            }
+            if let Some(p) = &options.progress {
+                p.fetch_add(chunk.len as u64, Ordering::Relaxed);
+            }
+            offset += chunk.len as u64;
+            if cancel.send(&chunks, Ok(chunk)).is_err() {
+                break Err(stopped(path));
+            }
+        };
+        fetch_cancel.cancel();
+        drop(rx);
+        if fetcher.join().is_err() {
+            return Err(IoError::Op {
+                op: "NBD fetch thread",
+                path: path.to_path_buf(),
+                source: std::io::Error::other("panicked"),
+            });
+        }
+        result?;
+        Ok(ReadSummary {
+            bytes: offset - start,
+            digest: hasher.map(ImageHasher::finalize),
+        })
+    })
+}
+
+/// Fills buffers with `start..end` in order: ranges that read as zeros are
+/// not read, a chunk wholly inside them is a hole.
+fn fetch(
+    source: &NbdSource,
+    start: u64,
+    end: u64,
+    out: &Sender<Result<Chunk, IoError>>,
+    free: &Receiver<AlignedBuf>,
+    cancel: &Cancel,
+) {
+    let size = source.size();
+    let mut offset = start;
     let mut extents: VecDeque<Extent> = VecDeque::new();
     let mut known_to = offset;
     let fail = |e: crate::nbd::client::NbdError| IoError::Nbd(SourceError::from(e));
-    let result = loop {
-        let mut buf = match cancel.recv(&free) {
-            Ok(buf) => buf,
-            Err(_) => break Err(stopped(path)),
+    while offset < end {
+        let Ok(mut buf) = cancel.recv(free) else {
+            return;
         };
         let want = (end - offset).min(buf.capacity() as u64) as usize;
-        if want == 0 {
-            break Ok(());
-        }
         let chunk_end = offset + want as u64;
         while known_to < chunk_end {
             let window_end = (known_to + STATUS_WINDOW).min(size);
@@ -79,67 +140,42 @@ pub(super) fn read_loop(
                     extents.extend(got);
                 }
                 Err(e) => {
-                    let _ = cancel.send(&chunks, Err(fail(e)));
-                    break;
+                    let _ = cancel.send(out, Err(fail(e)));
+                    return;
                 }
             }
-        }
-        if known_to < chunk_end {
-            break Ok(());
         }
         while extents.front().is_some_and(|e| e.end() <= offset) {
             extents.pop_front();
         }
         let ranges = data_ranges(&extents, offset, chunk_end);
-        let mut segments = Vec::new();
         let hole = ranges.is_empty();
-        if hole {
-            if let Some(h) = hasher.as_mut() {
-                super::digest_segments(h, None, want, offset, &mut segments);
-            }
-        } else {
+        if !hole {
             let data = &mut buf.as_mut_slice()[..want];
             let mut at = offset;
-            let mut failed = None;
             for &(s, t) in &ranges {
                 data[(at - offset) as usize..(s - offset) as usize].fill(0);
-                if let Err(e) =
-                    source.read_at(&mut data[(s - offset) as usize..(t - offset) as usize], s)
-                {
-                    failed = Some(e);
-                    break;
+                let piece = &mut data[(s - offset) as usize..(t - offset) as usize];
+                if let Err(e) = source.read_at(piece, s) {
+                    let _ = cancel.send(out, Err(fail(e)));
+                    return;
                 }
                 at = t;
             }
-            if let Some(e) = failed {
-                let _ = cancel.send(&chunks, Err(fail(e)));
-                break Ok(());
-            }
             data[(at - offset) as usize..].fill(0);
-            if let Some(h) = hasher.as_mut() {
-                digest_segments(h, Some(data), want, offset, &mut segments);
-            }
         }
         let chunk = Chunk {
             offset,
             len: want,
             hole,
             buf,
-            segments,
+            segments: Vec::new(),
         };
-        if let Some(p) = &options.progress {
-            p.fetch_add(want as u64, Ordering::Relaxed);
+        if cancel.send(out, Ok(chunk)).is_err() {
+            return;
         }
-        offset += want as u64;
-        if cancel.send(&chunks, Ok(chunk)).is_err() {
-            break Err(stopped(path));
-        }
-    };
-    result?;
-    Ok(ReadSummary {
-        bytes: offset - options.start.min(end),
-        digest: hasher.map(ImageHasher::finalize),
-    })
+        offset = chunk_end;
+    }
 }
 
 #[cfg(test)]
