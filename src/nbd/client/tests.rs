@@ -325,3 +325,61 @@ fn uris() {
     }
     assert!(uri::is_nbd_uri("NBD://h/x") && !uri::is_nbd_uri("/dev/nbd0"));
 }
+
+proptest::proptest! {
+    /// A READ answered by any split of its range into data and hole
+    /// chunks, sent in any order, reads back exactly.
+    #[test]
+    fn any_split_of_a_read_reads_back(
+        cuts in proptest::collection::btree_set(1usize..4096, 0..12),
+        holes in proptest::collection::vec(proptest::bool::ANY, 13),
+        order in proptest::collection::vec(0usize..1000, 13),
+    ) {
+        let want: Vec<u8> = (0..4096u32).map(|i| (i * 7 + 3) as u8).collect();
+        let mut bounds: Vec<usize> = std::iter::once(0).chain(cuts).chain(std::iter::once(4096)).collect();
+        bounds.dedup();
+        let mut pieces: Vec<(usize, usize, bool)> = bounds
+            .windows(2)
+            .enumerate()
+            .map(|(i, w)| (w[0], w[1], holes[i]))
+            .collect();
+        let mut keyed: Vec<(usize, (usize, usize, bool))> =
+            pieces.drain(..).enumerate().map(|(i, p)| (order[i], p)).collect();
+        keyed.sort_by_key(|k| k.0);
+        let n = keyed.len();
+        let mut b = greeting();
+        let mut expect = want.clone();
+        for (i, (_, (s, t, hole))) in keyed.into_iter().enumerate() {
+            let flags = if i + 1 == n { proto::REPLY_FLAG_DONE } else { 0 };
+            if hole {
+                expect[s..t].fill(0);
+                let mut p = (s as u64).to_be_bytes().to_vec();
+                p.extend_from_slice(&((t - s) as u32).to_be_bytes());
+                chunk(&mut b, flags, proto::REPLY_TYPE_OFFSET_HOLE, 1, &p);
+            } else {
+                chunk(&mut b, flags, proto::REPLY_TYPE_OFFSET_DATA, 1, &data(s as u64, &want[s..t]));
+            }
+        }
+        let c = client(b).expect("handshake");
+        let mut buf = vec![0xeeu8; 4096];
+        c.read_at(&mut buf, 0).expect("read");
+        proptest::prop_assert_eq!(buf, expect);
+    }
+
+    /// URIs print and parse back.
+    #[test]
+    fn uris_round_trip(
+        export in "[a-z0-9/._-]{0,20}",
+        host in "[a-z][a-z0-9.-]{0,15}",
+        port in 1u16..,
+        socket in "/[a-z0-9/._-]{1,30}",
+    ) {
+        for uri in [
+            NbdUri { endpoint: Endpoint::Tcp { host: host.clone(), port }, export: export.clone() },
+            NbdUri { endpoint: Endpoint::Unix { socket: socket.clone().into() }, export: export.clone() },
+        ] {
+            let text = uri.to_string();
+            proptest::prop_assert_eq!(NbdUri::parse(&text).expect("parses"), uri);
+        }
+    }
+}
