@@ -302,12 +302,14 @@ impl Server {
                     continue;
                 }
                 active.fetch_add(1, Ordering::SeqCst);
-                let active = active.clone();
+                let active = &*active;
                 let exports = &self.exports;
                 let options = &self.options;
                 let spawned = std::thread::Builder::new()
                     .name(format!("nbd-client-{id}"))
                     .spawn_scoped(s, move || {
+                        // Released even if serving the client panics.
+                        let _slot = Released(active);
                         let result = match stream.split() {
                             Ok((r, w)) => serve_connection(r, w, exports, options),
                             Err(e) => Err(NbdServerError::Io(e)),
@@ -315,13 +317,21 @@ impl Server {
                         if let Err(e) = result {
                             (options.log)(&format!("client {id}: {}", export::error_chain(&e)));
                         }
-                        active.fetch_sub(1, Ordering::SeqCst);
                     });
                 if let Err(e) = spawned {
                     (self.options.log)(&format!("client {id} refused: no thread: {e}"));
                 }
             }
         })
+    }
+}
+
+/// A client slot of the server, given back when dropped.
+struct Released<'a>(&'a AtomicUsize);
+
+impl Drop for Released<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

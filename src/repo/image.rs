@@ -521,6 +521,19 @@ impl Drop for SnapshotImage {
     }
 }
 
+/// Clears a chunk's loading mark if its fetch unwinds.
+struct Loading<'a> {
+    inner: &'a Inner,
+    id: ChunkId,
+}
+
+impl Drop for Loading<'_> {
+    fn drop(&mut self) {
+        lock(&self.inner.cache).slots.remove(&self.id);
+        self.inner.loaded.notify_all();
+    }
+}
+
 impl Inner {
     fn chunk_len(&self, c: u64) -> usize {
         let start = c * self.chunk_size as u64;
@@ -551,7 +564,10 @@ impl Inner {
         }
         cache.slots.insert(id, Slot::Loading);
         drop(cache);
+        // Should the fetch panic, the waiters are woken and retry.
+        let loading = Loading { inner: self, id };
         let fetched = self.fetch(c, id);
+        std::mem::forget(loading);
         let mut cache = lock(&self.cache);
         cache.slots.remove(&id);
         let mut freed = Vec::new();

@@ -663,3 +663,52 @@ fn the_kernel_nbd_client_reads_the_snapshot_where_it_exists() {
     );
     assert!(out.stdout == data, "the kernel client read other bytes");
 }
+
+#[test]
+fn clients_past_max_clients_are_turned_away_until_one_leaves() {
+    use std::io::Write;
+    let dir = common::tempdir();
+    let repo = init_repo(dir.path());
+    backup(dir.path(), &repo, "vm1", &image(MIB, 15, &[]));
+    let server = NbdServer::start(&repo, dir.path(), &["vm1", "--max-clients", "1"]);
+    let uri = server.uri(0);
+    // A client that stays connected until its stdin closes.
+    let script = r#"
+import sys, nbd
+h = nbd.NBD()
+h.connect_uri(sys.argv[1])
+print("ready", flush=True)
+sys.stdin.read()
+h.shutdown()
+"#;
+    let mut holder = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(script)
+        .arg(&uri)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn holder");
+    let mut line = String::new();
+    BufReader::new(holder.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("holder output");
+    assert_eq!(line.trim(), "ready");
+    let out = client(Command::new("nbdinfo").arg(&uri));
+    assert!(!out.status.success(), "a second client was served");
+    let mut stdin = holder.stdin.take().expect("stdin");
+    let _ = stdin.write_all(b"bye");
+    drop(stdin);
+    let _ = holder.wait();
+    // The slot is free again.
+    let mut ok = false;
+    for _ in 0..100 {
+        if client(Command::new("nbdinfo").arg(&uri)).status.success() {
+            ok = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(ok, "the freed slot was not given to a new client");
+    assert!(server.log().contains("refused"), "{}", server.log());
+}
