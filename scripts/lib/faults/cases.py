@@ -985,3 +985,7 @@ KINDS["kill-9"] = (kill9_faults, 16)
 
 import s3  # noqa: E402  (its cases need the table's helpers above)
 KINDS["s3"] = (s3.s3_faults, 9)
+
+import nbdfaults  # noqa: E402
+KINDS["nbd-export-pack"] = (nbdfaults.export_pack_faults, 8)
+KINDS["nbd-source-killed"] = (nbdfaults.source_killed_faults, 6)

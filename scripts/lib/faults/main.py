@@ -72,6 +72,9 @@ def main():
         skips["s3"] = "no s3rver (scripts/s3-servers installs it)"
     if not have_diskdump:
         skips["diskdump-*"] = "the real diskdump tool could not be installed"
+    import nbdfaults
+    if not nbdfaults.available():
+        skips["nbd-*"] = "no nbdcopy, nbdinfo or qemu-nbd (libnbd-bin, qemu-utils)"
     if "DISKDELTA_TEST_PYDIFFDD" not in os.environ:
         skips["delta-py-*"] = "no DISKDELTA_TEST_PYDIFFDD (scripts/test sets it)"
     try:
