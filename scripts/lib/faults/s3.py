@@ -42,10 +42,13 @@ class Server:
         self.proc = None
         self.start()
 
+    def command(self):
+        return [s3rver_path(), "-d", self.data, "-a", "127.0.0.1", "-p", str(self.port), "--silent"]
+
     def start(self):
         self.proc = subprocess.Popen(
-            [s3rver_path(), "-d", self.data, "-a", "127.0.0.1", "-p", str(self.port), "--silent"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
@@ -68,6 +71,23 @@ class Server:
         return f"s3:http://127.0.0.1:{self.port}/faults/{name}"
 
 
+class MotoServer(Server):
+    """moto keeps objects in memory (so it cannot be killed and restarted)
+    and stores an object only once its whole body has arrived, as real S3
+    does. s3rver streams a PUT's body into the final file: frozen in the
+    middle of a PUT the client then gives up on, it would store the prefix
+    it had when resumed, a fault of the test server rather than of the
+    client. The frozen-server faults therefore run against moto."""
+
+    def command(self):
+        return [moto_path(), "-H", "127.0.0.1", "-p", str(self.port)]
+
+
+def moto_path():
+    return os.environ.get("DISKDELTA_TEST_MOTO_SERVER") or os.path.join(
+        ROOT, "target", "tools", "moto", "bin", "moto_server")
+
+
 KINDS = ["server-killed", "server-frozen", "backup-killed"]
 
 
@@ -85,7 +105,8 @@ def s3_faults(ctx, rng, n):
 
 
 def s3_fault(ctx, scratch, what, delay):
-    server = Server(scratch)
+    atomic = what == "server-frozen" and os.access(moto_path(), os.X_OK)
+    server = MotoServer(scratch) if atomic else Server(scratch)
     try:
         return run_fault(ctx, scratch, server, what, delay)
     finally:
