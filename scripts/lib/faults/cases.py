@@ -15,7 +15,7 @@ import time
 
 from harness import (DETECTED, HARMLESS, HANG, LOST, PARTIAL, WRONG, UNCLEAR, Fault,
                      Verdict, copy_tree, flip, judge, kill_group, leftovers,
-                     sha256_file, spread, tree_digest)
+                     sha256_file, spread, spread_over_files, tree_digest)
 
 from fixtures import CHUNK_SIZE  # noqa: E402
 
@@ -232,14 +232,9 @@ def repo_faults(part: str, damage: str):
             files = [None]  # made per fault: a live shared lock
         faults = []
         sizes = [os.path.getsize(f) if f else len(lock_text()) for f in files]
-        total = sum(sizes)
         commands = REPO_COMMANDS[part]
         turn = rng.randrange(len(commands))
-        for i, pos in enumerate(spread(rng, total, n)):
-            k, rel = 0, pos
-            while rel >= sizes[k]:
-                rel -= sizes[k]
-                k += 1
+        for i, (k, rel) in enumerate(spread_over_files(rng, sizes, n)):
             command = commands[(i + turn) % len(commands)]
             path = files[k]
             label = (os.path.relpath(path, ctx.fx.path("repo")) if path else "locks/<live>")
@@ -413,11 +408,7 @@ def diskdump_faults(part: str, damage: str):
         files = sorted(glob.glob(os.path.join(store, ".blockstore", pattern)))
         sizes = [os.path.getsize(f) for f in files]
         faults = []
-        for pos in spread(rng, sum(sizes), n):
-            k, rel = 0, pos
-            while rel >= sizes[k]:
-                rel -= sizes[k]
-                k += 1
+        for k, rel in spread_over_files(rng, sizes, n):
             faults.append(Fault(
                 f"diskdump-{part}-{damage}",
                 f"{damage} of {os.path.relpath(files[k], store)} at byte {rel}",

@@ -172,6 +172,19 @@ def spread(rng, size: int, count: int) -> List[int]:
     return sorted({int(size * (i + rng.random()) / count) for i in range(count)})
 
 
+def spread_over_files(rng, sizes: List[int], count: int):
+    """(file index, offset in that file) for count offsets spread over the
+    files' bytes taken end to end (see `spread`)."""
+    out = []
+    for pos in spread(rng, sum(sizes), count):
+        k, rel = 0, pos
+        while rel >= sizes[k]:
+            rel -= sizes[k]
+            k += 1
+        out.append((k, rel))
+    return out
+
+
 def fresh_dir(path: str) -> str:
     shutil.rmtree(path, ignore_errors=True)
     os.makedirs(path)

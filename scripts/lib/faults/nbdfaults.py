@@ -19,7 +19,7 @@ import subprocess
 import time
 
 from harness import (DETECTED, HANG, HARMLESS, LOST, UNCLEAR, WRONG, Fault, Verdict, copy_tree,
-                     flip, kill_group, run, sha256_file, spread, tree_digest)
+                     flip, kill_group, run, sha256_file, spread_over_files, tree_digest)
 
 
 def available():
@@ -50,11 +50,7 @@ def export_pack_faults(ctx, rng, n):
     packs = sorted(f for f in glob.glob(os.path.join(repo, "data", "*", "*")) if os.path.isfile(f))
     sizes = [os.path.getsize(f) for f in packs]
     faults = []
-    for pos in spread(rng, sum(sizes), n):
-        k, rel = 0, pos
-        while rel >= sizes[k]:
-            rel -= sizes[k]
-            k += 1
+    for k, rel in spread_over_files(rng, sizes, n):
         label = os.path.relpath(packs[k], repo)
         faults.append(Fault(
             "nbd-export-pack", f"flip of {label} at byte {rel}, then nbdcopy of every export",
