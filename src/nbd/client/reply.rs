@@ -208,14 +208,7 @@ pub fn read_one(
                         }
                         st.buf[start..start + len].fill(0);
                     }
-                    proto::REPLY_TYPE_NONE => {
-                        if h.length != 0 || h.flags & proto::REPLY_FLAG_DONE == 0 {
-                            return Err(protocol(
-                                target,
-                                "a NONE chunk with a payload or not final",
-                            ));
-                        }
-                    }
+                    proto::REPLY_TYPE_NONE => check_none(target, &h)?,
                     proto::REPLY_TYPE_ERROR | proto::REPLY_TYPE_ERROR_OFFSET => {
                         return Err(structured_error(stream, target, &h, "READ", st.offset)?);
                     }
@@ -373,14 +366,7 @@ pub fn read_status(
                                 .map_err(|e| lost(target, e))?;
                         st.take(target, &payload)?;
                     }
-                    proto::REPLY_TYPE_NONE => {
-                        if h.length != 0 || h.flags & proto::REPLY_FLAG_DONE == 0 {
-                            return Err(protocol(
-                                target,
-                                "a NONE chunk with a payload or not final",
-                            ));
-                        }
-                    }
+                    proto::REPLY_TYPE_NONE => check_none(target, &h)?,
                     proto::REPLY_TYPE_ERROR | proto::REPLY_TYPE_ERROR_OFFSET => {
                         return Err(structured_error(
                             stream,
@@ -404,4 +390,12 @@ pub fn read_status(
             m => return Err(protocol(target, format!("bad reply magic {m:#010x}"))),
         }
     }
+}
+
+/// A NONE chunk carries nothing and ends its reply.
+fn check_none(target: &str, h: &StructuredReplyHeader) -> Result<(), NbdError> {
+    if h.length != 0 || h.flags & proto::REPLY_FLAG_DONE == 0 {
+        return Err(protocol(target, "a NONE chunk with a payload or not final"));
+    }
+    Ok(())
 }
