@@ -32,14 +32,25 @@ const EXIT_INTEGRITY: u8 = 3;
 /// Exit code after SIGINT, SIGTERM or SIGHUP (128 + SIGINT, as shells do).
 const EXIT_INTERRUPTED: i32 = 130;
 
+/// How long the main thread leaves the signal thread to finish an
+/// interruption's releases before it exits by itself.
+const INTERRUPT_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
+
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
     handle_interrupts();
-    match cmd::run(args) {
+    let outcome = cmd::run(args);
+    if diskdelta::io::cleanup::interrupted() {
+        // The run ended because of the interruption (a stopped child, an
+        // unmounted tree) or just before it: either way the signal thread
+        // is still releasing what the run held, and it reports and exits
+        // with EXIT_INTERRUPTED. Leaving first would cut that short and
+        // make the exit status depend on timing.
+        std::thread::sleep(INTERRUPT_GRACE);
+        return ExitCode::from(EXIT_INTERRUPTED as u8);
+    }
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
-        // A failure caused by the interruption's releases (a stopped
-        // child): the signal thread is about to report it and exit.
-        Err(_) if diskdelta::io::cleanup::interrupted() => ExitCode::from(EXIT_INTERRUPTED as u8),
         Err(err) => {
             use std::io::Write;
             let _ = writeln!(std::io::stderr(), "diskdelta: error: {err:#}");
