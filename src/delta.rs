@@ -21,6 +21,7 @@ pub mod create;
 pub mod from_snapshot;
 pub mod inspect;
 mod journal;
+mod moves;
 pub mod signature;
 pub mod source;
 pub mod tracked;

@@ -25,6 +25,8 @@ mod legacy;
 mod locations;
 #[path = "integration/mount.rs"]
 mod mount;
+#[path = "integration/moves.rs"]
+mod moves;
 #[path = "integration/nbd_export.rs"]
 mod nbd_export;
 #[path = "integration/repo.rs"]

@@ -4,12 +4,14 @@
 //! The first byte selects how to read (low 4 bits: bytes per `read` call,
 //! 0 for all at once) and how to prepare the rest (high bits):
 //! - 0: as is;
-//! - 1: magic, version (1, or 2 when bit 2 of the mode is set) and header
-//!   length forced, header check resealed, so the record parser is reached;
+//! - 1: magic, version (1; 2 when bit 2 of the mode is set; 3 when bit 3
+//!   is set too) and header length forced, header check resealed, so the
+//!   record parser is reached;
 //! - 2: as 1, and every record checksum resealed (and the trailer's header
 //!   and record-sequence digests set), so payload decoding and the
 //!   trailer's consistency checks are reached too. Reference-compressed
-//!   records (version 2) are decoded against `reference(length)`.
+//!   records (version 2) and copy records (version 3) are decoded against
+//!   `reference(length)`.
 #![no_main]
 
 use diskdelta::format::delta::{
@@ -25,6 +27,7 @@ use common::{control, Chunky, OrderCheck};
 const KIND_ZERO: u8 = 3;
 const KIND_ZSTD: u8 = 2;
 const KIND_ZSTD_REF: u8 = 4;
+const KIND_COPY: u8 = 5;
 
 /// What the fuzzer pretends OLD holds under a reference record.
 fn reference(length: u64) -> Vec<u8> {
@@ -80,6 +83,9 @@ fn reseal_records(d: &mut [u8]) {
                     h.update(&data);
                 }
             }
+            KIND_COPY => {
+                h.update(&reference(length));
+            }
             KIND_ZSTD_REF => {
                 let cap = length.min(1 << 20) as usize;
                 if let Some(data) = decompress_against(&d[start..end], &reference(length), cap) {
@@ -129,7 +135,12 @@ fuzz_target!(|data: &[u8]| {
     }
 
     if mode % 4 != 0 && bytes.len() >= HEADER_LEN {
-        reseal_header(&mut bytes, if mode & 4 != 0 { 2 } else { 1 });
+        let version = match (mode & 4 != 0, mode & 8 != 0) {
+            (false, _) => 1,
+            (true, false) => 2,
+            (true, true) => 3,
+        };
+        reseal_header(&mut bytes, version);
         if mode % 4 >= 2 {
             reseal_records(&mut bytes);
         }
@@ -159,7 +170,13 @@ fuzz_target!(|data: &[u8]| {
                     Ok(mut extent) => {
                         assert_eq!((extent.offset, extent.len()), (offset, length));
                         if let ExtentData::Referenced(raw) = &extent.data {
-                            assert_eq!(header.version, 2, "reference records only in version 2");
+                            assert!(header.version >= 2, "reference records from version 2 on");
+                            if raw.copy_source().is_some() {
+                                assert!(
+                                    header.version >= 3 && header.copies,
+                                    "copy records only in version 3 with the flag"
+                                );
+                            }
                             match raw.decode_against(&reference(length)) {
                                 Ok(bytes) => {
                                     assert_eq!(bytes.len() as u64, length);

@@ -112,6 +112,9 @@ class DeltaInfo:
     new_digest: Optional[str]
     base_samples: int
     change_tracked: bool
+    # Version 3: records copied from another offset of OLD.
+    copy_extents: int = 0
+    copied_bytes: int = 0
 
 
 def _fields(cls, text):

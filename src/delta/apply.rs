@@ -148,6 +148,8 @@ struct ExtentQueue {
     base_relative: bool,
     /// NEW size from the native header, when known there.
     header_new_size: Option<u64>,
+    /// OLD for positioned reads, when the delta holds copy records.
+    copy_base: Option<Input>,
 }
 
 impl ExtentQueue {
@@ -202,6 +204,15 @@ impl ExtentQueue {
                 break;
             }
             if let ExtentData::Referenced(raw) = &e.data {
+                if raw.copy_source().is_some() {
+                    // A copy reads OLD anywhere, not this chunk, so it may
+                    // cross chunks like a literal record once decoded.
+                    let Some(base) = &self.copy_base else {
+                        return Err(DeltaError::Panic("apply (copy record without a base)"));
+                    };
+                    e.data = ExtentData::Bytes(read_copy(base, raw)?);
+                    continue;
+                }
                 if e.offset < start || e.end() > end {
                     return Err(DeltaError::Panic("apply (reference record across chunks)"));
                 }
@@ -335,7 +346,16 @@ pub fn apply_stream(
     output: Output,
     options: &ApplyOptions,
 ) -> Result<ApplySummary, DeltaError> {
-    let source = open_delta(delta, options)?;
+    apply_stream_source(open_delta(delta, options)?, base, output, options)
+}
+
+/// [`apply_stream`] of a delta already opened.
+pub(super) fn apply_stream_source(
+    source: DeltaSource,
+    base: Input,
+    output: Output,
+    options: &ApplyOptions,
+) -> Result<ApplySummary, DeltaError> {
     let kind = source.kind();
     if let (Some(n), OutputKind::BlockDevice) = (source.new_size(None), output.kind()) {
         output.require_capacity(n)?;
@@ -350,6 +370,10 @@ pub fn apply_stream(
     ) {
         check_base_size(expected, actual, &base_path)?;
     }
+    let copy_base = match source.header() {
+        Some(h) if h.copies => Some(positioned_base(&base)?),
+        _ => None,
+    };
     let out_path = output.path().to_path_buf();
     let cancel = Cancel::new();
     let mut old = ChunkReader::spawn(
@@ -370,6 +394,7 @@ pub fn apply_stream(
         changed: 0,
         base_relative,
         header_new_size,
+        copy_base,
     };
     let (result, recycle_rx) = with_writer(&cancel, output, options.progress.clone(), |tx, rx| {
         produce_new(&mut old, &mut queue, tx, rx)
@@ -446,6 +471,43 @@ pub fn apply_stream(
         verified,
         notes,
     })
+}
+
+/// A second handle on the base for the positioned reads of copy records
+/// (without O_DIRECT, whose alignment rules they would break).
+///
+/// # Errors
+/// [`DeltaError::Size`] when the base is a pipe; opening errors.
+pub(super) fn positioned_base(base: &Input) -> Result<Input, DeltaError> {
+    if base.kind() == InputKind::Stream {
+        return Err(DeltaError::Size {
+            path: base.path().into(),
+            detail: "the delta holds copy records, which read OLD at any offset: give OLD as a file or block device, not a pipe".into(),
+        });
+    }
+    if base.is_direct() {
+        return Ok(Input::open(base.path(), &InputOptions::default())?);
+    }
+    Ok(base.try_clone()?)
+}
+
+/// The bytes a copy record copies, read from OLD and verified.
+///
+/// # Errors
+/// I/O errors; the record's checksum error when OLD holds other bytes
+/// there (or is too short).
+pub(super) fn read_copy(base: &Input, raw: &RawRecord) -> Result<Vec<u8>, DeltaError> {
+    let range = raw.reference_range();
+    let mut bytes = vec![0u8; raw.length as usize];
+    let readable = base
+        .size()
+        .unwrap_or(u64::MAX)
+        .saturating_sub(range.start)
+        .min(raw.length) as usize;
+    if readable > 0 {
+        base.read_exact_at(&mut bytes[..readable], range.start)?;
+    }
+    Ok(raw.decode_against(&bytes)?)
 }
 
 pub(super) fn check_sizes(trailer: &Trailer, old_size: u64, base: &Path) -> Result<(), DeltaError> {
@@ -635,7 +697,18 @@ pub fn apply_in_place(
     target: &Path,
     options: &ApplyOptions,
 ) -> Result<ApplySummary, DeltaError> {
-    let (delta_path, mut delta_file) = seekable_delta(delta)?;
+    let (delta_path, delta_file) = seekable_delta(delta)?;
+    apply_in_place_file(&delta_path, delta_file, target, options)
+}
+
+/// [`apply_in_place`] of a delta in a seekable file.
+pub(super) fn apply_in_place_file(
+    delta_path: &Path,
+    mut delta_file: File,
+    target: &Path,
+    options: &ApplyOptions,
+) -> Result<ApplySummary, DeltaError> {
+    let delta_path = delta_path.to_path_buf();
 
     // Pass 1: verify the whole delta.
     let mut source = DeltaSource::open(
@@ -746,17 +819,46 @@ pub fn apply_in_place(
         .as_ref()
         .map(|t| t.records_digest)
         .unwrap_or_default();
-    let recovered = if referenced > 0 {
+    // Copy records read OLD anywhere, and earlier records may overwrite
+    // their sources: their bytes are read now, into a spill beside the
+    // journal, which a rerun reuses.
+    let spill_path = journal::spill_path(&journal);
+    let (recovered, spill) = if referenced > 0 {
         let recovered = journal::Recovered::load(&journal, &records_digest);
+        let earlier = journal::CopySpill::load(&spill_path, &records_digest);
+        let mut spill = None;
         let mut source = reopen(&delta_path, &mut delta_file, kind, options)?;
         while let Some(e) = source.next_extent()? {
-            if let ExtentData::Referenced(raw) = &e.data {
+            let ExtentData::Referenced(raw) = &e.data else {
+                continue;
+            };
+            if raw.copy_source().is_none() {
                 decode_in_place(&output, raw, old_size, &recovered)?;
+                continue;
+            }
+            let Some(bytes) =
+                copy_source_in_place(&output, raw, old_size, &recovered, earlier.as_ref())?
+            else {
+                continue;
+            };
+            if spill.is_none() {
+                spill = Some(journal::SpillWriter::create(
+                    spill_path.clone(),
+                    &records_digest,
+                )?);
+            }
+            if let Some(w) = spill.as_mut() {
+                w.push(raw.index, &bytes)?;
             }
         }
-        recovered
+        drop(earlier);
+        let spill = match spill {
+            Some(w) => Some(w.finish(&records_digest)?),
+            None => None,
+        };
+        (recovered, spill)
     } else {
-        journal::Recovered::default()
+        (journal::Recovered::default(), None)
     };
     let mut batch = journal::Batch::new(journal, records_digest);
 
@@ -774,7 +876,12 @@ pub fn apply_in_place(
             // unmap instead of filling the pool with zeros.
             ExtentData::Zeros(n) => output.discard_range(e.offset, *n)?,
             ExtentData::Referenced(raw) => {
-                if let Some(bytes) = decode_in_place(&output, raw, old_size, &recovered)? {
+                let bytes = if raw.copy_source().is_some() {
+                    copy_from_spill(&output, raw, spill.as_ref())?
+                } else {
+                    decode_in_place(&output, raw, old_size, &recovered)?
+                };
+                if let Some(bytes) = bytes {
                     if batch.push(raw, bytes) {
                         batch.flush(&output)?;
                     }
@@ -788,6 +895,10 @@ pub fn apply_in_place(
     batch.flush(&output)?;
     output.sync()?;
     batch.finish();
+    if spill.is_some() {
+        drop(spill);
+        let _ = std::fs::remove_file(&spill_path);
+    }
     let mut verified = false;
     if options.verify {
         match &trailer {
@@ -860,6 +971,85 @@ fn decode_in_place(
             ),
         }),
     }
+}
+
+/// The source bytes of copy record `raw` before the target is changed:
+/// from the spill of an interrupted apply, from the target (OLD's bytes at
+/// the source), or from the journal. `None` when the target already holds
+/// the record's result (a rerun).
+fn copy_source_in_place(
+    output: &Output,
+    raw: &RawRecord,
+    old_size: u64,
+    recovered: &journal::Recovered,
+    earlier: Option<&journal::CopySpill>,
+) -> Result<Option<Vec<u8>>, DeltaError> {
+    if let Some(bytes) = earlier.and_then(|s| s.bytes_of(raw)) {
+        return Ok(Some(bytes));
+    }
+    let source = raw.reference_range();
+    let mut bytes = vec![0u8; raw.length as usize];
+    let readable = old_size.saturating_sub(source.start).min(raw.length) as usize;
+    read_exact_at(
+        output.file(),
+        &mut bytes[..readable],
+        source.start,
+        output.path(),
+    )?;
+    if raw.holds(&bytes) {
+        return Ok(Some(bytes));
+    }
+    let mut current = vec![0u8; raw.length as usize];
+    let readable = old_size.saturating_sub(raw.offset).min(raw.length) as usize;
+    read_exact_at(
+        output.file(),
+        &mut current[..readable],
+        raw.offset,
+        output.path(),
+    )?;
+    if raw.holds(&current) {
+        return Ok(None);
+    }
+    match recovered.bytes_of(raw) {
+        Some(bytes) => Ok(Some(bytes.to_vec())),
+        None => Err(DeltaError::BaseMismatch {
+            path: output.path().into(),
+            detail: format!(
+                "bytes {}..{} do not hold the OLD bytes that delta record {} copies (a damaged record, or another base)",
+                source.start, source.end, raw.index
+            ),
+        }),
+    }
+}
+
+/// The bytes to write for copy record `raw`: from the spill made before
+/// the first write; `None` when the target already holds them.
+fn copy_from_spill(
+    output: &Output,
+    raw: &RawRecord,
+    spill: Option<&journal::CopySpill>,
+) -> Result<Option<Vec<u8>>, DeltaError> {
+    if let Some(bytes) = spill.and_then(|s| s.bytes_of(raw)) {
+        return Ok(Some(bytes));
+    }
+    let mut current = vec![0u8; raw.length as usize];
+    let readable = output
+        .size()
+        .unwrap_or(u64::MAX)
+        .saturating_sub(raw.offset)
+        .min(raw.length) as usize;
+    read_exact_at(
+        output.file(),
+        &mut current[..readable],
+        raw.offset,
+        output.path(),
+    )?;
+    if raw.holds(&current) {
+        return Ok(None);
+    }
+    Err(DeltaError::Panic(
+        "apply in place (copy record missing from the spill)",
+    ))
 }
 
 fn check_samples(output: &Output, trailer: &Trailer, block_size: u32) -> Result<(), DeltaError> {

@@ -477,6 +477,9 @@ pub fn apply_chain_stream(
     if output.kind() == OutputKind::BlockDevice {
         output.require_capacity(final_size)?;
     }
+    if links.iter().any(|l| l.header.copies) {
+        return apply_one_by_one(links, base, output, options, notes);
+    }
     let base_path = base.path().to_path_buf();
     if let (crate::io::InputKind::File, Some(actual)) = (base.kind(), base.size()) {
         if let Some(first) = links.first() {
@@ -626,6 +629,27 @@ pub fn apply_chain_in_place(
 ) -> Result<ApplySummary, DeltaError> {
     let links = open_chain(deltas)?;
     let mut notes = check_chain(&links)?;
+    if links.iter().any(|l| l.header.copies) {
+        // Copy records cannot be merged: each delta in its turn, each
+        // verified before it writes.
+        let count = links.len();
+        let mut last = None;
+        for link in links {
+            let mut summary = apply::apply_in_place_file(&link.path, link.file, target, options)?;
+            notes.append(&mut summary.notes);
+            last = Some(summary);
+        }
+        let Some(mut summary) = last else {
+            return Err(DeltaError::Chain {
+                detail: "no delta given".into(),
+            });
+        };
+        notes.push(format!(
+            "the series holds copy records: its {count} deltas were applied one after another"
+        ));
+        summary.notes = notes;
+        return Ok(summary);
+    }
     let merged = tempfile::Builder::new()
         .prefix(".diskdelta-chain-")
         .tempfile()
@@ -643,6 +667,79 @@ pub fn apply_chain_in_place(
     let input = Input::open(merged.path(), &crate::io::InputOptions::default())?;
     let mut summary = apply::apply_in_place(input, target, options)?;
     notes.append(&mut summary.notes);
+    summary.notes = notes;
+    Ok(summary)
+}
+
+/// Stream mode for a series with copy records: each delta applied in its
+/// turn, the images between them in a temporary directory beside the
+/// output (two at a time), each verified like a single apply.
+fn apply_one_by_one(
+    links: Vec<ChainLink>,
+    base: Input,
+    output: Output,
+    options: &ApplyOptions,
+    mut notes: Vec<String>,
+) -> Result<ApplySummary, DeltaError> {
+    let dir = match output.kind() {
+        OutputKind::File => output
+            .path()
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf),
+        _ => std::env::temp_dir(),
+    };
+    let scratch = tempfile::Builder::new()
+        .prefix(".diskdelta-series-")
+        .tempdir_in(&dir)
+        .map_err(|source| IoError::Op {
+            op: "create a temporary directory",
+            path: dir.clone(),
+            source,
+        })?;
+    let count = links.len();
+    let mut input = base;
+    let mut output = Some(output);
+    let mut summary = None;
+    for (i, mut link) in links.into_iter().enumerate() {
+        let source = link.source()?;
+        let last = i + 1 == count;
+        let (out, step_path) = if last {
+            (
+                output
+                    .take()
+                    .ok_or(DeltaError::Panic("series (output used twice)"))?,
+                None,
+            )
+        } else {
+            let path = scratch.path().join(format!("image-{i}"));
+            (Output::create(&path)?, Some(path))
+        };
+        let step_options = ApplyOptions {
+            progress: if last { options.progress.clone() } else { None },
+            ..options.clone()
+        };
+        let mut done = apply::apply_stream_source(source, input, out, &step_options)?;
+        notes.append(&mut done.notes);
+        summary = Some(done);
+        if let Some(path) = step_path {
+            input = Input::open(&path, &crate::io::InputOptions::default())?;
+            // The image before this one is no longer needed.
+            if i > 0 {
+                let _ = std::fs::remove_file(scratch.path().join(format!("image-{}", i - 1)));
+            }
+        } else {
+            break;
+        }
+    }
+    let Some(mut summary) = summary else {
+        return Err(DeltaError::Chain {
+            detail: "no delta given".into(),
+        });
+    };
+    notes.push(format!(
+        "the series holds copy records: its {count} deltas were applied one after another"
+    ));
     summary.notes = notes;
     Ok(summary)
 }
@@ -686,12 +783,21 @@ fn merge_links<W: Write + Send>(
             detail: "no delta given".into(),
         });
     };
+    if let Some(link) = links.iter().find(|l| l.header.copies) {
+        return Err(DeltaError::Chain {
+            detail: format!(
+                "{} holds copy records (format version 3), which merge cannot combine; apply the series instead, or make its deltas with `diff --format diskdelta-v2`",
+                link.name()
+            ),
+        });
+    }
     let header = Header {
         version: VERSION,
         block_size: first.header.block_size,
         old_size: Some(first.trailer.old_size),
         new_size: Some(last.trailer.new_size),
         change_tracked: first.trailer.old_digest.is_none(),
+        copies: false,
     };
     let ends = Compared {
         old_size: first.trailer.old_size,
@@ -700,6 +806,7 @@ fn merge_links<W: Write + Send>(
         new_digest: last.trailer.new_digest,
         samples: first.trailer.samples.clone(),
         bytes_read: 0,
+        moves: None,
     };
     let base = match base {
         Some(path) => {

@@ -16,17 +16,18 @@ use std::sync::Arc;
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 
+use super::moves::{rewrite_with_copies, MoveFinder};
 use super::DeltaError;
 use crate::change::compare::{compare_blocks, BlockChange, View};
 use crate::digest::Digest;
 use crate::format::delta::{
     encode_record, Compression, DeltaWriter, EncodedRecord, Header, RecordEncoder, Sample,
-    TrailerInput, REFERENCE_WINDOW, VERSION, VERSION_1,
+    TrailerInput, REFERENCE_WINDOW, VERSION, VERSION_1, VERSION_2,
 };
 use crate::format::diffdd::DiffDdV2Writer;
 use crate::format::{Extent, ExtentData};
 use crate::io::reader::{Chunk, ReaderOptions};
-use crate::io::{ChunkReader, Input};
+use crate::io::{ChunkReader, Input, InputKind, IoError};
 use crate::units::BlockSize;
 
 /// Which format `diff` writes.
@@ -35,6 +36,9 @@ pub enum OutputFormat {
     /// The native format, version 2: records may be compressed against
     /// the OLD bytes they replace.
     Native,
+    /// The native format, version 2 (no copy records), for readers older
+    /// than version 3.
+    NativeV2,
     /// The native format, version 1, for readers older than version 2.
     NativeV1,
     /// C++ diff-dd format v2, for users who must keep that tool.
@@ -47,13 +51,17 @@ impl OutputFormat {
     pub fn native_version(self) -> u16 {
         match self {
             OutputFormat::NativeV1 => VERSION_1,
+            OutputFormat::NativeV2 => VERSION_2,
             _ => VERSION,
         }
     }
 
     /// True for the native format, any version.
     pub fn is_native(self) -> bool {
-        matches!(self, OutputFormat::Native | OutputFormat::NativeV1)
+        matches!(
+            self,
+            OutputFormat::Native | OutputFormat::NativeV2 | OutputFormat::NativeV1
+        )
     }
 }
 
@@ -70,6 +78,9 @@ pub struct DiffOptions {
     pub format: OutputFormat,
     /// Added to as NEW is read.
     pub progress: Option<Arc<AtomicU64>>,
+    /// Where the first pass of a version 3 delta is spooled before moved
+    /// blocks become copy records (default: the temporary directory).
+    pub spool_dir: Option<PathBuf>,
 }
 
 impl Default for DiffOptions {
@@ -80,6 +91,7 @@ impl Default for DiffOptions {
             threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
             format: OutputFormat::Native,
             progress: None,
+            spool_dir: None,
         }
     }
 }
@@ -108,6 +120,10 @@ pub struct DiffSummary {
     pub changed_bytes: u64,
     /// Bytes of the delta file.
     pub delta_bytes: u64,
+    /// Copy records written (NEW blocks found in OLD at another offset).
+    pub copy_records: u64,
+    /// NEW bytes carried by copy records.
+    pub copied_bytes: u64,
 }
 
 /// Number of sampled OLD blocks (fewer only when fewer blocks qualify).
@@ -338,6 +354,8 @@ pub(super) struct Compared {
     pub(super) new_digest: Digest,
     pub(super) samples: Vec<Sample>,
     pub(super) bytes_read: u64,
+    /// Changed blocks gathered to find moved ones (plain diffs of version 3).
+    pub(super) moves: Option<MoveFinder>,
 }
 
 fn view(chunk: &Chunk) -> View<'_> {
@@ -376,6 +394,7 @@ fn compare_all(
     mut new: ChunkReader,
     block: usize,
     mut sink: ExtentSink,
+    mut moves: Option<MoveFinder>,
 ) -> Result<Option<Compared>, DeltaError> {
     let mut builder = ExtentBuilder::default();
     let mut sampler = Sampler::new();
@@ -410,6 +429,16 @@ fn compare_all(
                     return;
                 }
                 let offset = base + start as u64;
+                if let Some(finder) = moves.as_mut() {
+                    gather_moves(
+                        finder,
+                        old_chunk.as_ref(),
+                        &new_chunk,
+                        start..end,
+                        change,
+                        block,
+                    );
+                }
                 let flushed = match change {
                     BlockChange::Unchanged => {
                         if end - start == block && end <= old_len {
@@ -471,7 +500,35 @@ fn compare_all(
         new_digest: new_summary.digest.unwrap_or_default(),
         samples: sampler.into_samples(),
         bytes_read: old_summary.bytes + new_summary.bytes,
+        moves,
     }))
+}
+
+/// Offers the full blocks of a changed run to `finder`: OLD's bytes there
+/// as possible sources, NEW's data blocks as possible moves.
+fn gather_moves(
+    finder: &mut MoveFinder,
+    old_chunk: Option<&Chunk>,
+    new_chunk: &Chunk,
+    range: std::ops::Range<usize>,
+    change: BlockChange,
+    block: usize,
+) {
+    if change == BlockChange::Unchanged {
+        return;
+    }
+    let base = new_chunk.offset;
+    let mut at = range.start;
+    while at + block <= range.end {
+        let offset = base + at as u64;
+        if let Some(oc) = old_chunk.filter(|c| !c.hole && at + block <= c.len) {
+            finder.offer_old(offset, &oc.data()[at..at + block]);
+        }
+        if change == BlockChange::Data && !new_chunk.hole {
+            finder.offer_new(offset, &new_chunk.data()[at..at + block]);
+        }
+        at += block;
+    }
 }
 
 /// Source of zero bytes for sampling blocks inside holes (block sizes above
@@ -498,7 +555,7 @@ fn encoder(
     let mut record_encoder = RecordEncoder::new(compression);
     for (seq, built) in jobs {
         let out = match format {
-            OutputFormat::Native => {
+            OutputFormat::Native | OutputFormat::NativeV2 => {
                 Encoded::Record(record_encoder.encode(&built.extent, built.reference.as_deref()))
             }
             OutputFormat::NativeV1 => {
@@ -550,6 +607,14 @@ pub fn create_delta<W: Write + Send>(
         old_size: old.size(),
         new_size: new.size(),
         change_tracked: false,
+        copies: false,
+    };
+    // Copy records need OLD's bytes at any offset, again, after the pass.
+    let old_at = match (options.format, old.kind()) {
+        (OutputFormat::Native, InputKind::File | InputKind::BlockDevice) => {
+            Some(super::apply::positioned_base(&old)?)
+        }
+        _ => None,
     };
     let old_reader = ChunkReader::spawn(old, ReaderOptions::default());
     let new_reader = ChunkReader::spawn(
@@ -559,9 +624,49 @@ pub fn create_delta<W: Write + Send>(
             ..ReaderOptions::default()
         },
     );
-    write_delta(header, out, options, move |sink| {
-        compare_all(old_reader, new_reader, block, sink)
-    })
+    let Some(old_at) = old_at else {
+        return write_delta(header, out, options, move |sink| {
+            compare_all(old_reader, new_reader, block, sink, None)
+        });
+    };
+    // First pass into a spool; then the rewrite turns moved blocks into
+    // copy records on the way to `out`.
+    let spool = match &options.spool_dir {
+        Some(dir) => tempfile::tempfile_in(dir),
+        None => tempfile::tempfile(),
+    }
+    .map_err(|source| {
+        DeltaError::Io(IoError::Op {
+            op: "create a temporary file for the delta",
+            path: options.spool_dir.clone().unwrap_or_else(std::env::temp_dir),
+            source,
+        })
+    })?;
+    let (spool, summary, moves) = write_delta_gathering(header, spool, options, move |sink| {
+        compare_all(
+            old_reader,
+            new_reader,
+            block,
+            sink,
+            Some(MoveFinder::default()),
+        )
+    })?;
+    let candidates = moves.map(MoveFinder::candidates).unwrap_or_default();
+    let (out, rewritten) =
+        rewrite_with_copies(spool, &old_at, &candidates, out, options.compression)?;
+    let summary = if rewritten.copy_records > 0 {
+        DiffSummary {
+            records: rewritten.records,
+            changed_bytes: rewritten.changed_bytes,
+            delta_bytes: rewritten.delta_bytes,
+            copy_records: rewritten.copy_records,
+            copied_bytes: rewritten.copied_bytes,
+            ..summary
+        }
+    } else {
+        summary
+    };
+    Ok((out, summary))
 }
 
 /// Writes a delta whose extents `produce` makes on its own thread, in
@@ -576,10 +681,25 @@ where
     W: Write + Send,
     P: FnOnce(ExtentSink) -> Result<Option<Compared>, DeltaError> + Send,
 {
+    write_delta_gathering(header, out, options, produce).map(|(w, s, _)| (w, s))
+}
+
+/// [`write_delta`], also returning the changed blocks `produce` gathered
+/// for finding moved ones.
+fn write_delta_gathering<W, P>(
+    header: Header,
+    out: W,
+    options: &DiffOptions,
+    produce: P,
+) -> Result<(W, DiffSummary, Option<MoveFinder>), DeltaError>
+where
+    W: Write + Send,
+    P: FnOnce(ExtentSink) -> Result<Option<Compared>, DeltaError> + Send,
+{
     let change_tracked = header.change_tracked;
     let out = BufWriter::with_capacity(1 << 20, out);
     let mut sink = match options.format {
-        OutputFormat::Native | OutputFormat::NativeV1 => {
+        OutputFormat::Native | OutputFormat::NativeV2 | OutputFormat::NativeV1 => {
             Sink::Native(Box::new(DeltaWriter::new(out, header)?))
         }
         OutputFormat::DiffDdV2 => Sink::DiffDd(DiffDdV2Writer::new(out)?, 0),
@@ -599,7 +719,8 @@ where
                 seq: 0,
                 jobs: job_tx,
                 tokens: token_rx,
-                references: format == OutputFormat::Native && compression != Compression::None,
+                references: matches!(format, OutputFormat::Native | OutputFormat::NativeV2)
+                    && compression != Compression::None,
             })
         });
         for _ in 0..threads {
@@ -631,9 +752,10 @@ where
         drop(done_rx);
         let compared = compare.join().map_err(|_| DeltaError::Panic("compare"))?;
         write_result?;
-        let Some(c) = compared? else {
+        let Some(mut c) = compared? else {
             return Err(DeltaError::Panic("compare (stopped early)"));
         };
+        let moves = c.moves.take();
         let summary = DiffSummary {
             format,
             old_size: c.old_size,
@@ -645,6 +767,8 @@ where
             records: 0,
             changed_bytes: 0,
             delta_bytes: 0,
+            copy_records: 0,
+            copied_bytes: 0,
         };
         let (buffered, summary) = match sink {
             Sink::Native(w) => {
@@ -699,7 +823,7 @@ where
         let inner = buffered
             .into_inner()
             .map_err(|e| DeltaError::Write(e.into_error()))?;
-        Ok((inner, summary))
+        Ok((inner, summary, moves))
     })
 }
 

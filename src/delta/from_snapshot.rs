@@ -57,6 +57,7 @@ pub fn create_delta_from_snapshot<W: std::io::Write + Send>(
         old_size: Some(old_size),
         new_size: new.size(),
         change_tracked: false,
+        copies: false,
     };
     let progress = options.progress.clone();
     write_delta(header, out, options, move |mut sink| {
@@ -139,6 +140,7 @@ pub fn create_delta_from_snapshot<W: std::io::Write + Send>(
             new_digest: read.digest.unwrap_or_default(),
             samples: compare.sampler.into_samples(),
             bytes_read: read.bytes,
+            moves: None,
         }))
     })
 }

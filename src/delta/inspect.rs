@@ -39,6 +39,11 @@ pub struct DeltaInfo {
     /// Extents compressed against the OLD bytes they replace (version 2):
     /// their checksums can be verified only against OLD, when applied.
     pub zstd_ref_extents: u64,
+    /// Extents copied from another offset of OLD (version 3): verified
+    /// only against OLD, when applied.
+    pub copy_extents: u64,
+    /// NEW bytes carried by copy extents.
+    pub copied_bytes: u64,
     /// Zero extents (holes).
     pub zero_extents: u64,
     /// NEW bytes covered by extents.
@@ -103,7 +108,7 @@ pub fn inspect_stream(
     let mut source = DeltaSource::open(path, stream, format, block_size)?;
     let kind = source.kind();
     let (mut extents, mut raw, mut zstd, mut zero) = (0u64, 0u64, 0u64, 0u64);
-    let mut zstd_ref = 0u64;
+    let (mut zstd_ref, mut copies, mut copied) = (0u64, 0u64, 0u64);
     let (mut changed, mut stored, mut data_changed) = (0u64, 0u64, 0u64);
     while let Some(r) = source.next_record()? {
         extents += 1;
@@ -112,10 +117,14 @@ pub fn inspect_stream(
         match r.encoding {
             "zstd" => zstd += 1,
             "zstd-ref" => zstd_ref += 1,
+            "copy" => {
+                copies += 1;
+                copied += r.extent.len();
+            }
             "zero" => zero += 1,
             _ => raw += 1,
         }
-        if r.encoding != "zero" {
+        if r.encoding != "zero" && r.encoding != "copy" {
             data_changed += r.extent.len();
         }
     }
@@ -130,7 +139,7 @@ pub fn inspect_stream(
         format: kind.name(),
         version: header.map(|h| h.version),
         checksums: kind.has_checksums(),
-        verified: kind.has_checksums() && zstd_ref == 0,
+        verified: kind.has_checksums() && zstd_ref == 0 && copies == 0,
         block_size: header.map(|h| h.block_size).or_else(|| {
             (kind != DeltaKind::DiffDdV2).then(|| block_size.unwrap_or(kind.default_block_size()))
         }),
@@ -140,6 +149,8 @@ pub fn inspect_stream(
         raw_extents: raw,
         zstd_extents: zstd,
         zstd_ref_extents: zstd_ref,
+        copy_extents: copies,
+        copied_bytes: copied,
         zero_extents: zero,
         changed_bytes: changed,
         stored_bytes: stored,

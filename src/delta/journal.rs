@@ -186,6 +186,155 @@ impl Batch {
     }
 }
 
+const SPILL_MAGIC: &[u8; 8] = b"DDCOPY01";
+
+/// Where the copy spill of the journal at `journal` lives.
+pub(super) fn spill_path(journal: &Path) -> PathBuf {
+    let mut name = journal.as_os_str().to_owned();
+    name.push(".copies");
+    PathBuf::from(name)
+}
+
+/// The source bytes of a delta's copy records, read from the target before
+/// its first write (§9a): a copy reads OLD, which earlier records of the
+/// same delta may overwrite. Entries are found by record index and
+/// verified against the record when read.
+#[derive(Debug)]
+pub(super) struct CopySpill {
+    file: File,
+    entries: HashMap<u64, (u64, u64)>,
+}
+
+impl CopySpill {
+    /// Opens the spill at `path` if it belongs to the delta whose records
+    /// digest is `delta` and its checksum holds; otherwise `None`.
+    pub(super) fn load(path: &Path, delta: &Digest) -> Option<CopySpill> {
+        use std::io::{BufReader, Read};
+        let file = File::open(path).ok()?;
+        let len = file.metadata().ok()?.len();
+        let body_len = len.checked_sub(32)?;
+        let mut reader = BufReader::with_capacity(1 << 20, file.try_clone().ok()?);
+        let mut head = [0u8; 40];
+        reader.read_exact(&mut head).ok()?;
+        if &head[..8] != SPILL_MAGIC || &head[8..40] != delta.as_bytes() {
+            return None;
+        }
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(&head);
+        let mut entries = HashMap::new();
+        let mut at = 40u64;
+        let mut buf = vec![0u8; 1 << 20];
+        while at < body_len {
+            let mut entry = [0u8; 16];
+            reader.read_exact(&mut entry).ok()?;
+            hasher.update(&entry);
+            let index = u64::from_le_bytes(entry[..8].try_into().ok()?);
+            let length = u64::from_le_bytes(entry[8..].try_into().ok()?);
+            let data_at = at + 16;
+            let end = data_at.checked_add(length).filter(|&e| e <= body_len)?;
+            let mut left = length;
+            while left > 0 {
+                let n = left.min(buf.len() as u64) as usize;
+                reader.read_exact(&mut buf[..n]).ok()?;
+                hasher.update(&buf[..n]);
+                left -= n as u64;
+            }
+            entries.insert(index, (data_at, length));
+            at = end;
+        }
+        let mut check = [0u8; 32];
+        reader.read_exact(&mut check).ok()?;
+        if hasher.finalize().as_bytes() != &check {
+            return None;
+        }
+        Some(CopySpill { file, entries })
+    }
+
+    /// The spilled source bytes of copy record `raw`, if they verify.
+    pub(super) fn bytes_of(&self, raw: &RawRecord) -> Option<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        let &(at, length) = self.entries.get(&raw.index)?;
+        if length != raw.length {
+            return None;
+        }
+        let mut bytes = vec![0u8; length as usize];
+        self.file.read_exact_at(&mut bytes, at).ok()?;
+        raw.holds(&bytes).then_some(bytes)
+    }
+}
+
+/// Writes a copy spill: entries in record order, then the checksum; the
+/// spill replaces any earlier one only once it is complete and synced.
+pub(super) struct SpillWriter {
+    path: PathBuf,
+    tmp: PathBuf,
+    out: std::io::BufWriter<File>,
+    hasher: blake3::Hasher,
+}
+
+impl SpillWriter {
+    pub(super) fn create(path: PathBuf, delta: &Digest) -> Result<SpillWriter, DeltaError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(op("create journal directory", dir))?;
+        }
+        let tmp = path.with_extension("copies-tmp");
+        let file = File::create(&tmp).map_err(op("create copy spill", &tmp))?;
+        let mut writer = SpillWriter {
+            path,
+            tmp,
+            out: std::io::BufWriter::with_capacity(1 << 20, file),
+            hasher: blake3::Hasher::new(),
+        };
+        writer.put(SPILL_MAGIC)?;
+        writer.put(delta.as_bytes())?;
+        Ok(writer)
+    }
+
+    fn put(&mut self, bytes: &[u8]) -> Result<(), DeltaError> {
+        self.hasher.update(bytes);
+        self.out
+            .write_all(bytes)
+            .map_err(op("write copy spill", &self.tmp))
+    }
+
+    /// Adds the source bytes of record `index`.
+    pub(super) fn push(&mut self, index: u64, bytes: &[u8]) -> Result<(), DeltaError> {
+        self.put(&index.to_le_bytes())?;
+        self.put(&(bytes.len() as u64).to_le_bytes())?;
+        self.put(bytes)
+    }
+
+    /// Seals, syncs and renames the spill into place, and opens it.
+    pub(super) fn finish(mut self, delta: &Digest) -> Result<CopySpill, DeltaError> {
+        let check = *self.hasher.finalize().as_bytes();
+        self.out
+            .write_all(&check)
+            .map_err(op("write copy spill", &self.tmp))?;
+        let file = self
+            .out
+            .into_inner()
+            .map_err(|e| op("write copy spill", &self.tmp)(e.into_error()))?;
+        file.sync_all().map_err(op("sync copy spill", &self.tmp))?;
+        drop(file);
+        std::fs::rename(&self.tmp, &self.path).map_err(op("rename copy spill", &self.path))?;
+        if let Some(dir) = self.path.parent() {
+            if let Ok(d) = File::open(dir) {
+                let _ = d.sync_all();
+            }
+        }
+        CopySpill::load(&self.path, delta).ok_or_else(|| {
+            op("read back copy spill", &self.path)(std::io::Error::other(
+                "the spill just written does not verify",
+            ))
+        })
+    }
+}
+
+fn op(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> DeltaError {
+    let path = path.to_path_buf();
+    move |source| DeltaError::Io(IoError::Op { op, path, source })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

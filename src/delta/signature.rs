@@ -199,6 +199,7 @@ pub fn create_delta_from_signature<W: Write + Send>(
         old_size: sig_header.image_size,
         new_size: new.size(),
         change_tracked: false,
+        copies: false,
     };
     let new_reader = ChunkReader::spawn(
         new,
@@ -309,5 +310,6 @@ fn compare_with_signature<R: Read>(
         new_digest: new_summary.digest.unwrap_or_default(),
         samples: watch.unchanged(&trailer.samples),
         bytes_read: new_summary.bytes,
+        moves: None,
     }))
 }

@@ -59,6 +59,7 @@ pub fn create_tracked_delta<W: std::io::Write + Send>(
         old_size: Some(old_size),
         new_size: Some(new_size),
         change_tracked: true,
+        copies: false,
     };
     let block = options.block_size.as_usize();
     let progress = options.progress.clone();
@@ -100,6 +101,7 @@ pub fn create_tracked_delta<W: std::io::Write + Send>(
             new_digest: Digest::NONE,
             samples,
             bytes_read: reader.bytes_read,
+            moves: None,
         }))
     })
 }

@@ -1,4 +1,4 @@
-//! The native delta format, versions 1 and 2 (spec: `docs/formats/delta.md`).
+//! The native delta format, versions 1, 2 and 3 (spec: `docs/formats/delta.md`).
 //!
 //! A delta turns OLD into NEW: NEW is OLD cut or zero-extended to NEW's size,
 //! with the delta's extents written over it. It is written in one pass (to a
@@ -9,9 +9,10 @@
 //!
 //! header (64 bytes)
 //!   0   8  magic "DSKDELTA"
-//!   8   2  version (1 or 2)
+//!   8   2  version (1, 2 or 3)
 //!  10   2  header length (64)
-//!  12   4  flags: 1 OLD size known, 2 NEW size known, 4 change-tracked
+//!  12   4  flags: 1 OLD size known, 2 NEW size known, 4 change-tracked,
+//!              8 may hold copy records (version 3)
 //!  16   4  block size (bytes, power of two)
 //!  20   4  reserved, zero
 //!  24   8  OLD size (0 unless flag 1)
@@ -20,7 +21,8 @@
 //!  56   8  first 8 bytes of BLAKE3(header bytes 0..56)
 //!
 //! record header (56 bytes), then `stored length` payload bytes
-//!   0   1  kind: 1 raw, 2 zstd, 3 zero, 4 zstd against OLD (version 2), 255 end
+//!   0   1  kind: 1 raw, 2 zstd, 3 zero, 4 zstd against OLD (version 2),
+//!              5 copy of OLD's bytes at another offset (version 3), 255 end
 //!   1   3  reserved, zero
 //!   4   4  stored length (payload bytes)
 //!   8   8  offset in NEW        (end record: 0)
@@ -50,12 +52,16 @@ use crate::format::{read_full, Extent, ExtentData};
 
 /// File magic.
 pub const MAGIC: [u8; 8] = *b"DSKDELTA";
+/// Version 3: copy records (OLD's bytes at another offset).
+pub const VERSION_3: u16 = 3;
 /// The version this module writes by default.
-pub const VERSION: u16 = 2;
+pub const VERSION: u16 = VERSION_3;
 /// The first version: records are self-contained.
 pub const VERSION_1: u16 = 1;
+/// Version 2: records compressed against the OLD bytes they replace.
+pub const VERSION_2: u16 = 2;
 /// The versions this module reads.
-pub const VERSIONS: [u16; 2] = [VERSION_1, VERSION];
+pub const VERSIONS: [u16; 3] = [VERSION_1, VERSION_2, VERSION];
 /// A reference-compressed record (version 2) lies inside one aligned window
 /// of this many bytes, so an applier streaming OLD in aligned chunks of a
 /// multiple of it always holds a record's whole reference.
@@ -82,12 +88,18 @@ pub const FLAG_NEW_SIZE: u32 = 2;
 /// Header flag: made from change tracking; OLD was not read, so the trailer
 /// has no OLD digest.
 pub const FLAG_CHANGE_TRACKED: u32 = 4;
+/// Header flag (version 3): the delta may hold copy records, so an applier
+/// needs random access to OLD.
+pub const FLAG_COPIES: u32 = 8;
 const KNOWN_FLAGS: u32 = FLAG_OLD_SIZE | FLAG_NEW_SIZE | FLAG_CHANGE_TRACKED;
 
 const KIND_RAW: u8 = 1;
 const KIND_ZSTD: u8 = 2;
 const KIND_ZERO: u8 = 3;
 const KIND_ZSTD_REF: u8 = 4;
+const KIND_COPY: u8 = 5;
+/// Payload bytes of a copy record: the OLD offset it copies from.
+pub const COPY_PAYLOAD_LEN: usize = 8;
 const KIND_END: u8 = 255;
 
 /// Errors of reading or writing the native delta format.
@@ -105,7 +117,7 @@ pub enum DeltaFormatError {
     #[error("not a diskdelta delta file (bad magic)")]
     NotADelta,
     /// A version this build does not read.
-    #[error("unsupported delta format version {version} (this build reads versions 1 and 2)")]
+    #[error("unsupported delta format version {version} (this build reads versions 1, 2 and 3)")]
     UnsupportedVersion {
         /// The version found.
         version: u16,
@@ -146,7 +158,7 @@ pub enum DeltaFormatError {
     },
     /// A reference-compressed record does not decode against the bytes the
     /// image holds at its range.
-    #[error("delta record {index} (NEW bytes {start}..{end}) does not decode against the base's bytes there: the base is not the delta's OLD, or the record is damaged")]
+    #[error("delta record {index} (NEW bytes {start}..{end}) does not decode against the base's bytes it refers to: the base is not the delta's OLD, or the record is damaged")]
     ReferenceMismatch {
         /// Record number, from 0.
         index: u64,
@@ -182,7 +194,7 @@ type Result<T> = std::result::Result<T, DeltaFormatError>;
 /// The delta header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
-    /// Format version: [`VERSION`] or [`VERSION_1`].
+    /// Format version: one of [`VERSIONS`].
     pub version: u16,
     /// Comparison granularity used to make the delta.
     pub block_size: u32,
@@ -192,6 +204,8 @@ pub struct Header {
     pub new_size: Option<u64>,
     /// Made from change tracking (no OLD digest in the trailer).
     pub change_tracked: bool,
+    /// May hold copy records (version 3 only).
+    pub copies: bool,
 }
 
 fn le_u16(b: &[u8], at: usize) -> u16 {
@@ -231,6 +245,9 @@ impl Header {
         if self.change_tracked {
             flags |= FLAG_CHANGE_TRACKED;
         }
+        if self.copies {
+            flags |= FLAG_COPIES;
+        }
         b[12..16].copy_from_slice(&flags.to_le_bytes());
         b[16..20].copy_from_slice(&self.block_size.to_le_bytes());
         b[24..32].copy_from_slice(&self.old_size.unwrap_or(0).to_le_bytes());
@@ -261,7 +278,12 @@ impl Header {
             return corrupt("wrong header length");
         }
         let flags = le_u32(b, 12);
-        if flags & !KNOWN_FLAGS != 0 {
+        let known = if version >= VERSION_3 {
+            KNOWN_FLAGS | FLAG_COPIES
+        } else {
+            KNOWN_FLAGS
+        };
+        if flags & !known != 0 {
             return corrupt("unknown flags");
         }
         let block_size = le_u32(b, 16);
@@ -284,6 +306,7 @@ impl Header {
             old_size: (flags & FLAG_OLD_SIZE != 0).then_some(old_size),
             new_size: (flags & FLAG_NEW_SIZE != 0).then_some(new_size),
             change_tracked: flags & FLAG_CHANGE_TRACKED != 0,
+            copies: flags & FLAG_COPIES != 0,
         })
     }
 }
@@ -556,6 +579,16 @@ impl RecordEncoder {
     }
 }
 
+/// A copy record (version 3): NEW's `data` at `offset` are OLD's bytes at
+/// `source`.
+pub fn encode_copy(offset: u64, source: u64, data: &[u8]) -> EncodedRecord {
+    let extent = Extent {
+        offset,
+        data: ExtentData::Zeros(data.len() as u64),
+    };
+    assemble(KIND_COPY, &extent, Some(&source.to_le_bytes()), Some(data))
+}
+
 /// True when `offset .. offset + length` lies in one [`REFERENCE_WINDOW`].
 pub fn within_window(offset: u64, length: u64) -> bool {
     length > 0
@@ -631,6 +664,8 @@ pub struct DeltaWriter<W: Write> {
     stored: u64,
     last_end: u64,
     written: u64,
+    /// End of the furthest copy source, checked against OLD's size.
+    copy_end: u64,
 }
 
 impl<W: Write> DeltaWriter<W> {
@@ -652,6 +687,7 @@ impl<W: Write> DeltaWriter<W> {
             stored: 0,
             last_end: 0,
             written: HEADER_LEN as u64,
+            copy_end: 0,
         })
     }
 
@@ -660,13 +696,39 @@ impl<W: Write> DeltaWriter<W> {
     /// # Errors
     /// [`DeltaFormatError::OutOfOrder`] or [`DeltaFormatError::Io`].
     pub fn write_record(&mut self, record: &EncodedRecord) -> Result<()> {
-        let data = record.bytes[0] != KIND_ZERO;
+        let kind = record.bytes[0];
+        let data = kind != KIND_ZERO;
+        let refuse = |reason: String| DeltaFormatError::CorruptRecord {
+            index: self.count,
+            offset: self.written,
+            reason,
+        };
         if record.length == 0 || (data && record.length > MAX_RECORD_LEN) {
-            return Err(DeltaFormatError::CorruptRecord {
-                index: self.count,
-                offset: self.written,
-                reason: format!("record length {} is out of range", record.length),
-            });
+            return Err(refuse(format!(
+                "record length {} is out of range",
+                record.length
+            )));
+        }
+        let version = self.header.version;
+        if (kind == KIND_ZSTD_REF && version < VERSION_2)
+            || (kind == KIND_COPY && (version < VERSION_3 || !self.header.copies))
+        {
+            return Err(refuse(format!(
+                "record kind {kind} cannot be written in this version {version} delta"
+            )));
+        }
+        if kind == KIND_COPY {
+            let source = le_u64(&record.bytes, RECORD_HEADER_LEN);
+            let within = source
+                .checked_add(record.length)
+                .is_some_and(|e| self.header.old_size.is_none_or(|old| e <= old));
+            if !within {
+                return Err(refuse(format!(
+                    "copy record reads {source}+{}, past OLD's end",
+                    record.length
+                )));
+            }
+            self.copy_end = self.copy_end.max(source + record.length);
         }
         if record.offset < self.last_end {
             return Err(DeltaFormatError::OutOfOrder {
@@ -717,6 +779,9 @@ impl<W: Write> DeltaWriter<W> {
         }
         if self.last_end > input.new_size {
             return Err(bad("records extend past NEW size"));
+        }
+        if self.copy_end > input.old_size {
+            return Err(bad("copy records read past OLD size"));
         }
         if input.samples.len() > MAX_SAMPLES as usize {
             return Err(bad("too many samples"));
@@ -778,19 +843,20 @@ impl RawRecord {
         self.payload.len() as u64
     }
 
-    /// Encoding name: `raw`, `zstd` or `zero`.
+    /// Encoding name: `raw`, `zstd`, `zstd-ref`, `copy` or `zero`.
     pub fn encoding(&self) -> &'static str {
         match self.kind {
             KIND_RAW => "raw",
             KIND_ZSTD => "zstd",
             KIND_ZSTD_REF => "zstd-ref",
+            KIND_COPY => "copy",
             _ => "zero",
         }
     }
 
-    /// Decodes a reference-compressed record against `reference`: the
-    /// bytes the image holds at the record's range before the record is
-    /// applied (OLD's bytes, zero past OLD's end), and verifies the result.
+    /// Decodes a record that refers to OLD against `reference`: the bytes
+    /// OLD holds at [`RawRecord::reference_range`] (zero past OLD's end),
+    /// and verifies the result.
     ///
     /// # Errors
     /// [`DeltaFormatError::Checksum`] when the payload does not decode
@@ -805,6 +871,13 @@ impl RawRecord {
         if reference.len() != length {
             return Err(mismatch());
         }
+        if self.kind == KIND_COPY {
+            return if self.holds(reference) {
+                Ok(reference.to_vec())
+            } else {
+                Err(mismatch())
+            };
+        }
         let out = decompress_with_reference(&self.payload, reference, length)
             .filter(|out| out.len() == length)
             .ok_or_else(mismatch)?;
@@ -812,6 +885,18 @@ impl RawRecord {
             return Err(mismatch());
         }
         Ok(out)
+    }
+
+    /// The range of OLD this record is decoded from: its own range for a
+    /// zstd-ref record, the source range for a copy record.
+    pub fn reference_range(&self) -> std::ops::Range<u64> {
+        let start = self.copy_source().unwrap_or(self.offset);
+        start..start.saturating_add(self.length)
+    }
+
+    /// The OLD offset a copy record copies from.
+    pub fn copy_source(&self) -> Option<u64> {
+        (self.kind == KIND_COPY).then(|| le_u64(&self.payload, 0))
     }
 
     /// The record as it was stored, to be written again unchanged.
@@ -844,7 +929,7 @@ impl RawRecord {
         let (index, start, end) = (self.index, self.offset, self.offset + self.length);
         let mismatch = move || DeltaFormatError::Checksum { index, start, end };
         let data = match self.kind {
-            KIND_ZSTD_REF => {
+            KIND_ZSTD_REF | KIND_COPY => {
                 return Ok(Extent {
                     offset: self.offset,
                     data: ExtentData::Referenced(Box::new(self)),
@@ -892,6 +977,8 @@ pub struct DeltaReader<R: Read> {
     changed: u64,
     stored: u64,
     last_end: u64,
+    /// End of the furthest copy source, checked against OLD's size.
+    copy_end: u64,
     pos: u64,
     trailer: Option<Trailer>,
 }
@@ -929,6 +1016,7 @@ impl<R: Read> DeltaReader<R> {
             changed: 0,
             stored: 0,
             last_end: 0,
+            copy_end: 0,
             pos: HEADER_LEN as u64,
             trailer: None,
         })
@@ -1019,7 +1107,20 @@ impl<R: Read> DeltaReader<R> {
                     "zstd-ref record {offset}+{length} crosses a {REFERENCE_WINDOW}-byte window"
                 )))
             }
-            KIND_RAW | KIND_ZSTD | KIND_ZERO | KIND_ZSTD_REF => {}
+            KIND_COPY if self.header.version < VERSION_3 => {
+                return Err(corrupt(format!("unknown record kind {kind}")))
+            }
+            KIND_COPY if !self.header.copies => {
+                return Err(corrupt(
+                    "copy record in a delta whose header announces none".into(),
+                ))
+            }
+            KIND_COPY if stored_len != COPY_PAYLOAD_LEN as u64 => {
+                return Err(corrupt(format!(
+                    "copy record stores {stored_len} bytes, not {COPY_PAYLOAD_LEN}"
+                )))
+            }
+            KIND_RAW | KIND_ZSTD | KIND_ZERO | KIND_ZSTD_REF | KIND_COPY => {}
             other => return Err(corrupt(format!("unknown record kind {other}"))),
         }
         if length == 0 {
@@ -1042,6 +1143,18 @@ impl<R: Read> DeltaReader<R> {
         }
         let mut payload = vec![0u8; stored_len as usize];
         self.read_exact_at(&mut payload, "record payload")?;
+        if kind == KIND_COPY {
+            let source = le_u64(&payload, 0);
+            let within = source
+                .checked_add(length)
+                .is_some_and(|e| self.header.old_size.is_none_or(|old| e <= old));
+            if !within {
+                return Err(corrupt(format!(
+                    "copy record reads {source}+{length}, past OLD's end"
+                )));
+            }
+            self.copy_end = self.copy_end.max(source + length);
+        }
         self.records.update(checksum.as_bytes());
         self.count += 1;
         self.changed += length;
@@ -1108,6 +1221,9 @@ impl<R: Read> DeltaReader<R> {
         }
         if self.last_end > trailer.new_size {
             return Err(bad("records extend past NEW size"));
+        }
+        if self.copy_end > trailer.old_size {
+            return Err(bad("copy records read past OLD size"));
         }
         let mut probe = [0u8; 1];
         let n = read_full(&mut self.input, &mut probe).map_err(|source| DeltaFormatError::Io {

@@ -516,7 +516,8 @@ fn info_json_fields() {
     diff(&old_path, &new_path, &d, &[]);
     let v = info(&d);
     assert_eq!(v["format"], "diskdelta", "{v}");
-    assert_eq!(v["version"], 2, "{v}");
+    assert_eq!(v["version"], 3, "{v}");
+    assert_eq!(u64_field(&v, "copy_extents"), 0, "{v}");
     assert_eq!(v["checksums"], true, "{v}");
     assert_eq!(v["verified"], true, "{v}");
     assert_eq!(u64_field(&v, "old_size"), old.len() as u64, "{v}");

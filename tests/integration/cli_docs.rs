@@ -31,8 +31,8 @@ fn version_names_the_formats_and_the_protocol() {
     let v = stdout(common::diskdelta().arg("--version"));
     let first = v.lines().next().unwrap_or_default();
     assert_eq!(first, format!("diskdelta {}", env!("CARGO_PKG_VERSION")));
-    assert!(v.contains("writes diskdelta v2"), "{v}");
-    assert!(v.contains("reads diskdelta v1, v2"), "{v}");
+    assert!(v.contains("writes diskdelta v3"), "{v}");
+    assert!(v.contains("reads diskdelta v1, v2, v3"), "{v}");
     assert!(
         v.contains("repository: writes format v1 (plain) and v2 (encrypted)"),
         "{v}"

@@ -455,16 +455,16 @@ fn unknown_version_is_named() {
     let dir = common::tempdir();
     let f = fixture(dir.path(), 64 * KIB, &[]);
     let mut bad = f.delta.clone();
-    bad[8..10].copy_from_slice(&3u16.to_le_bytes());
-    let d = common::write_file(dir.path(), "v3.delta", &bad);
+    bad[8..10].copy_from_slice(&4u16.to_le_bytes());
+    let d = common::write_file(dir.path(), "v4.delta", &bad);
     let out = dir.path().join("out.img");
     let err = common::run_fail(&mut apply_cmd(&d, &f.old, &out));
-    let err = assert_one_line_error(&err, "apply, version 3");
-    assert!(err.contains("version 3"), "{err:?}");
+    let err = assert_one_line_error(&err, "apply, version 4");
+    assert!(err.contains("version 4"), "{err:?}");
     assert!(!out.exists());
     let err = common::run_fail(&mut info_cmd(&d));
-    let err = assert_one_line_error(&err, "info, version 3");
-    assert!(err.contains("version 3"), "{err:?}");
+    let err = assert_one_line_error(&err, "info, version 4");
+    assert!(err.contains("version 4"), "{err:?}");
 
     bad[8..10].copy_from_slice(&0x0100u16.to_le_bytes());
     let d = common::write_file(dir.path(), "v256.delta", &bad);

@@ -168,9 +168,10 @@ pub struct DiffArgs {
     /// Payload compression: none, zstd or zstd:LEVEL (1-19).
     #[arg(long, value_name = "METHOD", default_value = "zstd:3")]
     pub compress: String,
-    /// Output format: diskdelta (version 2: changed blocks compressed against
-    /// the OLD bytes they replace), diskdelta-v1 for readers older than
-    /// version 2, or diff-dd-v2 for the C++ diff-dd tool.
+    /// Output format: diskdelta (version 3: changed blocks compressed against
+    /// the OLD bytes they replace, blocks moved within OLD as copies),
+    /// diskdelta-v2 or diskdelta-v1 for older readers, or diff-dd-v2 for the
+    /// C++ diff-dd tool.
     #[arg(long, value_name = "FORMAT", default_value = "diskdelta")]
     pub format: String,
     /// Compression threads (default: one per core).

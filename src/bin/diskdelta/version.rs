@@ -17,7 +17,7 @@ pub fn long() -> &'static str {
         };
         format!(
             "{version}\n\
-             delta files: writes diskdelta v{dw} (v{d1} with --format diskdelta-v1) and diff-dd v2; \
+             delta files: writes diskdelta v{dw} (v{d2}, v{d1} with --format diskdelta-v2, -v1) and diff-dd v2; \
              reads diskdelta {dr}, diff-dd v1 and v2, Python diff-dd 1.0.4\n\
              signatures: v{sig}\n\
              repository: writes format v{rp} (plain) and v{re} (encrypted); reads v{rp} and v{re} \
@@ -27,6 +27,7 @@ pub fn long() -> &'static str {
             version = env!("CARGO_PKG_VERSION"),
             dw = delta::VERSION,
             d1 = delta::VERSION_1,
+            d2 = delta::VERSION_2,
             dr = reads.join(", "),
             sig = signature::VERSION,
             rp = diskdelta::repo::REPO_VERSION,

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Makes the golden files of the native delta format, version 1.
+"""Makes the golden files of the native delta format, versions 1, 2 and 3.
 
 Usage (from the repository root, after `cargo build`):
 
@@ -10,8 +10,9 @@ are made here from SHA-256 in counter mode; the deltas (`*.delta`) are the
 real output of `diskdelta diff` on them. Every `*.delta` also gets a
 `*.json` description written by the independent parser at the end of this
 script (it follows `docs/formats/delta.md`, checks every structural rule
-it can without BLAKE3 or zstd, and rebuilds NEW from OLD where the records
-are raw or zero), and the smallest one a `*.hex` dump.
+it can without BLAKE3 or zstd, checks every copy record's bytes against
+OLD and NEW, and rebuilds NEW from OLD where the records are raw, zero or
+copy), and the smallest one a `*.hex` dump.
 
 Everything is deterministic: running this again with the same zstd must
 give identical files (check with `git status`). The files are pinned
@@ -31,6 +32,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(HERE)))
 
 TINY_TAIL = b"diskdelta v1 golden: the NEW tail\n"  # 34 bytes
 TEXT = b"diskdelta golden: a compressible line of text. "
+V3_BLOCK = 1024  # the block size of the version 3 pair (`-b 1K`)
 
 
 def stream(label, n):
@@ -59,6 +61,21 @@ def make_inputs():
     tiny_old = stream(b"diskdelta delta golden tiny old", 1024 + len(TINY_TAIL))
     tiny_new = tiny_old[:512] + bytes(512) + TINY_TAIL
 
+    # Version 3: moved blocks. OLD's blocks 7 and 8 (1 KiB) move to 20 and
+    # 21, whose OLD content moves on to 40 and 41; the blocks left behind
+    # (7, 8) and 42, 43 are freed (zeros); one bit flips in block 1 and a
+    # text tail grows NEW. Changes lie more than 16 KiB apart, or are
+    # separated by zeros, so that the writer does not join them.
+    b = V3_BLOCK
+    v3_old = stream(b"diskdelta delta golden v3 old", 44 * b)
+    v3_new = bytearray(v3_old)
+    v3_new[b + 76] ^= 0x01  # byte 1100, block 1
+    v3_new[7 * b : 9 * b] = bytes(2 * b)  # blocks 7, 8 freed
+    v3_new[20 * b : 22 * b] = v3_old[7 * b : 9 * b]  # 7, 8 moved to 20, 21
+    v3_new[40 * b : 42 * b] = v3_old[20 * b : 22 * b]  # 20, 21 moved to 40, 41
+    v3_new[42 * b : 44 * b] = bytes(2 * b)  # blocks 42, 43 freed
+    v3_new += (TEXT * 22)[:1000]  # 45056..46056: compresses, past OLD's end
+
     return {
         "old.img": old,
         "new-grown.img": bytes(grown),
@@ -68,6 +85,8 @@ def make_inputs():
         # What a change tracker reports for the tiny pair: the zeroed
         # block and the tail.
         "tiny-ranges.txt": b"512 546\n",
+        "v3-old.img": v3_old,
+        "v3-new.img": bytes(v3_new),
     }
 
 
@@ -90,12 +109,21 @@ DELTAS = [
         False,
     ),
 ]
-# Version 2: records compressed against OLD ("zstd-ref").
+# Version 2: records compressed against OLD ("zstd-ref"). Made when
+# version 2 was the default; made with `--format diskdelta-v2` now.
+V2_FORMAT = ["--format", "diskdelta-v2"]
 DELTAS_V2 = [
     # Byte 700 flipped in random data: only OLD makes it compressible.
     ("v2-grown-zstd.delta", "old.img", "new-grown.img", ["-b", "512"], False),
     # A zero, a plain zstd (text over random OLD) and a zstd-ref record.
     ("v2-shrunk-zstd.delta", "old.img", "new-shrunk.img", ["-b", "1K"], False),
+]
+# Version 3 (the default): copy records, for blocks NEW holds that OLD has
+# at another offset.
+DELTAS_V3 = [
+    # Two copies (20 <- 7, 40 <- 20: the second reads OLD's block 20, which
+    # the first overwrites), zeros, a zstd-ref and a zstd record.
+    ("v3-moved-zstd.delta", "v3-old.img", "v3-new.img", ["-b", "1K"], False),
 ]
 
 
@@ -128,18 +156,21 @@ def run_diff(exe, name, old, new, options, piped):
 
 # --- An independent parser of the format (docs/formats/delta.md) ---------
 
-KINDS = {1: "raw", 2: "zstd", 3: "zero", 4: "zstd-ref", 255: "end"}
+KINDS = {1: "raw", 2: "zstd", 3: "zero", 4: "zstd-ref", 5: "copy", 255: "end"}
 WINDOW = 1 << 20
+MAX_RECORD_LEN = 16 << 20
+FLAG_COPIES = 8
 
 
-def describe(delta, old):
-    """The delta's fields as a dict; asserts the structural rules, and
-    rebuilds NEW from OLD when no record is zstd."""
+def describe(delta, old, new):
+    """The delta's fields as a dict; asserts the structural rules, checks
+    copy records against OLD and NEW, and rebuilds NEW from OLD when no
+    record is zstd."""
     assert delta[0:8] == b"DSKDELTA", "magic"
     version, header_len, flags, block_size, reserved = struct.unpack_from("<HHIII", delta, 8)
     old_size, new_size = struct.unpack_from("<QQ", delta, 24)
-    assert version in (1, 2) and header_len == 64, "version/header length"
-    assert flags & ~7 == 0, "unknown flags"
+    assert version in (1, 2, 3) and header_len == 64, "version/header length"
+    assert flags & ~(15 if version == 3 else 7) == 0, "unknown flags"
     assert block_size >= 512 and block_size & (block_size - 1) == 0, "block size"
     assert reserved == 0 and delta[40:56] == bytes(16), "reserved"
     assert flags & 1 or old_size == 0
@@ -154,6 +185,8 @@ def describe(delta, old):
         "change_tracked": bool(flags & 4),
         "header_check": delta[56:64].hex(),
     }
+    if version == 3:
+        header["copies"] = bool(flags & FLAG_COPIES)
     pos = 64
     records = []
     last_end = 0
@@ -181,8 +214,20 @@ def describe(delta, old):
         assert kind != 1 or stored == length
         assert kind != 2 or 0 < stored < length
         assert kind != 3 or stored == 0
-        assert kind != 4 or (version == 2 and 0 < stored < length)
+        assert kind != 4 or (version >= 2 and 0 < stored < length)
         assert kind != 4 or offset // WINDOW == (offset + length - 1) // WINDOW, "window"
+        assert kind != 5 or version == 3, "unknown record kind 5"
+        assert kind != 5 or flags & FLAG_COPIES, "copy record without the flag"
+        assert kind != 5 or stored == 8, "copy payload"
+        assert kind == 3 or length <= MAX_RECORD_LEN, "record length"
+        if kind == 5:
+            (source,) = struct.unpack_from("<Q", payload, 0)
+            assert source + length < 1 << 64 and (not flags & 1 or source + length <= old_size)
+            # OLD before any record of the delta: the copied bytes are
+            # OLD's at the source, and they are NEW's at the offset.
+            assert source + length <= len(old), "copy past OLD's end"
+            assert old[source : source + length] == new[offset : offset + length], "copy bytes"
+            entry["source"] = source
         last_end = offset + length
         entry["payload"] = payload
         records.append(entry)
@@ -196,6 +241,7 @@ def describe(delta, old):
     assert stored_sum == sum(r["stored_length"] for r in records)
     assert header["old_size"] in (None, t_old) and header["new_size"] in (None, t_new)
     assert last_end <= t_new
+    assert all(r.get("source", 0) + r["length"] <= t_old for r in records if r["kind"] == "copy")
     samples = []
     for i in range(samples_n):
         at = 176 + 40 * i
@@ -218,7 +264,12 @@ def describe(delta, old):
     if all(r["kind"] not in ("zstd", "zstd-ref") for r in records):
         new = bytearray(old[:t_new]) + bytes(max(0, t_new - len(old)))
         for r in records:
-            data = r["payload"] if r["kind"] == "raw" else bytes(r["length"])
+            if r["kind"] == "raw":
+                data = r["payload"]
+            elif r["kind"] == "copy":
+                data = old[r["source"] : r["source"] + r["length"]]  # OLD, not `new`
+            else:
+                data = bytes(r["length"])
             new[r["offset"] : r["offset"] + r["length"]] = data
         rebuilt = bytes(new)
     for r in records:
@@ -257,10 +308,14 @@ def main():
     images = make_inputs()
     for name, data in images.items():
         write(name, data)
-    made = [(d, V1_FORMAT) for d in DELTAS] + [(d, []) for d in DELTAS_V2]
+    made = (
+        [(d, V1_FORMAT) for d in DELTAS]
+        + [(d, V2_FORMAT) for d in DELTAS_V2]
+        + [(d, []) for d in DELTAS_V3]
+    )
     for (name, old, new, options, piped), hidden in made:
         delta = run_diff(exe, name, old, new, options + hidden, piped)
-        desc, rebuilt = describe(delta, images[old])
+        desc, rebuilt = describe(delta, images[old], images[new])
         shown = [os.path.basename(o) if o.startswith(HERE) else o for o in options]
         desc = {
             "made_by": "diskdelta diff %s%s"

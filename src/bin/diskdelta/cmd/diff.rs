@@ -31,6 +31,8 @@ struct DiffReport {
     new_digest: Option<String>,
     bytes_read: u64,
     change_tracked: bool,
+    copy_records: u64,
+    copied_bytes: u64,
 }
 
 pub(super) fn parse_compression(text: &str) -> anyhow::Result<Compression> {
@@ -60,10 +62,11 @@ pub fn run(args: DiffArgs) -> anyhow::Result<()> {
     let compression = parse_compression(&args.compress)?;
     let format = match args.format.as_str() {
         "diskdelta" => OutputFormat::Native,
+        "diskdelta-v2" => OutputFormat::NativeV2,
         "diskdelta-v1" => OutputFormat::NativeV1,
         "diff-dd-v2" => OutputFormat::DiffDdV2,
         other => bail!(
-            "unknown output format {other:?} (expected diskdelta, diskdelta-v1 or diff-dd-v2)"
+            "unknown output format {other:?} (expected diskdelta, diskdelta-v2, diskdelta-v1 or diff-dd-v2)"
         ),
     };
     if args.tracking.any() {
@@ -131,6 +134,21 @@ fn diff_options(
             .unwrap_or_else(|| DiffOptions::default().threads),
         format,
         progress: None,
+        // The first pass is spooled beside the delta, where there is room
+        // for the delta itself.
+        spool_dir: args
+            .output
+            .as_deref()
+            .filter(|p| *p != Path::new("-"))
+            .and_then(Path::parent)
+            .map(|d| {
+                if d.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    d
+                }
+            })
+            .map(Path::to_path_buf),
     }
 }
 
@@ -352,6 +370,7 @@ pub(super) fn publish(
         &DiffReport {
             format: match format {
                 OutputFormat::Native => "diskdelta",
+                OutputFormat::NativeV2 => "diskdelta-v2",
                 OutputFormat::NativeV1 => "diskdelta-v1",
                 OutputFormat::DiffDdV2 => "diff-dd-v2",
             },
@@ -367,6 +386,8 @@ pub(super) fn publish(
                 .then(|| summary.new_digest.to_hex()),
             bytes_read: summary.bytes_read,
             change_tracked: summary.change_tracked,
+            copy_records: summary.copy_records,
+            copied_bytes: summary.copied_bytes,
         },
     )
 }

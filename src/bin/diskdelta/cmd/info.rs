@@ -141,11 +141,11 @@ pub fn run(args: InfoArgs) -> anyhow::Result<()> {
     );
     println!(
         "checksums:     {}",
-        match (info.checksums, info.zstd_ref_extents) {
+        match (info.checksums, info.zstd_ref_extents + info.copy_extents) {
             (false, _) => "none: this format cannot be verified".to_string(),
             (true, 0) => "yes (all verified)".to_string(),
             (true, n) => format!(
-                "yes (all verified but the {n} records compressed against OLD: those are verified when applied)"
+                "yes (all verified but the {n} records made from OLD's bytes: those are verified when applied)"
             ),
         }
     );
@@ -155,9 +155,17 @@ pub fn run(args: InfoArgs) -> anyhow::Result<()> {
     println!("OLD size:      {}", size(info.old_size));
     println!("NEW size:      {}", size(info.new_size));
     println!(
-        "extents:       {} ({} zstd against OLD, {} zstd, {} raw, {} zero)",
-        info.extents, info.zstd_ref_extents, info.zstd_extents, info.raw_extents, info.zero_extents
+        "extents:       {} ({} copied from OLD, {} zstd against OLD, {} zstd, {} raw, {} zero)",
+        info.extents,
+        info.copy_extents,
+        info.zstd_ref_extents,
+        info.zstd_extents,
+        info.raw_extents,
+        info.zero_extents
     );
+    if info.copy_extents > 0 {
+        println!("copied:        {}", size(Some(info.copied_bytes)));
+    }
     println!("changed:       {}", size(Some(info.changed_bytes)));
     println!("stored:        {}", size(Some(info.stored_bytes)));
     println!("delta file:    {}", size(Some(info.delta_bytes)));
