@@ -268,8 +268,19 @@ impl CopySpill {
 pub(super) struct SpillWriter {
     path: PathBuf,
     tmp: PathBuf,
-    out: std::io::BufWriter<File>,
+    out: Option<std::io::BufWriter<File>>,
     hasher: blake3::Hasher,
+}
+
+impl Drop for SpillWriter {
+    /// An unfinished spill (an error, or a failed check before the first
+    /// write) is removed.
+    fn drop(&mut self) {
+        if self.out.take().is_some() {
+            let _ = std::fs::remove_file(&self.tmp);
+            crate::io::cleanup::unregister(&self.tmp);
+        }
+    }
 }
 
 impl SpillWriter {
@@ -279,10 +290,12 @@ impl SpillWriter {
         }
         let tmp = path.with_extension("copies-tmp");
         let file = File::create(&tmp).map_err(op("create copy spill", &tmp))?;
+        // Ctrl-C before the spill is complete removes it.
+        crate::io::cleanup::register(&tmp);
         let mut writer = SpillWriter {
             path,
             tmp,
-            out: std::io::BufWriter::with_capacity(1 << 20, file),
+            out: Some(std::io::BufWriter::with_capacity(1 << 20, file)),
             hasher: blake3::Hasher::new(),
         };
         writer.put(SPILL_MAGIC)?;
@@ -292,8 +305,10 @@ impl SpillWriter {
 
     fn put(&mut self, bytes: &[u8]) -> Result<(), DeltaError> {
         self.hasher.update(bytes);
-        self.out
-            .write_all(bytes)
+        let Some(out) = self.out.as_mut() else {
+            return Err(DeltaError::Panic("copy spill (written after finishing)"));
+        };
+        out.write_all(bytes)
             .map_err(op("write copy spill", &self.tmp))
     }
 
@@ -307,16 +322,18 @@ impl SpillWriter {
     /// Seals, syncs and renames the spill into place, and opens it.
     pub(super) fn finish(mut self, delta: &Digest) -> Result<CopySpill, DeltaError> {
         let check = *self.hasher.finalize().as_bytes();
-        self.out
-            .write_all(&check)
-            .map_err(op("write copy spill", &self.tmp))?;
-        let file = self
-            .out
-            .into_inner()
-            .map_err(|e| op("write copy spill", &self.tmp)(e.into_error()))?;
-        file.sync_all().map_err(op("sync copy spill", &self.tmp))?;
-        drop(file);
+        self.put(&check)?;
+        let Some(out) = self.out.as_mut() else {
+            return Err(DeltaError::Panic("copy spill (finished twice)"));
+        };
+        out.flush().map_err(op("write copy spill", &self.tmp))?;
+        out.get_ref()
+            .sync_all()
+            .map_err(op("sync copy spill", &self.tmp))?;
         std::fs::rename(&self.tmp, &self.path).map_err(op("rename copy spill", &self.path))?;
+        // Renamed: nothing left for Drop or Ctrl-C to remove.
+        self.out = None;
+        crate::io::cleanup::unregister(&self.tmp);
         if let Some(dir) = self.path.parent() {
             if let Ok(d) = File::open(dir) {
                 let _ = d.sync_all();

@@ -357,6 +357,13 @@ pub(super) fn publish(
         seconds,
         report::rate(summary.new_size, seconds),
     );
+    if summary.copy_records > 0 {
+        line.push_str(&format!(
+            "; {} found elsewhere in OLD ({} copy records)",
+            human_bytes(summary.copied_bytes),
+            summary.copy_records
+        ));
+    }
     if summary.change_tracked {
         line.push_str(&format!(
             "; change-tracked, read {}",
