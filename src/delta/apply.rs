@@ -945,14 +945,7 @@ fn decode_in_place(
     old_size: u64,
     recovered: &journal::Recovered,
 ) -> Result<Option<Vec<u8>>, DeltaError> {
-    let mut current = vec![0u8; raw.length as usize];
-    let readable = old_size.saturating_sub(raw.offset).min(raw.length) as usize;
-    read_exact_at(
-        output.file(),
-        &mut current[..readable],
-        raw.offset,
-        output.path(),
-    )?;
+    let current = target_bytes(output, raw.offset, raw.length, old_size)?;
     if raw.holds(&current) {
         return Ok(None);
     }
@@ -988,26 +981,11 @@ fn copy_source_in_place(
         return Ok(Some(bytes));
     }
     let source = raw.reference_range();
-    let mut bytes = vec![0u8; raw.length as usize];
-    let readable = old_size.saturating_sub(source.start).min(raw.length) as usize;
-    read_exact_at(
-        output.file(),
-        &mut bytes[..readable],
-        source.start,
-        output.path(),
-    )?;
+    let bytes = target_bytes(output, source.start, raw.length, old_size)?;
     if raw.holds(&bytes) {
         return Ok(Some(bytes));
     }
-    let mut current = vec![0u8; raw.length as usize];
-    let readable = old_size.saturating_sub(raw.offset).min(raw.length) as usize;
-    read_exact_at(
-        output.file(),
-        &mut current[..readable],
-        raw.offset,
-        output.path(),
-    )?;
-    if raw.holds(&current) {
+    if raw.holds(&target_bytes(output, raw.offset, raw.length, old_size)?) {
         return Ok(None);
     }
     match recovered.bytes_of(raw) {
@@ -1032,24 +1010,26 @@ fn copy_from_spill(
     if let Some(bytes) = spill.and_then(|s| s.bytes_of(raw)) {
         return Ok(Some(bytes));
     }
-    let mut current = vec![0u8; raw.length as usize];
-    let readable = output
-        .size()
-        .unwrap_or(u64::MAX)
-        .saturating_sub(raw.offset)
-        .min(raw.length) as usize;
-    read_exact_at(
-        output.file(),
-        &mut current[..readable],
-        raw.offset,
-        output.path(),
-    )?;
-    if raw.holds(&current) {
+    let size = output.size().unwrap_or(u64::MAX);
+    if raw.holds(&target_bytes(output, raw.offset, raw.length, size)?) {
         return Ok(None);
     }
     Err(DeltaError::Panic(
         "apply in place (copy record missing from the spill)",
     ))
+}
+
+/// The target's `length` bytes at `offset`, zero past `size`.
+fn target_bytes(
+    output: &Output,
+    offset: u64,
+    length: u64,
+    size: u64,
+) -> Result<Vec<u8>, DeltaError> {
+    let mut bytes = vec![0u8; length as usize];
+    let readable = size.saturating_sub(offset).min(length) as usize;
+    read_exact_at(output.file(), &mut bytes[..readable], offset, output.path())?;
+    Ok(bytes)
 }
 
 fn check_samples(output: &Output, trailer: &Trailer, block_size: u32) -> Result<(), DeltaError> {

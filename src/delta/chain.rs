@@ -639,16 +639,7 @@ pub fn apply_chain_in_place(
             notes.append(&mut summary.notes);
             last = Some(summary);
         }
-        let Some(mut summary) = last else {
-            return Err(DeltaError::Chain {
-                detail: "no delta given".into(),
-            });
-        };
-        notes.push(format!(
-            "the series holds copy records: its {count} deltas were applied one after another"
-        ));
-        summary.notes = notes;
-        return Ok(summary);
+        return one_by_one_summary(last, notes, count);
     }
     let merged = tempfile::Builder::new()
         .prefix(".diskdelta-chain-")
@@ -732,7 +723,17 @@ fn apply_one_by_one(
             break;
         }
     }
-    let Some(mut summary) = summary else {
+    one_by_one_summary(summary, notes, count)
+}
+
+/// The summary of a series applied one delta after another: the last
+/// apply's, with every note.
+fn one_by_one_summary(
+    last: Option<ApplySummary>,
+    mut notes: Vec<String>,
+    count: usize,
+) -> Result<ApplySummary, DeltaError> {
+    let Some(mut summary) = last else {
         return Err(DeltaError::Chain {
             detail: "no delta given".into(),
         });

@@ -190,3 +190,34 @@ pub fn copy_tree(from: &Path, to: &Path) {
         std::fs::copy(&file, &target).expect("copy file");
     }
 }
+
+/// Panics at the first byte where `got` differs from `want`, or when their
+/// lengths differ (images are too large for `assert_eq!`'s message).
+pub fn assert_same(got: &[u8], want: &[u8], what: &str) {
+    if let Some(i) = got.iter().zip(want).position(|(a, b)| a != b) {
+        panic!(
+            "{what}: first difference at byte {i} (sizes {} and {})",
+            got.len(),
+            want.len()
+        );
+    }
+    assert_eq!(got.len(), want.len(), "{what}: sizes differ");
+}
+
+/// The command's stdout as JSON.
+pub fn stdout_json(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&out.stdout)))
+}
+
+/// Asserts a one-line `diskdelta: error:` report and the exit code;
+/// returns the line.
+pub fn assert_error_line(out: &Output, code: i32, what: &str) -> String {
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        err.starts_with("diskdelta: error: ") && err.matches('\n').count() == 1,
+        "{what}: expected one line `diskdelta: error: ...`, got {err:?}"
+    );
+    assert_eq!(out.status.code(), Some(code), "{what}: exit code ({err:?})");
+    err
+}

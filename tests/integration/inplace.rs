@@ -4,7 +4,7 @@
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
@@ -17,33 +17,6 @@ const EXIT_INTEGRITY: i32 = 3;
 
 fn read(path: &Path) -> Vec<u8> {
     std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
-}
-
-fn assert_same(got: &[u8], want: &[u8], what: &str) {
-    if let Some(i) = got.iter().zip(want).position(|(a, b)| a != b) {
-        panic!(
-            "{what}: first difference at byte {i} (sizes {} and {})",
-            got.len(),
-            want.len()
-        );
-    }
-    assert_eq!(got.len(), want.len(), "{what}: sizes differ");
-}
-
-fn json(out: &Output) -> Value {
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&out.stdout)))
-}
-
-/// Asserts a one-line `diskdelta: error:` report and the exit code.
-fn assert_error(out: &Output, code: i32, what: &str) -> String {
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(
-        err.starts_with("diskdelta: error: ") && err.matches('\n').count() == 1,
-        "{what}: expected one line `diskdelta: error: ...`, got {err:?}"
-    );
-    assert_eq!(out.status.code(), Some(code), "{what}: exit code ({err:?})");
-    err
 }
 
 /// Writes OLD and NEW into `dir` and diffs them; returns the delta path.
@@ -79,7 +52,7 @@ fn in_place(delta: &Path, target: &Path, extra: &[&str]) -> Command {
 /// Runs an in-place apply that must succeed; returns its JSON summary.
 fn in_place_ok(delta: &Path, target: &Path, extra: &[&str]) -> Value {
     let out = common::run_ok(&mut in_place(delta, target, extra));
-    let v = json(&out);
+    let v = common::stdout_json(&out);
     assert_eq!(v["mode"], "in-place", "{v}");
     v
 }
@@ -89,8 +62,8 @@ fn in_place_ok(delta: &Path, target: &Path, extra: &[&str]) -> Value {
 fn in_place_refused(delta: &Path, target: &Path, extra: &[&str], code: i32, what: &str) -> String {
     let before = read(target);
     let out = common::run_fail(&mut in_place(delta, target, extra));
-    let err = assert_error(&out, code, what);
-    assert_same(&read(target), &before, &format!("{what}: target changed"));
+    let err = common::assert_error_line(&out, code, what);
+    common::assert_same(&read(target), &before, &format!("{what}: target changed"));
     err
 }
 
@@ -142,7 +115,7 @@ fn in_place_file_same_size_grow_and_shrink() {
         let delta = make_delta(dir.path(), &old, image, &[]);
         let target = common::write_file(dir.path(), "target.img", &old);
         let v = in_place_ok(&delta, &target, &[]);
-        assert_same(&read(&target), image, name);
+        common::assert_same(&read(&target), image, name);
         assert_eq!(v["new_size"].as_u64(), Some(image.len() as u64), "{v}");
         assert_eq!(v["check_base"], "sample", "{name}: the default check: {v}");
         assert_eq!(v["verified"], false, "{name}: no --verify: {v}");
@@ -163,7 +136,7 @@ fn in_place_zero_extents_become_holes() {
         "the target starts fully allocated"
     );
     in_place_ok(&delta, &target, &[]);
-    assert_same(&read(&target), &new, "zeroed");
+    common::assert_same(&read(&target), &new, "zeroed");
     let after = allocated(&target);
     assert!(
         after + (3 * MIB / 2) as u64 <= before,
@@ -179,7 +152,7 @@ fn in_place_verify() {
     let target = common::write_file(dir.path(), "target.img", &old);
     let v = in_place_ok(&delta, &target, &["--verify"]);
     assert_eq!(v["verified"], true, "{v}");
-    assert_same(&read(&target), &new, "--verify");
+    common::assert_same(&read(&target), &new, "--verify");
     let digest = v["new_digest"].as_str().expect("new_digest");
     let hashed = common::run_ok(common::diskdelta().arg("hash").arg(&target));
     assert!(
@@ -190,7 +163,7 @@ fn in_place_verify() {
     // leaves unchanged, so an interrupted apply can be rerun)...
     let v = in_place_ok(&delta, &target, &["--verify"]);
     assert_eq!(v["verified"], true, "{v}");
-    assert_same(&read(&target), &new, "second apply");
+    common::assert_same(&read(&target), &new, "second apply");
     // ...but the full check knows the target is NEW, not OLD.
     in_place_refused(
         &delta,
@@ -235,7 +208,7 @@ fn check_base_sample_refuses_a_wrong_base() {
     let right = common::write_file(dir.path(), "right.img", &old);
     let v = in_place_ok(&delta, &right, &["--check-base", "sample"]);
     assert_eq!(v["check_base"], "sample");
-    assert_same(&read(&right), &new, "right base");
+    common::assert_same(&read(&right), &new, "right base");
 }
 
 #[test]
@@ -276,18 +249,18 @@ fn check_base_full_finds_an_unsampled_difference() {
         &target,
         &["--check-base", "sample", "--verify"],
     ));
-    let err = assert_error(&out, EXIT_INTEGRITY, "sample check then --verify");
+    let err = common::assert_error_line(&out, EXIT_INTEGRITY, "sample check then --verify");
     assert!(err.contains("NEW digest"), "{err:?}");
     let mut expected = new.clone();
     expected[at] ^= 0x01;
-    assert_same(&read(&target), &expected, "sample check missed one byte");
+    common::assert_same(&read(&target), &expected, "sample check missed one byte");
 
     // `full` on the right base passes.
     let right = common::write_file(dir.path(), "right.img", &old);
     let v = in_place_ok(&delta, &right, &["--check-base", "full", "--verify"]);
     assert_eq!(v["check_base"], "full");
     assert_eq!(v["verified"], true);
-    assert_same(&read(&right), &new, "full check, right base");
+    common::assert_same(&read(&right), &new, "full check, right base");
 }
 
 #[test]
@@ -330,7 +303,7 @@ fn corrupt_delta_leaves_the_target_unchanged() {
 
     // The same target still takes the good delta.
     in_place_ok(&delta, &target, &["--verify"]);
-    assert_same(&read(&target), &new, "after the refusals");
+    common::assert_same(&read(&target), &new, "after the refusals");
 }
 
 #[test]
@@ -353,11 +326,11 @@ fn bad_check_base_arguments() {
             .arg(&out_path)
             .args(["--check-base", "full"]),
     );
-    assert_error(&out, 1, "--check-base in stream mode");
+    common::assert_error_line(&out, 1, "--check-base in stream mode");
     assert!(!out_path.exists());
     // A directory is no target.
     let out = common::run_fail(&mut in_place(&delta, dir.path(), &[]));
-    assert_error(&out, 1, "directory target");
+    common::assert_error_line(&out, 1, "directory target");
 }
 
 #[test]
@@ -376,7 +349,7 @@ fn delta_from_stdin() {
             .stdin(std::fs::File::open(&delta).expect("open delta")),
     );
     assert!(out.stdout.is_empty());
-    assert_same(&read(&target), &new, "delta redirected from a file");
+    common::assert_same(&read(&target), &new, "delta redirected from a file");
 
     // Through a pipe: the delta is spooled before anything is written.
     let target = common::write_file(dir.path(), "t2.img", &old);
@@ -399,8 +372,8 @@ fn delta_from_stdin() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(json(&out)["verified"], true);
-    assert_same(&read(&target), &new, "delta through a pipe");
+    assert_eq!(common::stdout_json(&out)["verified"], true);
+    common::assert_same(&read(&target), &new, "delta through a pipe");
 
     // A corrupt delta through a pipe leaves the target alone.
     let target = common::write_file(dir.path(), "t3.img", &old);
@@ -420,8 +393,8 @@ fn delta_from_stdin() {
         stdin.write_all(&bad).expect("write delta to the pipe");
     }
     let out = child.wait_with_output().expect("wait");
-    assert_error(&out, EXIT_INTEGRITY, "corrupt delta through a pipe");
-    assert_same(&read(&target), &old, "corrupt piped delta: target changed");
+    common::assert_error_line(&out, EXIT_INTEGRITY, "corrupt delta through a pipe");
+    common::assert_same(&read(&target), &old, "corrupt piped delta: target changed");
 }
 
 #[test]
@@ -436,7 +409,7 @@ fn interrupted_apply_can_be_rerun() {
     // The sample check only looks at blocks the delta leaves unchanged.
     let v = in_place_ok(&delta, &target, &["--verify"]);
     assert_eq!(v["verified"], true, "{v}");
-    assert_same(&read(&target), &new, "rerun after an interruption");
+    common::assert_same(&read(&target), &new, "rerun after an interruption");
 }
 
 #[test]
@@ -460,7 +433,7 @@ fn delta_made_from_pipes_applies_in_place() {
     let target = common::write_file(dir.path(), "target.img", &old);
     let v = in_place_ok(&delta, &target, &["--check-base", "full", "--verify"]);
     assert_eq!(v["verified"], true, "{v}");
-    assert_same(&read(&target), &new, "delta made from pipes");
+    common::assert_same(&read(&target), &new, "delta made from pipes");
 }
 
 #[test]
@@ -479,7 +452,7 @@ fn foreign_delta_in_place() {
     assert_eq!(v["format"], "diff-dd-v2", "{v}");
     assert_eq!(v["check_base"], "none", "{v}");
     assert_eq!(v["verified"], false, "nothing to verify against: {v}");
-    assert_same(&read(&target), &new, "diff-dd v2 in place");
+    common::assert_same(&read(&target), &new, "diff-dd v2 in place");
 }
 
 // ---------------------------------------------------------------------------
@@ -491,17 +464,17 @@ fn loop_device_in_place() {
     let Some(dev) = LoopDevice::attach("loop_device_in_place", &old, old.len() as u64) else {
         return;
     };
-    assert_same(&dev.read_all(), &old, "device holds OLD");
+    common::assert_same(&dev.read_all(), &old, "device holds OLD");
     let dir = common::tempdir();
     let delta = make_delta(dir.path(), &old, &new, &[]);
     let v = in_place_ok(&delta, dev.path(), &["--verify"]);
     assert_eq!(v["verified"], true, "{v}");
     assert_eq!(v["check_base"], "sample", "{v}");
-    assert_same(&dev.read_all(), &new, "device holds NEW");
+    common::assert_same(&dev.read_all(), &new, "device holds NEW");
     // The device is NEW now: the full check refuses it, nothing written.
     let out = common::run_fail(&mut in_place(&delta, dev.path(), &["--check-base", "full"]));
-    assert_error(&out, EXIT_INTEGRITY, "second apply on the device");
-    assert_same(&dev.read_all(), &new, "device after a refused apply");
+    common::assert_error_line(&out, EXIT_INTEGRITY, "second apply on the device");
+    common::assert_same(&dev.read_all(), &new, "device after a refused apply");
 }
 
 #[test]
@@ -519,8 +492,8 @@ fn loop_device_wrong_base_is_untouched() {
     let delta = make_delta(dir.path(), &old, &new, &[]);
     for mode in ["sample", "full"] {
         let out = common::run_fail(&mut in_place(&delta, dev.path(), &["--check-base", mode]));
-        assert_error(&out, EXIT_INTEGRITY, mode);
-        assert_same(&dev.read_all(), &other, &format!("{mode}: device changed"));
+        common::assert_error_line(&out, EXIT_INTEGRITY, mode);
+        common::assert_same(&dev.read_all(), &other, &format!("{mode}: device changed"));
     }
 }
 
@@ -537,9 +510,9 @@ fn loop_device_too_small_for_new() {
     let dir = common::tempdir();
     let delta = make_delta(dir.path(), &old, &new, &[]);
     let out = common::run_fail(&mut in_place(&delta, dev.path(), &["--check-base", "full"]));
-    let err = assert_error(&out, 1, "NEW larger than the device");
+    let err = common::assert_error_line(&out, 1, "NEW larger than the device");
     assert!(err.contains(&dev.path().display().to_string()), "{err:?}");
-    assert_same(&dev.read_all(), &old, "in place: device changed");
+    common::assert_same(&dev.read_all(), &old, "in place: device changed");
 
     // Stream mode onto the device: refused before writing too.
     let old_path = common::write_file(dir.path(), "old.img", &old);
@@ -552,8 +525,8 @@ fn loop_device_too_small_for_new() {
             .arg("-o")
             .arg(dev.path()),
     );
-    assert_error(&out, 1, "stream apply onto a small device");
-    assert_same(&dev.read_all(), &old, "stream: device changed");
+    common::assert_error_line(&out, 1, "stream apply onto a small device");
+    common::assert_same(&dev.read_all(), &old, "stream: device changed");
 }
 
 #[test]
@@ -592,7 +565,7 @@ fn loop_device_larger_than_the_image() {
             "{name}: {v}"
         );
         let got = dev.read_all();
-        assert_same(&got[..image.len()], image, name);
+        common::assert_same(&got[..image.len()], image, name);
     }
 }
 
@@ -623,11 +596,11 @@ fn loop_device_stream_apply_output() {
             .arg(dev.path())
             .arg("--json"),
     );
-    let v = json(&out);
+    let v = common::stdout_json(&out);
     assert_eq!(v["verified"], true, "{v}");
     assert_eq!(v["new_size"].as_u64(), Some(new.len() as u64));
     let got = dev.read_all();
-    assert_same(&got[..new.len()], &new, "NEW written onto the device");
+    common::assert_same(&got[..new.len()], &new, "NEW written onto the device");
     assert!(dev.path().exists(), "the device node is still there");
 }
 
@@ -653,7 +626,7 @@ fn diff_reads_block_devices() {
             .arg(old_dev.path())
             .arg(&old_path),
     );
-    let v = json(&hashed);
+    let v = common::stdout_json(&hashed);
     assert_eq!(v[0]["digest"], v[1]["digest"], "{v}");
     assert_eq!(v[0]["size"].as_u64(), Some(old.len() as u64), "{v}");
 
@@ -683,7 +656,7 @@ fn diff_reads_block_devices() {
                 .arg("-o")
                 .arg(&out),
         );
-        assert_same(&read(&out), &new, name);
+        common::assert_same(&read(&out), &new, name);
         // With --direct as well (O_DIRECT on the devices).
         common::run_ok(
             common::diskdelta()
@@ -703,11 +676,11 @@ fn diff_reads_block_devices() {
                 .arg("-o")
                 .arg(&out),
         );
-        assert_same(&read(&out), &new, &format!("{name}, --direct, device base"));
+        common::assert_same(&read(&out), &new, &format!("{name}, --direct, device base"));
     }
     // The inputs were only read.
-    assert_same(&old_dev.read_all(), &old, "OLD device");
-    assert_same(&new_dev.read_all(), &new, "NEW device");
+    common::assert_same(&old_dev.read_all(), &old, "OLD device");
+    common::assert_same(&new_dev.read_all(), &new, "NEW device");
 }
 
 /// Every even-numbered 512-byte block changed: the sampler must still find
@@ -765,7 +738,7 @@ fn old_and_sparse_new(seed: u64) -> (Vec<u8>, Vec<u8>) {
 
 fn reference_records(delta: &Path) -> u64 {
     let out = common::run_ok(common::diskdelta().arg("info").arg(delta).arg("--json"));
-    json(&out)["zstd_ref_extents"]
+    common::stdout_json(&out)["zstd_ref_extents"]
         .as_u64()
         .expect("zstd_ref_extents")
 }
@@ -800,20 +773,20 @@ fn a_write_cut_short_inside_a_reference_record_resumes_from_the_journal() {
     std::fs::remove_file(&journal).expect("remove journal");
     let err = in_place_refused(&delta, &target, &[], EXIT_INTEGRITY, "cut, no journal");
     assert!(err.contains("delta record"), "{err}");
-    assert_same(&read(&target), &cut, "refused rerun changed the target");
+    common::assert_same(&read(&target), &cut, "refused rerun changed the target");
 
     // With it, the rerun completes, verified, and removes the journal.
     std::fs::write(&journal, saved).expect("restore journal");
     let v = in_place_ok(&delta, &target, &["--verify"]);
     assert_eq!(v["verified"], true, "{v}");
-    assert_same(&read(&target), &new, "rerun from the journal");
+    common::assert_same(&read(&target), &new, "rerun from the journal");
     assert!(!journal.exists(), "journal removed after the apply");
 
     // Applied again: the sampled blocks are unchanged ones, and every
     // zstd-ref record already holds its result.
     let v = in_place_ok(&delta, &target, &["--verify"]);
     assert_eq!(v["verified"], true, "{v}");
-    assert_same(&read(&target), &new, "second apply of the same delta");
+    common::assert_same(&read(&target), &new, "second apply of the same delta");
 }
 
 #[test]
@@ -827,7 +800,7 @@ fn a_reference_record_refuses_another_base_before_writing() {
     let target = common::write_file(dir.path(), "target.img", &other);
     let err = in_place_refused(&delta, &target, &[], EXIT_INTEGRITY, "other base");
     assert!(err.contains("hold neither OLD"), "{err}");
-    assert_same(&read(&target), &other, "refused apply changed the target");
+    common::assert_same(&read(&target), &other, "refused apply changed the target");
     // Stream apply names the record too and publishes nothing.
     let out_path = dir.path().join("out.img");
     let out = common::run_fail(
@@ -839,7 +812,7 @@ fn a_reference_record_refuses_another_base_before_writing() {
             .arg("-o")
             .arg(&out_path),
     );
-    let err = assert_error(&out, EXIT_INTEGRITY, "stream apply on another base");
+    let err = common::assert_error_line(&out, EXIT_INTEGRITY, "stream apply on another base");
     assert!(err.contains("does not decode against the base"), "{err}");
     assert!(!out_path.exists());
 }
@@ -863,7 +836,7 @@ fn loop_device_resumes_a_cut_reference_record_from_the_state_directory() {
     assert_eq!(journals.len(), 1, "{journals:?}");
     let out =
         common::run_ok(in_place(&delta, dev.path(), &["--verify"]).env("XDG_STATE_HOME", &state));
-    assert_eq!(json(&out)["verified"], true);
-    assert_same(&dev.read_all(), &new, "device after the resumed apply");
+    assert_eq!(common::stdout_json(&out)["verified"], true);
+    common::assert_same(&dev.read_all(), &new, "device after the resumed apply");
     assert!(common::entries(&state.join("diskdelta")).is_empty());
 }

@@ -20,28 +20,6 @@ fn read(path: &Path) -> Vec<u8> {
     std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
 }
 
-fn assert_same(got: &[u8], want: &[u8], what: &str) {
-    if let Some(i) = got.iter().zip(want).position(|(a, b)| a != b) {
-        panic!("{what}: first difference at byte {i}");
-    }
-    assert_eq!(got.len(), want.len(), "{what}: sizes differ");
-}
-
-fn json(out: &Output) -> Value {
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&out.stdout)))
-}
-
-fn one_line_error(out: &Output, code: i32, what: &str) -> String {
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(
-        err.starts_with("diskdelta: error: ") && err.matches('\n').count() == 1,
-        "{what}: expected one line `diskdelta: error: ...`, got {err:?}"
-    );
-    assert_eq!(out.status.code(), Some(code), "{what}: exit code ({err:?})");
-    err
-}
-
 /// An 8 MiB OLD of incompressible bytes, and a NEW where a file system
 /// moved data: OLD's 1 MiB..1.25 MiB now sits at 6 MiB (its old place
 /// freed and trimmed, so the copy reads bytes an earlier record zeroes),
@@ -58,7 +36,7 @@ fn moved(seed: u64) -> (Vec<u8>, Vec<u8>) {
 }
 
 fn diff(old: &Path, new: &Path, delta: &Path, extra: &[&str]) -> Value {
-    json(&common::run_ok(
+    common::stdout_json(&common::run_ok(
         common::diskdelta()
             .arg("diff")
             .arg(old)
@@ -71,7 +49,7 @@ fn diff(old: &Path, new: &Path, delta: &Path, extra: &[&str]) -> Value {
 }
 
 fn info(delta: &Path) -> Value {
-    json(&common::run_ok(
+    common::stdout_json(&common::run_ok(
         common::diskdelta().arg("info").arg(delta).arg("--json"),
     ))
 }
@@ -137,13 +115,13 @@ fn moved_blocks_become_copy_records_and_apply_in_both_modes() {
     let out = c.dir.path().join("out.img");
     let done = apply_stream(&c.old_path, &[&c.delta], &out);
     assert!(done.status.success(), "{done:?}");
-    assert_same(&read(&out), &c.new, "stream apply");
+    common::assert_same(&read(&out), &c.new, "stream apply");
 
     // In place, the copy to 6 MiB reads bytes the zero record at 1 MiB
     // overwrites first: its source is read before any write.
     let target = common::write_file(c.dir.path(), "target.img", &c.old);
     common::run_ok(apply_in_place(&target, &[&c.delta]).arg("--verify"));
-    assert_same(&read(&target), &c.new, "in-place apply");
+    common::assert_same(&read(&target), &c.new, "in-place apply");
     let leftovers: Vec<_> = std::fs::read_dir(c.dir.path())
         .expect("list")
         .filter_map(Result::ok)
@@ -166,7 +144,7 @@ fn moved_blocks_become_copy_records_and_apply_in_both_modes() {
     assert!(std::fs::metadata(&v2).expect("stat").len() > size + 256 * KIB as u64);
     let out2 = c.dir.path().join("out2.img");
     assert!(apply_stream(&c.old_path, &[&v2], &out2).status.success());
-    assert_same(&read(&out2), &c.new, "version 2 apply");
+    common::assert_same(&read(&out2), &c.new, "version 2 apply");
 }
 
 #[test]
@@ -193,15 +171,15 @@ fn a_cut_in_place_apply_resumes_from_the_copy_spill() {
     std::fs::remove_file(&journal).expect("remove journal");
     std::fs::remove_file(&spill).expect("remove spill");
     let out = common::run_fail(&mut apply_in_place(&target, &[&c.delta]));
-    let err = one_line_error(&out, EXIT_INTEGRITY, "cut, no spill");
+    let err = common::assert_error_line(&out, EXIT_INTEGRITY, "cut, no spill");
     assert!(err.contains("copies"), "{err}");
-    assert_same(&read(&target), &cut, "refused rerun changed the target");
+    common::assert_same(&read(&target), &cut, "refused rerun changed the target");
 
     // With them, the rerun completes and cleans up.
     std::fs::write(&journal, saved.0).expect("restore journal");
     std::fs::write(&spill, saved.1).expect("restore spill");
     common::run_ok(apply_in_place(&target, &[&c.delta]).arg("--verify"));
-    assert_same(&read(&target), &c.new, "rerun from the spill");
+    common::assert_same(&read(&target), &c.new, "rerun from the spill");
     assert!(
         !spill.exists() && !journal.exists(),
         "spill and journal removed"
@@ -215,7 +193,7 @@ fn a_cut_in_place_apply_resumes_from_the_copy_spill() {
     junk.truncate(1000);
     std::fs::write(&spill2, junk).expect("junk spill");
     common::run_ok(&mut apply_in_place(&target2, &[&c.delta]));
-    assert_same(&read(&target2), &c.new, "apply past a junk spill");
+    common::assert_same(&read(&target2), &c.new, "apply past a junk spill");
 }
 
 #[test]
@@ -238,7 +216,7 @@ fn a_series_with_copies_applies_one_by_one_and_merge_refuses() {
         String::from_utf8_lossy(&done.stderr).contains("one after another"),
         "{done:?}"
     );
-    assert_same(&read(&out), &newer, "series, stream");
+    common::assert_same(&read(&out), &newer, "series, stream");
     let scratch: Vec<_> = std::fs::read_dir(c.dir.path())
         .expect("list")
         .filter_map(Result::ok)
@@ -248,7 +226,7 @@ fn a_series_with_copies_applies_one_by_one_and_merge_refuses() {
 
     let target = common::write_file(c.dir.path(), "target.img", &c.old);
     common::run_ok(&mut apply_in_place(&target, &[&c.delta, &d2]));
-    assert_same(&read(&target), &newer, "series, in place");
+    common::assert_same(&read(&target), &newer, "series, in place");
 
     let merged = c.dir.path().join("merged.delta");
     let out = common::run_fail(
@@ -259,7 +237,7 @@ fn a_series_with_copies_applies_one_by_one_and_merge_refuses() {
             .arg("-o")
             .arg(&merged),
     );
-    let err = one_line_error(&out, 1, "merge of deltas with copies");
+    let err = common::assert_error_line(&out, 1, "merge of deltas with copies");
     assert!(err.contains("copy records"), "{err}");
     assert!(!merged.exists());
 }
@@ -286,7 +264,7 @@ fn copies_need_old_as_a_file_and_a_damaged_copy_is_caught() {
         let _ = stdin.write_all(&c.old);
     }
     let out = child.wait_with_output().expect("wait");
-    let err = one_line_error(&out, 1, "OLD from a pipe");
+    let err = common::assert_error_line(&out, 1, "OLD from a pipe");
     assert!(err.contains("not a pipe"), "{err}");
     assert!(!out_path.exists());
 
@@ -297,13 +275,13 @@ fn copies_need_old_as_a_file_and_a_damaged_copy_is_caught() {
     bytes[at + 56..at + 64].copy_from_slice(&(source + 4096).to_le_bytes());
     let bad = common::write_file(c.dir.path(), "bad.delta", &bytes);
     let out = apply_stream(&c.old_path, &[&bad], &out_path);
-    let err = one_line_error(&out, EXIT_INTEGRITY, "damaged copy, stream");
+    let err = common::assert_error_line(&out, EXIT_INTEGRITY, "damaged copy, stream");
     assert!(err.contains("does not decode against the base"), "{err}");
     assert!(!out_path.exists());
     let target = common::write_file(c.dir.path(), "target.img", &c.old);
     let out = common::run_fail(&mut apply_in_place(&target, &[&bad]));
-    one_line_error(&out, EXIT_INTEGRITY, "damaged copy, in place");
-    assert_same(&read(&target), &c.old, "refused apply changed the target");
+    common::assert_error_line(&out, EXIT_INTEGRITY, "damaged copy, in place");
+    common::assert_same(&read(&target), &c.old, "refused apply changed the target");
 }
 
 /// Offset of the first copy record (kind 5) in a native delta.
