@@ -73,6 +73,25 @@ fn reference_of(old: &[u8], raw: &RawRecord) -> Vec<u8> {
     out
 }
 
+/// NEW made from `old` and `extents` (records that refer to OLD decoded
+/// against it), or `None` when a record does not decode.
+fn applied_or_refused(old: &[u8], extents: &[Extent], new_size: u64) -> Option<Vec<u8>> {
+    let mut out = old.to_vec();
+    out.resize(new_size as usize, 0);
+    for e in extents {
+        let range = e.offset as usize..e.end() as usize;
+        match &e.data {
+            ExtentData::Bytes(b) => out[range].copy_from_slice(b),
+            ExtentData::Zeros(_) => out[range].fill(0),
+            ExtentData::Referenced(raw) => {
+                let b = raw.decode_against(&reference_of(old, raw)).ok()?;
+                out[range].copy_from_slice(&b);
+            }
+        }
+    }
+    Some(out)
+}
+
 /// The sampling rule of `docs/formats/delta.md`, restated naively: full
 /// blocks of both OLD and NEW that no record touches, in order, whose index
 /// is a multiple of a stride that doubles (dropping the samples that are no
@@ -1571,23 +1590,7 @@ fn v2_golden_bit_flips_never_give_other_bytes() {
                 let Ok((_, extents, trailer)) = read_all(&d) else {
                     continue;
                 };
-                let mut out = g.old.to_vec();
-                out.resize(trailer.new_size as usize, 0);
-                let mut ok = true;
-                for e in &extents {
-                    let range = e.offset as usize..e.end() as usize;
-                    match &e.data {
-                        ExtentData::Bytes(b) => out[range].copy_from_slice(b),
-                        ExtentData::Zeros(_) => out[range].fill(0),
-                        ExtentData::Referenced(raw) => {
-                            match raw.decode_against(&out[range.clone()]) {
-                                Ok(b) => out[range].copy_from_slice(&b),
-                                Err(_) => ok = false,
-                            }
-                        }
-                    }
-                }
-                if ok {
+                if let Some(out) = applied_or_refused(g.old, &extents, trailer.new_size) {
                     assert_eq!(
                         out, g.new,
                         "{}: flip {bit:#x} at {at} gave other bytes",
@@ -2545,23 +2548,7 @@ fn v3_golden_truncations_and_bit_flips() {
             let Ok((_, extents, trailer)) = read_all(&d) else {
                 continue;
             };
-            let mut out = g.old.to_vec();
-            out.resize(trailer.new_size as usize, 0);
-            let mut ok = true;
-            for e in &extents {
-                let range = e.offset as usize..e.end() as usize;
-                match &e.data {
-                    ExtentData::Bytes(b) => out[range].copy_from_slice(b),
-                    ExtentData::Zeros(_) => out[range].fill(0),
-                    ExtentData::Referenced(raw) => {
-                        match raw.decode_against(&reference_of(g.old, raw)) {
-                            Ok(b) => out[range].copy_from_slice(&b),
-                            Err(_) => ok = false,
-                        }
-                    }
-                }
-            }
-            if ok {
+            if let Some(out) = applied_or_refused(g.old, &extents, trailer.new_size) {
                 assert!(out == g.new, "flip {bit:#x} at {at} gave other bytes");
             }
         }
