@@ -15,8 +15,10 @@ blocks rewritten in 64 KiB clusters) or --images real (the ext4 set of
 bench/lib/real_images.py, nights 0..7).
 """
 
+import json
 import os
 import shutil
+import subprocess
 
 import common
 from common import log
@@ -93,6 +95,19 @@ def cmd_series(args):
         deltas.append(d)
     delta_bytes = [os.path.getsize(d) for d in deltas]
     log(f"series: {NIGHTS} deltas, {common.human(sum(delta_bytes))} in all")
+    # Deltas with copy records (version 3) are applied one by one and
+    # cannot be merged: the one-pass and merge legs also run on the same
+    # nights made as version 2.
+    v2_deltas = None
+    if any(_copies(dd, d) for d in deltas):
+        v2_deltas = []
+        for n in range(1, NIGHTS + 1):
+            d = os.path.join(scratch, f"night{n}-v2.ddelta")
+            t.run(f"diff-v2-{n}", [[dd, "diff", "-q", "--format", "diskdelta-v2",
+                                    images[n - 1], images[n], "-o", d]])
+            v2_deltas.append(d)
+        log(f"series: the deltas hold copy records; version 2 deltas for one-pass and merge, "
+            f"{common.human(sum(os.path.getsize(d) for d in v2_deltas))} in all")
 
     out = os.path.join(scratch, "out.img")
     common.warm_cache([images[0], *deltas])
@@ -109,8 +124,17 @@ def cmd_series(args):
     chained = t.run("chain", [[dd, "apply", "-q", *deltas, "--base", images[0], "-o", out]])
     _check(out, final, "chain apply")
     common.remove(out)
+    chained_v2 = None
+    if v2_deltas:
+        common.warm_cache([images[0], *v2_deltas])
+        chained_v2 = t.run("chain-v2", [[dd, "apply", "-q", *v2_deltas, "--base", images[0],
+                                         "-o", out]])
+        _check(out, final, "chain apply of version 2 deltas")
+        common.remove(out)
+    mergeable = v2_deltas or deltas
     merged = os.path.join(scratch, "week.ddelta")
-    merge_s = t.run("merge", [[dd, "merge", "-q", *deltas, "--base", images[0], "-o", merged]])
+    merge_s = t.run("merge", [[dd, "merge", "-q", *mergeable, "--base", images[0], "-o",
+                               merged]])
     common.warm_cache([images[0], merged])
     merged_apply = t.run("merged-apply", [[dd, "apply", "-q", merged, "--base", images[0],
                                            "-o", out]])
@@ -150,10 +174,12 @@ def cmd_series(args):
         "nights": NIGHTS,
         "final_bytes": final_bytes,
         "delta_bytes": delta_bytes,
+        "v2_delta_bytes": [os.path.getsize(d) for d in v2_deltas] if v2_deltas else None,
         "merged_bytes": os.path.getsize(merged),
         "seconds": {
             "sequential_applies": sequential,
             "chain_apply": chained,
+            "chain_apply_v2": chained_v2,
             "merge": merge_s,
             "merged_apply": merged_apply,
             "signature": sig_s,
@@ -170,6 +196,13 @@ def cmd_series(args):
     return 0
 
 
+def _copies(dd, delta):
+    res = subprocess.run([dd, "info", "--json", delta], capture_output=True, text=True)
+    if res.returncode != 0:
+        common.die(f"info {delta}: {res.stderr.strip()}")
+    return json.loads(res.stdout).get("copy_extents", 0) > 0
+
+
 def _check(path, want, what):
     same = common.same_content(path, want)
     if same is not True:
@@ -180,20 +213,29 @@ def _print(r):
     s = r["seconds"]
     gb = r["final_bytes"] / 1e9
     print()
+    v2 = r.get("v2_delta_bytes")
     print(f"series of {r['nights']} nightly deltas ({r['image_set']} images, final image "
-          f"{common.human(r['final_bytes'])}; deltas {common.human(sum(r['delta_bytes']))}, "
-          f"merged {common.human(r['merged_bytes'])})")
+          f"{common.human(r['final_bytes'])}; deltas {common.human(sum(r['delta_bytes']))}"
+          + (f", as version 2 {common.human(sum(v2))}" if v2 else "")
+          + f", merged {common.human(r['merged_bytes'])})")
     rows = [
         ["7 sequential applies", f"{s['sequential_applies']:.2f}", "1.00x"],
-        ["apply D1..D7 (one pass)", f"{s['chain_apply']:.2f}",
-         f"{s['sequential_applies'] / s['chain_apply']:.2f}x"],
-        ["merge --base + apply", f"{s['merge'] + s['merged_apply']:.2f}",
+        ["apply D1..D7" + (" (copies: one by one)" if v2 else " (one pass)"),
+         f"{s['chain_apply']:.2f}", f"{s['sequential_applies'] / s['chain_apply']:.2f}x"],
+    ]
+    if v2:
+        rows.append(["apply D1..D7 of version 2 (one pass)", f"{s['chain_apply_v2']:.2f}",
+                     f"{s['sequential_applies'] / s['chain_apply_v2']:.2f}x"])
+    rows += [
+        ["merge --base + apply" + (" (version 2)" if v2 else ""),
+         f"{s['merge'] + s['merged_apply']:.2f}",
          f"{s['sequential_applies'] / (s['merge'] + s['merged_apply']):.2f}x"],
         ["apply of the merged delta", f"{s['merged_apply']:.2f}",
          f"{s['sequential_applies'] / s['merged_apply']:.2f}x"],
     ]
     common.print_table(["way", "seconds", "speed vs sequential"], rows)
-    print(f"(one pass over {gb:.2f} GB: {gb / s['chain_apply']:.2f} GB/s)")
+    one_pass = s["chain_apply_v2"] if v2 else s["chain_apply"]
+    print(f"(one pass over {gb:.2f} GB: {gb / one_pass:.2f} GB/s)")
     print()
     print("delta of night 1 without night 0 (from a signature)")
     rows = [[
